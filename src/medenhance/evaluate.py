@@ -1,0 +1,177 @@
+"""Compare test images with references: pairing by name, metrics per image, summaries with CIs.
+
+Metrics are computed on the *reference's* [0, 1] scale: the test image's pixels are mapped back to
+stored values with its own window and forward with the reference's, so two files with different
+windows (e.g. a 12-bit DICOM and its derived copy) are compared in the same units. For an 8-bit
+reference this is the usual "PSNR with data range 255".
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from . import metrics as M
+from .errors import DatasetError, InvalidImageError, MedEnhanceError
+from .image import MedicalImage
+from .io import find_images, read_image, stem
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_METRICS = ("psnr", "ssim", "ms_ssim", "rmse", "mae")
+
+
+def on_reference_scale(reference: MedicalImage, test: MedicalImage) -> np.ndarray:
+    """``test``'s pixels re-expressed on ``reference``'s [0, 1] scale (float64)."""
+    if reference.shape != test.shape:
+        raise InvalidImageError(f"{test.meta.source_path}: size {test.shape} differs from the "
+                                f"reference {reference.shape} ({reference.meta.source_path})")
+    values = test.values()
+    w = reference.meta.window
+    unit = (values - w.low) / w.span
+    return 1.0 - unit if w.invert else unit
+
+
+def compare(reference: MedicalImage, test: MedicalImage,
+            names: Sequence[str] = DEFAULT_METRICS) -> dict[str, float]:
+    """Metrics of ``test`` against ``reference`` (averaged over frames); NaN where undefined.
+
+    MS-SSIM is NaN for images under 176 pixels per side (its five scales do not fit).
+    """
+    ref = reference.frames().astype(np.float64)
+    tst = on_reference_scale(reference, test)
+    tst = tst[None] if tst.ndim == 2 else tst
+    out: dict[str, float] = {}
+    for name in names:
+        if name not in M.METRICS:
+            raise InvalidImageError(f"unknown metric {name!r}; choose from {sorted(M.METRICS)}")
+        func = M.METRICS[name][0]
+        try:
+            out[name] = float(np.mean(func(ref, tst, data_range=1.0)))
+        except InvalidImageError:
+            if name != "ms_ssim":
+                raise
+            out[name] = float("nan")
+    return out
+
+
+@dataclass
+class Pair:
+    name: str
+    reference: Path
+    test: Path
+
+
+def pair_by_name(reference_dir: Path, test_dir: Path) -> tuple[list[Pair], list[str]]:
+    """Match files of two folders by relative path without suffix; returns pairs and problems."""
+    refs = {str(p.relative_to(reference_dir).with_name(stem(p))): p
+            for p in find_images([reference_dir])}
+    tests = {str(p.relative_to(test_dir).with_name(stem(p))): p for p in find_images([test_dir])}
+    pairs = [Pair(k, refs[k], tests[k]) for k in sorted(refs) if k in tests]
+    problems = [f"{refs[k]}: no file of that name in {test_dir}" for k in sorted(refs)
+                if k not in tests]
+    if not pairs:
+        raise DatasetError(f"no file names in common between {reference_dir} and {test_dir}")
+    return pairs, problems
+
+
+@dataclass
+class Evaluation:
+    """Per-image rows, failures and the metric names used."""
+
+    rows: list[dict[str, object]]
+    failures: list[str]
+    metrics: tuple[str, ...]
+
+    def summary(self) -> list[dict[str, object]]:
+        return summarize(self.rows, self.metrics)
+
+
+def evaluate_folders(reference_dir: str | Path, tests: dict[str, str | Path], *,
+                     metrics: Sequence[str] = DEFAULT_METRICS,
+                     progress: Callable[[Iterable[Pair]], Iterable[Pair]] | None = None
+                     ) -> Evaluation:
+    """Evaluate one or more test folders (``{method: folder}``) against a reference folder.
+
+    Bad or missing files are listed in ``failures``; the others are still evaluated.
+    """
+    ref_dir = Path(reference_dir)
+    rows: list[dict[str, object]] = []
+    failures: list[str] = []
+    for method, folder in tests.items():
+        pairs, problems = pair_by_name(ref_dir, Path(folder))
+        failures.extend(problems)
+        iterator = progress(pairs) if progress else pairs
+        for pair in iterator:
+            try:
+                values = compare(read_image(pair.reference), read_image(pair.test), metrics)
+            except MedEnhanceError as exc:
+                failures.append(str(exc))
+                continue
+            rows.append({"image": pair.name, "method": method, **values})
+    return Evaluation(rows, failures, tuple(metrics))
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean and two-sided Student-t confidence interval (NaNs ignored; CI is NaN for n < 2)."""
+    arr = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
+    if arr.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(arr.mean())
+    if arr.size < 2 or np.all(~np.isfinite(arr)):
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + confidence / 2, arr.size - 1) * arr.std(ddof=1)
+                 / math.sqrt(arr.size))
+    return mean, mean - half, mean + half
+
+
+def summarize(rows: Sequence[dict[str, object]], metrics: Sequence[str]) -> list[dict[str, object]]:
+    """One row per method: n, and mean / 95 % CI low / high per metric."""
+    methods = list(dict.fromkeys(str(r["method"]) for r in rows))
+    out = []
+    for method in methods:
+        sel = [r for r in rows if r["method"] == method]
+        row: dict[str, object] = {"method": method, "n": len(sel)}
+        for name in metrics:
+            mean, lo, hi = mean_ci([float(r[name]) for r in sel])  # type: ignore[arg-type]
+            row[name], row[f"{name}_ci_low"], row[f"{name}_ci_high"] = mean, lo, hi
+        out.append(row)
+    return out
+
+
+def write_csv(rows: Sequence[dict[str, object]], path: str | Path) -> Path:
+    """Write dict rows as CSV (all keys of the first row, in order)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if not rows:
+        p.write_text("")
+        return p
+    with open(p, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return p
+
+
+def summary_markdown(summary: Sequence[dict[str, object]], metrics: Sequence[str]) -> str:
+    """Markdown table: mean [95 % CI] per metric and method."""
+    header = "| method | n | " + " | ".join(metrics) + " |"
+    lines = [header, "|" + "---|" * (len(metrics) + 2)]
+    for row in summary:
+        cells = []
+        for name in metrics:
+            mean, lo, hi = (float(row[name]), float(row[f"{name}_ci_low"]),  # type: ignore[arg-type]
+                            float(row[f"{name}_ci_high"]))  # type: ignore[arg-type]
+            digits = 2 if name == "psnr" else 4
+            cells.append("n/a" if math.isnan(mean) else (
+                f"{mean:.{digits}f}" + ("" if math.isnan(lo) else
+                                        f" [{lo:.{digits}f}, {hi:.{digits}f}]")))
+        lines.append(f"| {row['method']} | {row['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,218 @@
+"""The one object every stage hands to the next: :class:`MedicalImage`.
+
+Pixels are float32 in [0, 1] with shape ``(H, W)`` or ``(N, H, W)``; ``meta`` records how they were
+obtained from the stored values (the *intensity window*) so that a writer can map them back to the
+input's own units and bit depth.
+
+Intensity contract
+------------------
+Stored values (after the DICOM modality LUT, or the raw numbers of a PNG/TIFF/NumPy/NIfTI file) are
+mapped linearly to [0, 1] by an :class:`IntensityWindow` chosen by :func:`choose_window`:
+
+* integers of at most 8 bits: the full range of the type (0..255), as the restoration literature does,
+  so that "sigma = 25/255" means what it says;
+* wider integers (12-bit CT, 15-bit radiographs, 16-bit PNG): the image's own minimum and maximum.
+  A 12-bit CT, a 15-bit radiograph and an 8-bit PNG therefore all reach a model spread over [0, 1];
+  using the nominal bit depth instead would leave e.g. an MR image that uses 800 of 65536 levels
+  almost black, and a model trained on 8-bit images would silently fail on it;
+* floats already inside [0, 1] are used as they are; other floats use their minimum and maximum.
+
+MONOCHROME1 images (bright = low attenuation) are inverted so that bright always means dense.
+Noise levels (sigma) and metrics are stated on the [0, 1] scale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidImageError
+
+
+@dataclass(frozen=True)
+class IntensityWindow:
+    """Linear map between stored values and the [0, 1] processing scale.
+
+    Parameters
+    ----------
+    low, high : float
+        Stored value mapped to 0 and to 1 (in the input's own units, e.g. HU after rescale).
+    invert : bool
+        True for MONOCHROME1 data: 0 then maps to ``high`` so that bright means dense.
+    """
+
+    low: float
+    high: float
+    invert: bool = False
+
+    @property
+    def span(self) -> float:
+        # A constant image has low == high; any non-zero span maps it to 0 and back exactly.
+        return float(self.high - self.low) if self.high > self.low else 1.0
+
+    def to_unit(self, values: np.ndarray) -> np.ndarray:
+        """Stored values -> float32 pixels on the [0, 1] scale."""
+        unit = (np.asarray(values, dtype=np.float64) - self.low) / self.span
+        if self.invert:
+            unit = 1.0 - unit
+        return unit.astype(np.float32)
+
+    def to_values(self, pixels: np.ndarray) -> np.ndarray:
+        """Pixels on the [0, 1] scale -> stored values (float64, not rounded)."""
+        unit = np.asarray(pixels, dtype=np.float64)
+        if self.invert:
+            unit = 1.0 - unit
+        return self.low + unit * self.span
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"low": self.low, "high": self.high, "invert": self.invert}
+
+
+def choose_window(values: np.ndarray, *, integer_bits: int | None, signed: bool = False,
+                  invert: bool = False) -> IntensityWindow:
+    """Pick the window of the intensity contract (see the module docstring).
+
+    Parameters
+    ----------
+    values : ndarray
+        Stored values (after any modality LUT).
+    integer_bits : int or None
+        Bits per stored integer sample; ``None`` for floating-point data or data whose modality LUT
+        made it non-integer.
+    signed : bool
+        Whether the stored integers are signed.
+    invert : bool
+        MONOCHROME1 polarity.
+    """
+    finite = np.asarray(values)
+    if integer_bits is not None and integer_bits <= 8:
+        if signed:
+            return IntensityWindow(-(2 ** (integer_bits - 1)), 2 ** (integer_bits - 1) - 1, invert)
+        return IntensityWindow(0.0, float(2**integer_bits - 1), invert)
+    lo, hi = float(np.min(finite)), float(np.max(finite))
+    if integer_bits is None and lo >= 0.0 and hi <= 1.0:
+        return IntensityWindow(0.0, 1.0, invert)
+    return IntensityWindow(lo, hi, invert)
+
+
+@dataclass
+class ImageMeta:
+    """What is needed to write pixels back faithfully, and to describe them.
+
+    Attributes
+    ----------
+    source_format : str
+        ``"dicom"``, ``"png"``, ``"jpeg"``, ``"tiff"``, ``"nifti"`` or ``"npy"``.
+    window : IntensityWindow
+        Map between stored values and [0, 1].
+    stored_dtype : str
+        NumPy dtype name of the stored samples (``"uint16"``, ``"float32"``, ...).
+    bits_stored : int or None
+        Significant bits per sample for integer data.
+    photometric : str
+        ``"MONOCHROME1"`` or ``"MONOCHROME2"`` (raster and array files are MONOCHROME2).
+    pixel_spacing : tuple of float or None
+        Row and column spacing in mm, if known.
+    modality : str or None
+        DICOM modality code (``"CR"``, ``"MR"``, ``"CT"``, ...), if known.
+    header : object
+        The original header (pydicom ``Dataset``, nibabel image header, ...) for faithful write-back.
+    source_path : str or None
+        Where the image was read from.
+    history : list of str
+        Human-readable record of every operation applied since reading.
+    extra : dict
+        Format-specific details (NIfTI affine, TIFF photometric, ...).
+    """
+
+    source_format: str
+    window: IntensityWindow
+    stored_dtype: str
+    bits_stored: int | None = None
+    photometric: str = "MONOCHROME2"
+    pixel_spacing: tuple[float, float] | None = None
+    modality: str | None = None
+    header: Any = None
+    source_path: str | None = None
+    history: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MedicalImage:
+    """Float32 pixels in [0, 1] plus the metadata needed to write them back.
+
+    Parameters
+    ----------
+    pixels : ndarray
+        float32, shape ``(H, W)`` or ``(N, H, W)`` (frames or slices).
+    meta : ImageMeta
+    """
+
+    pixels: np.ndarray
+    meta: ImageMeta
+
+    def __post_init__(self) -> None:
+        px = np.asarray(self.pixels)
+        if px.ndim not in (2, 3):
+            raise InvalidImageError(
+                f"{self.meta.source_path or 'image'}: pixels must have shape (H, W) or (N, H, W), "
+                f"got {px.shape}")
+        if not np.all(np.isfinite(px)):
+            raise InvalidImageError(
+                f"{self.meta.source_path or 'image'}: pixels contain NaN or infinite values")
+        self.pixels = px.astype(np.float32, copy=False)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.pixels.shape)
+
+    @property
+    def n_frames(self) -> int:
+        return 1 if self.pixels.ndim == 2 else int(self.pixels.shape[0])
+
+    def frames(self) -> np.ndarray:
+        """Pixels as ``(N, H, W)`` (a view; N = 1 for a 2-D image)."""
+        return self.pixels[None] if self.pixels.ndim == 2 else self.pixels
+
+    def values(self) -> np.ndarray:
+        """Pixels in the input's own units (e.g. HU), float64, not rounded."""
+        return self.meta.window.to_values(self.pixels)
+
+    def with_pixels(self, pixels: np.ndarray, operation: str) -> MedicalImage:
+        """A new image with other pixels, the same metadata and ``operation`` added to the history.
+
+        If the frame size changed (super-resolution, down-sampling), the pixel spacing is scaled so
+        that the field of view stays the same. Pixels are clipped to [0, 1]: the write-back maps
+        [0, 1] exactly onto the input's range, so values outside it have no stored representation.
+        """
+        new = np.clip(np.asarray(pixels, dtype=np.float32), 0.0, 1.0)
+        if new.ndim != self.pixels.ndim:
+            raise InvalidImageError(
+                f"{operation}: result has {new.ndim} dimensions, the input had {self.pixels.ndim}")
+        meta = dataclasses.replace(self.meta, history=[*self.meta.history, operation],
+                                   extra=dict(self.meta.extra))
+        old_hw, new_hw = self.pixels.shape[-2:], new.shape[-2:]
+        if meta.pixel_spacing is not None and old_hw != new_hw:
+            meta.pixel_spacing = (meta.pixel_spacing[0] * old_hw[0] / new_hw[0],
+                                  meta.pixel_spacing[1] * old_hw[1] / new_hw[1])
+        return MedicalImage(new, meta)
+
+
+def from_array(array: np.ndarray, *, modality: str | None = None,
+               pixel_spacing: tuple[float, float] | None = None) -> MedicalImage:
+    """Wrap an in-memory array (any dtype) as a :class:`MedicalImage` following the contract."""
+    arr = np.asarray(array)
+    if arr.dtype.kind not in "uif" or arr.ndim not in (2, 3):
+        raise InvalidImageError(
+            f"expected a 2-D or 3-D numeric array, got dtype {arr.dtype} and shape {arr.shape}")
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise InvalidImageError("array contains NaN or infinite values")
+    bits = arr.dtype.itemsize * 8 if arr.dtype.kind in "ui" else None
+    window = choose_window(arr, integer_bits=bits, signed=arr.dtype.kind == "i")
+    meta = ImageMeta(source_format="npy", window=window, stored_dtype=arr.dtype.name,
+                     bits_stored=bits, modality=modality, pixel_spacing=pixel_spacing)
+    return MedicalImage(window.to_unit(arr), meta)

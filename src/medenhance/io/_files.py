@@ -1,0 +1,127 @@
+"""File-system helpers shared by every reader and writer: format detection and safe writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from ..errors import ImageReadError, ImageWriteError
+
+#: File name endings and the format they stand for.
+SUFFIX_FORMATS: dict[str, str] = {
+    ".dcm": "dicom", ".dicom": "dicom", ".ima": "dicom",
+    ".png": "png",
+    ".jpg": "jpeg", ".jpeg": "jpeg",
+    ".tif": "tiff", ".tiff": "tiff",
+    ".nii": "nifti", ".nii.gz": "nifti",
+    ".npy": "npy",
+}
+
+
+def full_suffix(path: str | os.PathLike[str]) -> str:
+    """Lower-case suffix, treating ``.nii.gz`` as one suffix."""
+    name = Path(path).name.lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return Path(name).suffix
+
+
+def stem(path: str | os.PathLike[str]) -> str:
+    """File name without its (possibly double) suffix."""
+    name = Path(path).name
+    suffix = full_suffix(path)
+    return name[: len(name) - len(suffix)] if suffix else name
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """The format of ``path``: by its suffix, or by the DICOM preamble for files without one."""
+    p = Path(path)
+    fmt = SUFFIX_FORMATS.get(full_suffix(p))
+    if fmt is not None:
+        return fmt
+    if p.is_file() and _looks_like_dicom(p):
+        return "dicom"
+    raise ImageReadError(p, f"unknown file type {full_suffix(p) or '(no suffix)'}; supported: "
+                         + ", ".join(sorted(set(SUFFIX_FORMATS))))
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether ``path`` is a file medenhance would try to read (by suffix or DICOM preamble)."""
+    if not path.is_file() or path.name.startswith("."):
+        return False
+    if full_suffix(path) in SUFFIX_FORMATS:
+        return True
+    return full_suffix(path) == "" and _looks_like_dicom(path)
+
+
+def find_images(inputs: Iterable[str | os.PathLike[str]], *, recursive: bool = True,
+                errors: list[str] | None = None) -> list[Path]:
+    """Expand files and folders into a sorted list of image files.
+
+    Folders are searched (recursively by default) for files with a known suffix or a DICOM
+    preamble. A named file is always returned, so that a bad file gets its own error later.
+
+    Raises
+    ------
+    ImageReadError
+        If an input does not exist, or a folder holds no image files; when an ``errors`` list is
+        given, the messages are appended to it instead and the other inputs are still searched.
+    """
+    found: list[Path] = []
+    for item in inputs:
+        try:
+            found.extend(_expand(Path(item), recursive))
+        except ImageReadError as exc:
+            if errors is None:
+                raise
+            errors.append(str(exc))
+    return found
+
+
+def _expand(p: Path, recursive: bool) -> list[Path]:
+    if p.is_dir():
+        walker: Iterator[Path] = p.rglob("*") if recursive else p.glob("*")
+        files = sorted(f for f in walker if is_image_file(f))
+        if not files:
+            raise ImageReadError(p, "folder contains no image files (DICOM, PNG, JPEG, TIFF, "
+                                    "NIfTI or .npy)")
+        return files
+    if p.exists():
+        return [p]
+    raise ImageReadError(p, "no such file or folder")
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None], *,
+                 overwrite: bool = False) -> Path:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place.
+
+    An interrupted or failed write leaves nothing behind, and an existing file is only replaced
+    when ``overwrite`` is true.
+    """
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise ImageWriteError(target, "file exists (pass overwrite=True / --overwrite to replace it)")
+    if not target.parent.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + full_suffix(target),
+                                    dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target

@@ -1,0 +1,273 @@
+"""DICOM reading and derived-image writing (pydicom, with the pylibjpeg decoder plugins).
+
+Order of operations on read, as in PS3.3 C.11 (Modality LUT -> VOI LUT -> Presentation):
+
+1. decode (0x7FE0,0010) *Pixel Data*, including JPEG, JPEG-LS, JPEG 2000 and RLE syntaxes;
+2. apply the modality rescale, (0028,1053) *Rescale Slope* and (0028,1052) *Rescale Intercept*
+   (PS3.3 C.11.1), so that values are in the modality's units (e.g. HU);
+3. map to [0, 1] with the window of the intensity contract (:mod:`medenhance.image`), inverting
+   (0028,0004) *Photometric Interpretation* MONOCHROME1 so that bright means dense.
+
+The VOI LUT / window centre and width are display settings: they are left untouched and kept in the
+header. The writer undoes step 3 and 2 exactly and writes a *derived* image: new SOP and Series
+Instance UIDs, (0008,0008) *Image Type* DERIVED\\SECONDARY, a (0008,2111) *Derivation Description*,
+a (0008,2112) *Source Image Sequence* pointing at the input, and the input's bit depth, photometric
+interpretation and every other attribute kept. Pixel data is written uncompressed (Explicit VR
+Little Endian).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from .._version import __version__
+from ..errors import ImageReadError, ImageWriteError, UnsupportedImageError
+from ..image import ImageMeta, MedicalImage, choose_window
+
+logger = logging.getLogger(__name__)
+
+GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
+
+
+@dataclass
+class DicomInfo:
+    """What ``medenhance info`` prints about a DICOM file."""
+
+    path: str
+    modality: str
+    rows: int
+    columns: int
+    frames: int
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+    photometric: str
+    pixel_spacing: tuple[float, float] | None
+    transfer_syntax: str
+    sop_class: str
+
+
+def _read_dataset(path: Path, *, stop_before_pixels: bool = False) -> Dataset:
+    try:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+        except InvalidDicomError:
+            # Some valid files lack the 128-byte preamble and "DICM" prefix (PS3.10 7.1).
+            ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
+            if "SOPClassUID" not in ds and "PixelData" not in ds and "Rows" not in ds:
+                raise ImageReadError(path, "not a DICOM file") from None
+    except ImageReadError:
+        raise
+    except FileNotFoundError:
+        raise ImageReadError(path, "no such file") from None
+    except IsADirectoryError:
+        raise ImageReadError(path, "is a folder, not a file") from None
+    except Exception as exc:  # pydicom raises many types for damaged files
+        raise ImageReadError(path, f"not a readable DICOM file ({_short(exc)})") from None
+    return ds
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _spacing(ds: Dataset) -> tuple[float, float] | None:
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(keyword)
+        if value is not None and len(value) == 2:
+            row, col = float(value[0]), float(value[1])
+            if row > 0 and col > 0:  # some files carry 0\0 for "unknown"
+                return (row, col)
+    return None
+
+
+def _has_pixels(ds: Dataset) -> bool:
+    return any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+
+
+def _decode(path: Path, ds: Dataset) -> np.ndarray:
+    if not _has_pixels(ds):
+        meta = getattr(ds, "file_meta", None)
+        sop = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta else None)
+        raise ImageReadError(path, "no pixel data (not an image object: "
+                                   f"{getattr(sop, 'name', 'unknown SOP class')})")
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    try:
+        return ds.pixel_array
+    except (NotImplementedError, RuntimeError) as exc:
+        name = getattr(syntax, "name", syntax) or "unknown transfer syntax"
+        raise UnsupportedImageError(path, f"cannot decode pixel data in {name} ({_short(exc)})") \
+            from None
+    except Exception as exc:
+        raise ImageReadError(path, f"pixel data cannot be decoded: damaged, truncated or "
+                                   f"inconsistent header ({_short(exc)})") from None
+
+
+def inspect_dicom(path: str | Path) -> DicomInfo:
+    """Header summary of a DICOM image, after checking that its pixel data decodes.
+
+    Raises
+    ------
+    ImageReadError
+        Not DICOM, truncated, no pixel data, or undecodable pixel data (one line, naming the file).
+    """
+    p = Path(path)
+    ds = _read_dataset(p)
+    arr = _decode(p, ds)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    rows = int(ds.get("Rows", arr.shape[-2] if arr.ndim >= 2 else 0))
+    cols = int(ds.get("Columns", arr.shape[-1] if arr.ndim >= 2 else 0))
+    return DicomInfo(
+        path=str(p), modality=str(ds.get("Modality", "?")), rows=rows, columns=cols, frames=frames,
+        bits_allocated=int(ds.get("BitsAllocated", arr.dtype.itemsize * 8)),
+        bits_stored=int(ds.get("BitsStored", ds.get("BitsAllocated", arr.dtype.itemsize * 8))),
+        signed=bool(ds.get("PixelRepresentation", 0)),
+        photometric=str(ds.get("PhotometricInterpretation", "?")),
+        pixel_spacing=_spacing(ds),
+        transfer_syntax=str(getattr(syntax, "name", syntax) or "unknown (no file meta)"),
+        sop_class=str(getattr(ds.get("SOPClassUID"), "name", ds.get("SOPClassUID", "?"))),
+    )
+
+
+def read_dicom(path: str | Path) -> MedicalImage:
+    """Read a grayscale DICOM image (single- or multi-frame) as a :class:`MedicalImage`.
+
+    Returns
+    -------
+    MedicalImage
+        float32 pixels in [0, 1], ``(H, W)`` or ``(N, H, W)``; ``meta.header`` is the dataset
+        without its pixel data.
+
+    Raises
+    ------
+    ImageReadError, UnsupportedImageError
+        Not DICOM, no pixel data, damaged, colour, or a Modality LUT Sequence (not invertible).
+    """
+    p = Path(path)
+    ds = _read_dataset(p)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    if photometric not in GRAYSCALE or int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise UnsupportedImageError(p, f"colour image ({photometric}); medenhance processes "
+                                       "grayscale (MONOCHROME1/MONOCHROME2) images only")
+    if "ModalityLUTSequence" in ds:
+        raise UnsupportedImageError(p, "(0028,3000) Modality LUT Sequence is not supported; only "
+                                       "Rescale Slope/Intercept can be undone on write")
+    arr = _decode(p, ds)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1 and arr.ndim == 2:  # a single frame declared as multi-frame
+        arr = arr[None]
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    values = arr.astype(np.float64) * slope + intercept if (slope, intercept) != (1.0, 0.0) else arr
+    bits_stored = int(ds.get("BitsStored", arr.dtype.itemsize * 8))
+    integer_lut = (slope, intercept) == (1.0, 0.0) and arr.dtype.kind in "ui"
+    window = choose_window(values, integer_bits=bits_stored if integer_lut else None,
+                           signed=arr.dtype.kind == "i", invert=photometric == "MONOCHROME1")
+    if not integer_lut and window.low >= 0 and window.high <= 1:
+        # A rescaled integer image is not "already on [0, 1]": keep its real range.
+        window = type(window)(float(values.min()), float(values.max()), window.invert)
+    header = copy.deepcopy(ds)
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in header:
+            del header[keyword]
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    meta = ImageMeta(
+        source_format="dicom", window=window, stored_dtype=arr.dtype.name, bits_stored=bits_stored,
+        photometric=photometric, pixel_spacing=_spacing(ds), modality=ds.get("Modality"),
+        header=header, source_path=str(p),
+        extra={"rescale": (slope, intercept), "transfer_syntax": str(syntax) if syntax else None,
+               "bits_allocated": int(ds.get("BitsAllocated", arr.dtype.itemsize * 8)),
+               "signed": arr.dtype.kind == "i"},
+    )
+    return MedicalImage(window.to_unit(values), meta)
+
+
+def _stored_array(image: MedicalImage, target: Path) -> np.ndarray:
+    meta = image.meta
+    slope, intercept = meta.extra.get("rescale", (1.0, 0.0))
+    stored = (image.values() - intercept) / slope
+    bits = int(meta.bits_stored or 16)
+    signed = bool(meta.extra.get("signed", False))
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    allocated = int(meta.extra.get("bits_allocated", 16))
+    if allocated not in (8, 16):
+        raise ImageWriteError(target, f"cannot write (0028,0100) Bits Allocated {allocated}; "
+                                      "only 8 and 16 are supported")
+    dtype = np.dtype(f"{'i' if signed else 'u'}{allocated // 8}")
+    return np.clip(np.rint(stored), lo, hi).astype(dtype)
+
+
+def _derivation_text(history: list[str]) -> str:
+    steps = "; ".join(history) if history else "re-encoded"
+    text = f"{steps} (medenhance {__version__}; research use only, not for diagnosis)"
+    return text if len(text) <= 1024 else text[:1021] + "..."  # ST holds 1024 characters
+
+
+def derived_dataset(image: MedicalImage, target: Path) -> Dataset:
+    """The derived DICOM dataset for ``image`` (see the module docstring)."""
+    source = image.meta.header
+    if not isinstance(source, Dataset):
+        raise ImageWriteError(target, "DICOM output needs a DICOM input (its header is copied); "
+                                      "write PNG, TIFF, NIfTI or .npy instead")
+    ds = copy.deepcopy(source)
+    if not hasattr(ds, "file_meta") or ds.file_meta is None:
+        ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    stored = _stored_array(image, target)
+    ds.set_pixel_data(stored, image.meta.photometric, int(image.meta.bits_stored or 16),
+                      generate_instance_uid=True)
+    for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue", "ExtendedOffsetTable",
+                    "ExtendedOffsetTableLengths"):
+        if keyword in ds:
+            del ds[keyword]
+    if image.meta.pixel_spacing is not None:
+        spacing = [f"{v:.6g}" for v in image.meta.pixel_spacing]
+        for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+            if keyword in ds and _spacing(source) is not None:
+                setattr(ds, keyword, spacing)
+    source_sop = (source.get("SOPClassUID"), source.get("SOPInstanceUID"))
+    ds.SeriesInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    if "SOPClassUID" in ds:
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.ImplementationVersionName = f"MEDENHANCE_{__version__}"[:16]
+    old_type = list(source.get("ImageType", []) or [])
+    ds.ImageType = ["DERIVED", "SECONDARY", *old_type[2:]]
+    ds.DerivationDescription = _derivation_text(image.meta.history)
+    if all(source_sop):
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = source_sop[0]
+        ref.ReferencedSOPInstanceUID = source_sop[1]
+        ds.SourceImageSequence = Sequence([ref])
+    description = str(source.get("SeriesDescription", "") or "")
+    ds.SeriesDescription = (description + " medenhance").strip()[-64:]
+    now = _dt.datetime.now()
+    ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds.InstanceCreationDate, ds.InstanceCreationTime = ds.ContentDate, ds.ContentTime
+    software = [str(v) for v in (source.get("SoftwareVersions") or [])] if isinstance(
+        source.get("SoftwareVersions"), (list, pydicom.multival.MultiValue)) else (
+        [str(source.get("SoftwareVersions"))] if source.get("SoftwareVersions") else [])
+    ds.SoftwareVersions = [*software, f"medenhance {__version__}"]
+    return ds
+
+
+def write_dicom(image: MedicalImage, tmp_path: Path, target: Path) -> None:
+    """Write ``image`` as a derived DICOM file to ``tmp_path`` (renamed to ``target`` by caller)."""
+    ds = derived_dataset(image, target)
+    try:
+        ds.save_as(tmp_path, enforce_file_format=True)
+    except Exception as exc:
+        raise ImageWriteError(target, f"could not encode DICOM ({_short(exc)})") from None
+

@@ -1,0 +1,107 @@
+"""NIfTI-1/2 volumes through nibabel, processed slice by slice.
+
+A volume ``(X, Y, Z)`` becomes frames ``(Z, Y, X)``: frame ``k`` is the in-plane slice ``k``
+transposed so that rows run along Y, as viewers show it. The header and affine are kept, and the
+writer restores the on-disk data type and the (scl_slope, scl_inter) scaling exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ..errors import ImageReadError, ImageWriteError
+from ..image import ImageMeta, MedicalImage, choose_window
+
+
+def read_nifti(path: str | Path) -> MedicalImage:
+    """Read a 2-D or 3-D NIfTI image (a 4-D one only if its 4th axis has length 1)."""
+    p = Path(path)
+    try:
+        img = nib.load(p)
+        proxy = img.dataobj
+        # Stored values before scl_slope/scl_inter, and the scaling the proxy applies to them.
+        raw = proxy.get_unscaled() if hasattr(proxy, "get_unscaled") else np.asanyarray(proxy)
+        slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)
+    except FileNotFoundError:
+        raise ImageReadError(p, "no such file") from None
+    except Exception as exc:  # nibabel raises ImageFileError, EOFError, zlib errors, ...
+        raise ImageReadError(p, f"not a readable NIfTI file ({exc})") from None
+    slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
+    inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
+    data = raw
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim == 2:
+        data = data[:, :, None]
+    if data.ndim != 3:
+        raise ImageReadError(p, f"only 2-D and 3-D volumes are supported, got shape {raw.shape}")
+    if data.dtype.kind not in "uif":
+        raise ImageReadError(p, f"unsupported NIfTI data type {data.dtype}")
+    values = data.astype(np.float64) * slope + inter if (slope, inter) != (1.0, 0.0) else data
+    if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+        raise ImageReadError(p, "volume contains NaN or infinite values")
+    integer = (slope, inter) == (1.0, 0.0) and data.dtype.kind in "ui"
+    window = choose_window(values, integer_bits=data.dtype.itemsize * 8 if integer else None,
+                           signed=data.dtype.kind == "i")
+    frames = np.transpose(values, (2, 1, 0))
+    zooms = img.header.get_zooms()
+    meta = ImageMeta(
+        source_format="nifti", window=window, stored_dtype=data.dtype.name,
+        bits_stored=data.dtype.itemsize * 8 if data.dtype.kind in "ui" else None,
+        pixel_spacing=(float(zooms[1]), float(zooms[0])) if len(zooms) >= 2 else None,
+        modality="MR" if "mr" in str(img.header.get("descrip", b"")).lower() else None,
+        header=img.header.copy(), source_path=str(p),
+        extra={"affine": img.affine.copy(), "scaling": (slope, inter), "raw_shape": raw.shape,
+               "nifti_class": type(img).__name__},
+    )
+    return MedicalImage(window.to_unit(frames), meta)
+
+
+def write_nifti(image: MedicalImage, tmp_path: Path, target: Path) -> None:
+    """Write ``image`` as NIfTI, in the input's data type and scaling when it came from NIfTI."""
+    meta = image.meta
+    frames = image.values()
+    if frames.ndim == 2:
+        frames = frames[None]
+    volume = np.transpose(frames, (2, 1, 0))
+    if meta.source_format == "nifti" and meta.header is not None:
+        slope, inter = meta.extra.get("scaling", (1.0, 0.0))
+        dtype = np.dtype(meta.stored_dtype)
+        raw = (volume - inter) / slope
+        if dtype.kind in "ui":
+            info = np.iinfo(dtype)
+            raw = np.clip(np.rint(raw), info.min, info.max)
+        raw = raw.astype(dtype)
+        raw_shape = tuple(meta.extra.get("raw_shape", raw.shape))
+        if len(raw_shape) > 3 and raw.shape == raw_shape[:3]:
+            raw = raw.reshape(raw_shape)
+        elif len(raw_shape) == 2 and raw.shape[2] == 1:
+            raw = raw[:, :, 0]
+        header = meta.header.copy()
+        cls = nib.Nifti2Image if meta.extra.get("nifti_class") == "Nifti2Image" else nib.Nifti1Image
+        affine = meta.extra.get("affine")
+        old_shape = tuple(meta.extra.get("raw_shape", raw.shape))[:3]
+        if raw.shape[:2] != old_shape[:2]:  # in-plane resampling: scale the voxel axes
+            affine = affine.copy()
+            affine[:3, 0] *= old_shape[0] / raw.shape[0]
+            affine[:3, 1] *= old_shape[1] / raw.shape[1]
+        out = cls(raw, affine, header)
+        out.header.set_data_dtype(dtype)
+        out.header.set_slope_inter(slope if (slope, inter) != (1.0, 0.0) else np.nan,
+                                   inter if (slope, inter) != (1.0, 0.0) else np.nan)
+        if raw.shape[:2] != old_shape[:2]:
+            zooms = list(out.header.get_zooms())
+            zooms[0] *= old_shape[0] / raw.shape[0]
+            zooms[1] *= old_shape[1] / raw.shape[1]
+            out.header.set_zooms(zooms)
+    else:
+        out = nib.Nifti1Image(volume.astype(np.float32), np.eye(4))
+    descrip = f"medenhance: {'; '.join(meta.history)}"[:79]
+    out.header["descrip"] = descrip.encode("ascii", "replace")
+    try:
+        nib.save(out, tmp_path)
+    except Exception as exc:
+        raise ImageWriteError(target, f"could not write NIfTI ({exc})") from None

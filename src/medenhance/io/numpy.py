@@ -1,0 +1,44 @@
+"""NumPy ``.npy`` arrays: ``(H, W)`` or ``(N, H, W)``.
+
+Float arrays already in [0, 1] are used as they are and come back in [0, 1]; other arrays follow the
+intensity contract of :mod:`medenhance.image` and come back in their own dtype and units.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ImageReadError
+from ..image import MedicalImage, from_array
+from .raster import stored_values
+
+
+def read_npy(path: str | Path) -> MedicalImage:
+    """Read a ``.npy`` array (no pickles)."""
+    p = Path(path)
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except FileNotFoundError:
+        raise ImageReadError(p, "no such file") from None
+    except Exception as exc:  # ValueError for pickles and damaged headers, EOFError, ...
+        raise ImageReadError(p, f"not a readable .npy array ({exc})") from None
+    if arr.ndim not in (2, 3) or arr.dtype.kind not in "uif" or arr.size == 0:
+        raise ImageReadError(p, f"expected a 2-D or 3-D numeric array, got dtype {arr.dtype} "
+                                f"and shape {arr.shape}")
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise ImageReadError(p, "array contains NaN or infinite values")
+    image = from_array(arr)
+    image.meta.source_path = str(p)
+    return image
+
+
+def write_npy(image: MedicalImage, tmp_path: Path, target: Path) -> None:
+    """Write the stored values (input dtype for ``.npy`` inputs, float32 [0, 1] otherwise)."""
+    if image.meta.source_format == "npy":
+        arr = stored_values(image, np.dtype(image.meta.stored_dtype))
+    else:
+        arr = image.pixels.astype(np.float32)
+    with open(tmp_path, "wb") as fh:
+        np.save(fh, arr, allow_pickle=False)

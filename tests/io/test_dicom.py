@@ -1,0 +1,162 @@
+"""DICOM read/write: stored values round-trip, derived attributes, dciodvfy, pydicom's corpus."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+import medenhance as me
+from medenhance.errors import ImageReadError, MedEnhanceError, UnsupportedImageError
+
+from ..conftest import SAMPLES, SHARED
+
+DICOMS = sorted(SAMPLES.glob("*.dcm")) + sorted((SHARED / "dicom-samples").rglob("*.dcm"))
+CORPUS = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+@pytest.mark.parametrize("path", DICOMS, ids=lambda p: p.name[:30])
+def test_roundtrip_keeps_stored_values(path: Path, tmp_path: Path) -> None:
+    image = me.read_image(path)
+    assert image.pixels.dtype == np.float32
+    assert image.pixels.min() >= 0.0 and image.pixels.max() <= 1.0
+    out = me.write_image(image.with_pixels(image.pixels, "identity"), tmp_path / "out.dcm")
+    src, dst = pydicom.dcmread(path), pydicom.dcmread(out)
+    np.testing.assert_array_equal(src.pixel_array, dst.pixel_array)
+    for keyword in ("BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+                    "PhotometricInterpretation", "Rows", "Columns", "StudyInstanceUID",
+                    "PatientID", "Modality"):
+        assert dst.get(keyword) == src.get(keyword), keyword
+
+
+def test_derived_attributes(samples: Path, tmp_path: Path) -> None:
+    src_path = samples / "mr_head_MR1_JPLL.dcm"
+    image = me.read_image(src_path)
+    out = me.write_image(image.with_pixels(image.pixels * 0.5, "halved for a test"),
+                         tmp_path / "d.dcm")
+    src, dst = pydicom.dcmread(src_path), pydicom.dcmread(out)
+    assert dst.SOPInstanceUID != src.SOPInstanceUID
+    assert dst.SeriesInstanceUID != src.SeriesInstanceUID
+    assert dst.file_meta.MediaStorageSOPInstanceUID == dst.SOPInstanceUID
+    assert list(dst.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+    assert "halved for a test" in dst.DerivationDescription
+    assert dst.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    assert dst.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert dst.PixelSpacing == src.PixelSpacing
+    # Halving on the [0, 1] scale halves the distance to the window's low end, in stored units.
+    low = float(src.pixel_array.min())
+    expected = np.rint(low + (src.pixel_array.astype(np.float64) - low) / 2)
+    np.testing.assert_allclose(dst.pixel_array, expected, atol=1)
+
+
+def test_monochrome1_is_inverted_and_restored(samples: Path, tmp_path: Path) -> None:
+    path = samples / "cr_chest_RG1_J2KI.dcm"
+    ds = pydicom.dcmread(path)
+    assert ds.PhotometricInterpretation == "MONOCHROME1"
+    image = me.read_image(path)
+    stored = ds.pixel_array
+    # MONOCHROME1: the smallest stored value is displayed white, so it must become pixel 1.
+    assert image.pixels.flat[np.argmin(stored)] == pytest.approx(1.0)
+    assert image.pixels.flat[np.argmax(stored)] == pytest.approx(0.0)
+    out = me.write_image(image, tmp_path / "cr.dcm")
+    back = pydicom.dcmread(out)
+    assert back.PhotometricInterpretation == "MONOCHROME1"
+    np.testing.assert_array_equal(back.pixel_array, stored)
+
+
+def test_rescale_is_applied_and_undone(shared: Path, tmp_path: Path) -> None:
+    path = shared / "dicom-samples" / "wg04" / "CT1_RLE.dcm"
+    ds = pydicom.dcmread(path)
+    image = me.read_image(path)
+    hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    # float32 pixels carry ~7 significant digits: far below the 0.5 needed to round back exactly
+    np.testing.assert_allclose(image.values(), hu, atol=1e-2)
+    assert image.meta.window.low == hu.min() and image.meta.window.high == hu.max()
+    back = pydicom.dcmread(me.write_image(image, tmp_path / "ct.dcm"))
+    np.testing.assert_array_equal(back.pixel_array, ds.pixel_array)
+
+
+def _multiframe(path: Path) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 4096, size=(3, 32, 48), dtype=np.uint16)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word SC
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.PatientID = "OT", "P1"
+    ds.set_pixel_data(frames, "MONOCHROME2", 12)
+    ds.save_as(path, enforce_file_format=True)
+    return frames
+
+
+def test_multiframe_roundtrip(tmp_path: Path) -> None:
+    frames = _multiframe(tmp_path / "mf.dcm")
+    image = me.read_image(tmp_path / "mf.dcm")
+    assert image.shape == (3, 32, 48)
+    out = me.write_image(image, tmp_path / "mf_out.dcm")
+    back = pydicom.dcmread(out)
+    assert int(back.NumberOfFrames) == 3
+    np.testing.assert_array_equal(back.pixel_array, frames)
+
+
+def test_colour_dicom_is_refused_with_reason() -> None:
+    with pytest.raises(UnsupportedImageError, match="colour image"):
+        me.read_image(CORPUS / "SC_rgb_rle.dcm")
+
+
+@pytest.mark.parametrize("name,reason", [
+    ("MR_truncated.dcm", "truncated"),
+    ("rtplan.dcm", "no pixel data"),
+    ("reportsi.dcm", "no pixel data"),
+])
+def test_bad_files_get_one_line_reasons(name: str, reason: str) -> None:
+    with pytest.raises(ImageReadError, match=reason) as info:
+        me.inspect_image(CORPUS / name)
+    assert str(CORPUS / name) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_not_dicom(tmp_path: Path) -> None:
+    bad = tmp_path / "x.dcm"
+    bad.write_bytes(b"hello, not a dicom file at all" * 10)
+    with pytest.raises(ImageReadError, match="x.dcm"):
+        me.read_image(bad)
+
+
+def test_whole_pydicom_corpus_prints_or_fails_cleanly() -> None:
+    """Every bundled pydicom test file is either described or refused with MedEnhanceError."""
+    files = [p for p in sorted(CORPUS.rglob("*")) if p.is_file()]
+    assert len(files) > 50
+    described = refused = 0
+    for path in files:
+        try:
+            info = me.inspect_image(path)
+        except MedEnhanceError as exc:
+            assert str(path) in str(exc) and "\n" not in str(exc)
+            refused += 1
+        else:
+            assert info.rows > 0 and info.columns > 0 and info.frames >= 1
+            described += 1
+    assert described >= 40 and refused >= 10
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools not installed")
+@pytest.mark.parametrize("path", DICOMS, ids=lambda p: p.name[:30])
+def test_derived_dicom_passes_dciodvfy_as_well_as_source(path: Path, tmp_path: Path) -> None:
+    image = me.read_image(path)
+    out = me.write_image(image.with_pixels(np.sqrt(image.pixels), "sqrt for a test"),
+                         tmp_path / "d.dcm")
+
+    def errors(p: Path) -> list[str]:
+        run = subprocess.run(["dciodvfy", str(p)], capture_output=True, text=True, check=False)
+        return [ln for ln in (run.stdout + run.stderr).splitlines() if ln.startswith("Error")]
+
+    assert len(errors(out)) <= len(errors(path)), errors(out)

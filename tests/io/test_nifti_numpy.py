@@ -1,0 +1,65 @@
+"""NIfTI volumes and .npy arrays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import medenhance as me
+from medenhance.errors import ImageReadError
+
+
+def test_nifti_int16_with_scaling_roundtrip(tmp_path: Path) -> None:
+    raw = np.random.default_rng(0).integers(-500, 3000, size=(20, 24, 5), dtype=np.int16)
+    img = nib.Nifti1Image(raw, np.diag([0.9, 0.8, 3.0, 1.0]))
+    img.header.set_data_dtype(np.int16)
+    img.header.set_slope_inter(0.5, -10.0)
+    nib.save(img, tmp_path / "v.nii.gz")
+    image = me.read_image(tmp_path / "v.nii.gz")
+    assert image.shape == (5, 24, 20)  # slices, rows (y), columns (x)
+    assert image.meta.pixel_spacing == pytest.approx((0.8, 0.9))
+    np.testing.assert_allclose(image.values()[2], (raw[:, :, 2] * 0.5 - 10.0).T, atol=1e-3)
+    out = me.write_image(image, tmp_path / "w.nii.gz")
+    back = nib.load(out)
+    np.testing.assert_array_equal(back.dataobj.get_unscaled(), raw)
+    assert (back.dataobj.slope, back.dataobj.inter) == (0.5, -10.0)
+    np.testing.assert_allclose(back.affine, img.affine)
+
+
+def test_nifti_float_roundtrip(tmp_path: Path) -> None:
+    vol = np.random.default_rng(1).uniform(0, 1, size=(8, 9, 3)).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "f.nii")
+    image = me.read_image(tmp_path / "f.nii")
+    assert image.meta.window.low == 0.0 and image.meta.window.high == 1.0
+    back = nib.load(me.write_image(image, tmp_path / "g.nii")).get_fdata()
+    np.testing.assert_allclose(back, vol, atol=1e-7)
+
+
+def test_npy_float_in_unit_range_is_used_as_is(tmp_path: Path) -> None:
+    arr = np.random.default_rng(2).uniform(0, 1, size=(10, 12)).astype(np.float32)
+    np.save(tmp_path / "a.npy", arr)
+    image = me.read_image(tmp_path / "a.npy")
+    np.testing.assert_array_equal(image.pixels, arr)
+    np.testing.assert_array_equal(np.load(me.write_image(image, tmp_path / "b.npy")), arr)
+
+
+def test_npy_int_roundtrip(tmp_path: Path) -> None:
+    arr = np.random.default_rng(3).integers(-1000, 2000, size=(2, 10, 12)).astype(np.int16)
+    np.save(tmp_path / "a.npy", arr)
+    back = np.load(me.write_image(me.read_image(tmp_path / "a.npy"), tmp_path / "b.npy"))
+    assert back.dtype == np.int16
+    np.testing.assert_array_equal(back, arr)
+
+
+@pytest.mark.parametrize("arr,match", [
+    (np.array([[np.nan, 1.0], [0.0, 0.5]]), "NaN"),
+    (np.zeros(5), "2-D or 3-D"),
+    (np.array([["a", "b"]]), "numeric"),
+])
+def test_npy_bad_arrays(tmp_path: Path, arr: np.ndarray, match: str) -> None:
+    np.save(tmp_path / "bad.npy", arr)
+    with pytest.raises(ImageReadError, match=match):
+        me.read_image(tmp_path / "bad.npy")

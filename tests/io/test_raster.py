@@ -1,0 +1,101 @@
+"""PNG/JPEG/TIFF at full bit depth, colour handling, safe writing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+import medenhance as me
+from medenhance.errors import ImageReadError, ImageWriteError
+
+
+def test_png16_roundtrip(tmp_path: Path) -> None:
+    arr = np.random.default_rng(1).integers(100, 60000, size=(40, 30), dtype=np.uint16)
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    image = me.read_image(tmp_path / "a.png")
+    assert image.meta.stored_dtype == "uint16"
+    assert image.meta.window.low == arr.min() and image.meta.window.high == arr.max()
+    out = me.write_image(image, tmp_path / "b.png")
+    back = np.array(Image.open(out))
+    np.testing.assert_array_equal(back, arr)
+
+
+def test_png8_uses_full_type_range(samples: Path, tmp_path: Path) -> None:
+    path = samples / "mri_brain_glioma_Te-gl_0063.png"
+    raw = np.array(Image.open(path))
+    image = me.read_image(path)
+    np.testing.assert_allclose(image.pixels, raw / 255.0, atol=1e-7)
+    back = np.array(Image.open(me.write_image(image, tmp_path / "m.png")))
+    np.testing.assert_array_equal(back, raw)
+    assert back.dtype == np.uint8
+
+
+def test_float_and_multipage_tiff_roundtrip(tmp_path: Path) -> None:
+    arr = np.random.default_rng(2).normal(100, 30, size=(2, 16, 24)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "f.tif", arr)
+    image = me.read_image(tmp_path / "f.tif")
+    assert image.shape == (2, 16, 24)
+    out = me.write_image(image, tmp_path / "g.tif")
+    np.testing.assert_allclose(tifffile.imread(out), arr, rtol=1e-6, atol=1e-4)
+
+
+def test_gray_stored_as_rgb_is_lossless_and_colour_warns(tmp_path: Path) -> None:
+    gray = np.random.default_rng(3).integers(0, 256, size=(20, 20), dtype=np.uint8)
+    Image.fromarray(np.stack([gray] * 3, axis=-1)).save(tmp_path / "g.png")
+    np.testing.assert_allclose(me.read_image(tmp_path / "g.png").pixels, gray / 255.0, atol=1e-7)
+    colour = np.stack([gray, 255 - gray, gray // 2], axis=-1)
+    Image.fromarray(colour).save(tmp_path / "c.png")
+    with pytest.warns(UserWarning, match="converted to gray"):
+        me.read_image(tmp_path / "c.png")
+
+
+def test_existing_output_is_not_overwritten(samples: Path, tmp_path: Path) -> None:
+    image = me.read_image(samples / "mri_brain_glioma_Te-gl_0063.png")
+    target = tmp_path / "t.png"
+    target.write_bytes(b"precious")
+    with pytest.raises(ImageWriteError, match="exists"):
+        me.write_image(image, target)
+    assert target.read_bytes() == b"precious"
+    assert list(tmp_path.iterdir()) == [target]  # no temporary file left behind
+
+
+def test_failed_write_leaves_nothing(samples: Path, tmp_path: Path) -> None:
+    image = me.read_image(samples / "mri_brain_glioma_Te-gl_0063.png")
+    stack = me.MedicalImage(np.stack([image.pixels] * 2), image.meta)
+    with pytest.raises(ImageWriteError, match="one frame"):
+        me.write_image(stack, tmp_path / "two.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_input_file_is_never_overwritten(samples: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in.png"
+    src.write_bytes((samples / "mri_brain_glioma_Te-gl_0063.png").read_bytes())
+    image = me.read_image(src)
+    with pytest.raises(ImageWriteError, match="input file"):
+        me.write_image(image, src, overwrite=True)
+
+
+@pytest.mark.parametrize("content,match", [(b"", "PNG"), (b"\x89PNG\r\n\x1a\n garbage", "PNG")])
+def test_damaged_png(tmp_path: Path, content: bytes, match: str) -> None:
+    (tmp_path / "bad.png").write_bytes(content)
+    with pytest.raises(ImageReadError, match=match):
+        me.read_image(tmp_path / "bad.png")
+
+
+def test_unknown_suffix_and_missing(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("x")
+    with pytest.raises(ImageReadError, match="unknown file type"):
+        me.read_image(tmp_path / "a.txt")
+    with pytest.raises(ImageReadError, match="no such file"):
+        me.read_image(tmp_path / "missing.png")
+
+
+def test_dicom_to_png_is_16_bit(samples: Path, tmp_path: Path) -> None:
+    image = me.read_image(samples / "mr_head_MR1_JPLL.dcm")
+    back = np.array(Image.open(me.write_image(image, tmp_path / "mr.png")))
+    assert back.dtype == np.uint16
+    np.testing.assert_allclose(back / 65535.0, image.pixels, atol=1 / 65535)
