@@ -32,8 +32,10 @@ app = typer.Typer(
     help="Denoise, super-resolve and triage medical images (DICOM, PNG/TIFF, NIfTI, .npy).\n\n"
          "**Research use only: not for diagnosis.**",
 )
-console = Console()
-err_console = Console(stderr=True)
+# Tables stay readable when piped to a file or a log (Rich assumes 80 columns there).
+_WIDTH = None if sys.stdout.isatty() else 160
+console = Console(width=_WIDTH)
+err_console = Console(stderr=True, width=_WIDTH)
 T = TypeVar("T")
 
 RESEARCH_NOTE = "research use only, not for diagnosis"

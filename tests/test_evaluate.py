@@ -1,0 +1,67 @@
+"""Pairing by name, metrics on the reference scale, confidence intervals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import stats
+
+import medenhance as me
+from medenhance.errors import DatasetError, InvalidImageError
+from medenhance.evaluate import compare, evaluate_folders, mean_ci, summarize
+
+
+def test_mean_ci_matches_scipy() -> None:
+    values = [1.0, 2.0, 4.0, 7.0]
+    mean, lo, hi = mean_ci(values)
+    ref = stats.t.interval(0.95, 3, loc=np.mean(values), scale=stats.sem(values))
+    assert (lo, hi) == pytest.approx(ref)
+    assert mean == 3.5
+    assert np.isnan(mean_ci([5.0])[1])
+
+
+def test_compare_uses_reference_scale(tmp_path: Path) -> None:
+    ref = np.linspace(1000, 3000, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ref).save(tmp_path / "ref.png")
+    shifted = (ref + 20).astype(np.uint16)  # a different min/max window when read
+    Image.fromarray(shifted).save(tmp_path / "test.png")
+    out = compare(me.read_image(tmp_path / "ref.png"), me.read_image(tmp_path / "test.png"))
+    # error of 20 stored units on a reference span of 2000: PSNR = 20 log10(2000 / 20) = 40 dB
+    assert out["psnr"] == pytest.approx(40.0, abs=1e-6)
+    assert out["mae"] == pytest.approx(0.01, abs=1e-6)
+
+
+def test_folders_pair_by_name_and_report_problems(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for d in ("ref", "a"):
+        (tmp_path / d).mkdir()
+    for i in range(3):
+        img = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+        Image.fromarray(img).save(tmp_path / "ref" / f"{i}.png")
+        if i < 2:
+            Image.fromarray(np.clip(img.astype(int) + 10, 0, 255).astype(np.uint8)).save(
+                tmp_path / "a" / f"{i}.png")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "a" / "2.png")
+    result = evaluate_folders(tmp_path / "ref", {"a": tmp_path / "a"})
+    assert [r["image"] for r in result.rows] == ["0", "1"]
+    assert len(result.failures) == 1 and "differs" in result.failures[0]
+    summary = summarize(result.rows, result.metrics)
+    assert summary[0]["n"] == 2 and np.isnan(summary[0]["ms_ssim"])
+
+
+def test_no_common_names(tmp_path: Path) -> None:
+    for d, name in (("ref", "x.png"), ("a", "y.png")):
+        (tmp_path / d).mkdir()
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / d / name)
+    with pytest.raises(DatasetError, match="no file names in common"):
+        evaluate_folders(tmp_path / "ref", {"a": tmp_path / "a"})
+
+
+def test_shape_mismatch_is_an_error() -> None:
+    a = me.from_array(np.zeros((8, 8), np.uint8))
+    b = me.from_array(np.zeros((8, 9), np.uint8))
+    with pytest.raises(InvalidImageError, match="differs"):
+        compare(a, b)
