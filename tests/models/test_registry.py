@@ -1,0 +1,50 @@
+"""Registry behaviour and the shared model interface of every architecture."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from skimage.restoration import estimate_sigma as sk_estimate_sigma
+
+from medenhance.errors import ConfigError
+from medenhance.models import create_model, list_models
+from medenhance.models.common import estimate_sigma
+
+
+def test_list_and_unknown() -> None:
+    assert {"autoencoder", "dncnn", "drunet", "ffdnet"} <= set(list_models())
+    assert list_models("ffdnet*") == ["ffdnet", "ffdnet_small"]
+    with pytest.raises(ConfigError, match="unknown model 'nope'; choose from"):
+        create_model("nope")
+    with pytest.raises(ConfigError, match="dncnn"):
+        create_model("dncnn", colour=True)
+
+
+def test_none_arguments_keep_defaults() -> None:
+    model = create_model("dncnn", depth=None, width=8)
+    assert len([m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]) == 17
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("shape", [(2, 1, 32, 32), (1, 1, 48, 64)])
+def test_shapes_and_interface(name: str, shape: tuple[int, ...]) -> None:
+    model = create_model(name).eval()
+    assert model.scale == 1 and model.size_multiple >= 1
+    x = torch.rand(shape)
+    with torch.no_grad():
+        y = model(x)
+        y_sigma = model(x, sigma=0.1)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    if model.uses_sigma:
+        assert not torch.allclose(y, y_sigma)
+    else:
+        torch.testing.assert_close(y, y_sigma)
+
+
+def test_blind_noise_estimate_matches_skimage() -> None:
+    rng = np.random.default_rng(0)
+    x = np.clip(0.5 + rng.normal(0, 0.08, (2, 64, 64)), 0, 1).astype(np.float32)
+    ours = estimate_sigma(torch.from_numpy(x)[:, None]).numpy()
+    ref = [sk_estimate_sigma(f) for f in x]
+    np.testing.assert_allclose(ours, ref, rtol=0.02)
