@@ -83,3 +83,52 @@ def test_prepare_cli(tmp_path: Path, samples: Path) -> None:
 def test_evaluate_missing_folder(tmp_path: Path) -> None:
     result = run("evaluate", "-r", tmp_path / "nope", "-t", tmp_path)
     assert result.exit_code == 1 and "nope" in result.output
+
+
+def test_degrade_checks_every_target_before_writing(samples: Path, tmp_path: Path) -> None:
+    src = samples / "mri_brain_glioma_Te-gl_0063.png"
+    (tmp_path / "out" / "clean").mkdir(parents=True)
+    (tmp_path / "out" / "clean" / src.name).write_bytes(b"keep")
+    result = run("degrade", src, "-o", tmp_path / "out", "--preset", "gaussian-25")
+    assert result.exit_code == 1 and "exists" in result.output
+    assert not (tmp_path / "out" / "degraded").exists()
+
+
+def test_degrade_skips_its_own_outputs_and_names_uid_files(tmp_path: Path, shared: Path) -> None:
+    series = shared / "dicom-samples" / "mr_explicit_le" / "ax_asc_35sl"
+    src = tmp_path / "scans"
+    src.mkdir()
+    for f in series.iterdir():  # UID-named files, as scanners write them
+        (src / f.stem).write_bytes(f.read_bytes())
+    for _ in range(2):
+        result = run("degrade", src, "-o", src / "pairs", "--preset", "mri-rician",
+                     "--overwrite")
+        assert result.exit_code == 0, result.output
+    written = sorted(p.name for p in (src / "pairs" / "degraded").iterdir())
+    assert len(written) == 2 and all(n.startswith("MR.1.3.12") and n.endswith(".dcm")
+                                     for n in written)
+
+
+def test_bad_pipeline_file_is_one_line(samples: Path, tmp_path: Path) -> None:
+    (tmp_path / "p.json").write_text('[{"op": "gaussian", "params": {"sigma": "abc"}}]')
+    result = run("degrade", samples / "mri_brain_glioma_Te-gl_0063.png", "-o", tmp_path / "o",
+                 "--pipeline", tmp_path / "p.json")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "gaussian" in result.output and "mri_brain" in result.output
+
+
+def test_evaluate_refuses_two_methods_with_one_name(tmp_path: Path) -> None:
+    for d in ("ref", "a/degraded", "b/degraded"):
+        (tmp_path / d).mkdir(parents=True)
+    result = run("evaluate", "-r", tmp_path / "ref", "-t", tmp_path / "a" / "degraded",
+                 "-t", tmp_path / "b" / "degraded")
+    assert result.exit_code == 1 and "NAME=DIR" in result.output
+
+
+def test_prepare_refuses_output_inside_input(samples: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.png").write_bytes((samples / "mri_brain_glioma_Te-gl_0063.png").read_bytes())
+    result = run("prepare", src, "-o", src / "ds", "--min-foreground", "0")
+    assert result.exit_code == 1 and "must not contain" in result.output
+    assert (src / "a.png").read_bytes() == (samples / "mri_brain_glioma_Te-gl_0063.png").read_bytes()

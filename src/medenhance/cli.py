@@ -80,6 +80,8 @@ def main_options(
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=err_console, show_path=False)], force=True)
     logging.captureWarnings(True)
+    # pydicom logs decoder exceptions with tracebacks; our own one-line errors say the same.
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
 
 
 # --------------------------------------------------------------------------------------- info
@@ -137,7 +139,8 @@ def degrade(
         help="JSON/YAML pipeline file instead of a preset.")] = None,
     replay: Annotated[Path | None, typer.Option(
         help="Replay one recorded degradation (.json from records/) on every input.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same bytes.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed; the same seed gives the same bytes.")
+                    ] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
     list_presets: Annotated[bool, typer.Option("--list-presets",
                                                help="List the presets and exit.")] = False,
@@ -154,7 +157,8 @@ def degrade(
     * `medenhance degrade --list-presets`
     """
     from .degrade import PRESETS, DegradationRecord, Pipeline, degrade_image
-    from .io import find_images, read_image, write_image
+    from .io import find_images, full_suffix, read_image, write_image
+    from .io._files import atomic_write
 
     if list_presets:
         table = Table("preset", "modality", "what it simulates")
@@ -175,29 +179,40 @@ def degrade(
         files = find_images(inputs)
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
+    out_root = output.resolve()
+    # Never read our own earlier outputs back as inputs (e.g. `degrade scans -o scans/pairs`).
+    files = [f for f in files if out_root not in f.resolve().parents]
     names = _relative_names(inputs, files)
     failures: list[str] = []
     done = 0
     for f, name in track(list(zip(files, names, strict=True)), "degrading"):
+        if full_suffix(name) == "":
+            name = name.with_name(name.name + ".dcm")  # UID-named DICOM files have no suffix
+        targets = (output / "degraded" / name, output / "clean" / name,
+                   output / "records" / name.with_name(name.name + ".json"))
         try:
+            for target in targets:  # check all three before writing any
+                if target.resolve() == f.resolve():
+                    raise MedEnhanceError(f"{target}: refusing to overwrite the input file")
+                if target.exists() and not overwrite:
+                    raise MedEnhanceError(f"{target}: file exists (pass --overwrite to replace it)")
             image = read_image(f)
             if pipe is not None:
                 degraded, record = degrade_image(image, pipe, _file_seed(seed, str(name)))
             else:
                 degraded, record = degrade_image(image, record)
-            write_image(degraded, output / "degraded" / name, overwrite=overwrite)
-            clean = output / "clean" / name
-            if clean.exists() and not overwrite:
-                raise MedEnhanceError(f"{clean}: file exists (pass --overwrite to replace it)")
-            clean.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(f, clean)
-            rec_path = output / "records" / name.with_name(name.name + ".json")
-            rec_path.parent.mkdir(parents=True, exist_ok=True)
             record.extra["source"] = str(f)
-            rec_path.write_text(record.to_json())
+            write_image(degraded, targets[0], overwrite=overwrite)
+            atomic_write(targets[1], lambda tmp: shutil.copyfile(f, tmp), overwrite=overwrite)
+            atomic_write(targets[2], lambda tmp: tmp.write_text(record.to_json()),
+                         overwrite=overwrite)
             done += 1
         except MedEnhanceError as exc:
-            failures.append(str(exc))
+            message = str(exc)
+            failures.append(message if str(f) in message or str(output) in message
+                            else f"{f}: {message}")
+        except OSError as exc:
+            failures.append(f"{f}: {exc.strerror or exc}")
     console.print(f"degraded {done} image(s) into {output}/degraded (clean copies in "
                   f"{output}/clean, records in {output}/records)")
     report_failures(failures, len(files))
@@ -228,7 +243,10 @@ def evaluate(
     tests: dict[str, str] = {}
     for item in test:
         name, _, folder = item.rpartition("=") if "=" in item else ("", "", item)
-        tests[name or Path(folder).name] = folder
+        label = name or Path(folder).name
+        if label in tests:
+            raise fail(f"two --test folders are both called {label!r}; name them with NAME=DIR")
+        tests[label] = folder
     metrics = tuple(metric) if metric else DEFAULT_METRICS
     try:
         if not reference.is_dir():
@@ -286,7 +304,7 @@ def prepare(
     rotate_portrait: Annotated[bool, typer.Option(
         help="Rotate landscape images to portrait.")] = False,
     split: Annotated[str, typer.Option(help="train,val,test fractions.")] = "0.8,0.1,0.1",
-    seed: Annotated[int, typer.Option(help="Seed of the patient split.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the patient split.")] = 0,
     patient_regex: Annotated[str | None, typer.Option(
         help="Regular expression whose first group is the patient id in the file name, "
              "e.g. '(person\\d+)_'.")] = None,
@@ -341,6 +359,15 @@ def main() -> None:
         app()
     except MedEnhanceError as exc:  # a safety net: commands catch their own errors
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except OSError as exc:  # unwritable output folder, full disk, ...
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        err_console.print(f"[red]error:[/red] {where}{exc.strerror or exc}", highlight=False,
+                          soft_wrap=True)
+        sys.exit(1)
+    except UnicodeDecodeError as exc:
+        err_console.print(f"[red]error:[/red] a text file is not UTF-8 ({exc.reason})",
+                          highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

@@ -113,7 +113,7 @@ def _csv_patients(options: PrepareOptions) -> dict[str, str]:
         return {}
     path = Path(options.patient_csv)
     try:
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
             reader = csv.DictReader(fh)
             columns = reader.fieldnames or []
             for col in (options.csv_file_column, options.csv_patient_column):
@@ -175,11 +175,17 @@ def prepare_dataset(sources: Iterable[str | Path], output: str | Path,
     if manifest.exists() and not opts.overwrite:
         raise DatasetError(f"{manifest} exists; choose another output folder or pass --overwrite")
     roots = [Path(s) for s in sources]
+    for root in roots:
+        r, o = root.resolve(), out.resolve()
+        if r == o or r in o.parents or o in r.parents:
+            raise DatasetError(f"{out}: the output folder must not contain, or lie inside, the "
+                               f"input {root}")
     files = find_images(roots)
     table = _csv_patients(opts)
     kept: list[dict[str, object]] = []
     excluded: list[dict[str, object]] = []
     frames_out: list[tuple[dict[str, object], np.ndarray]] = []
+    used_names: set[str] = set()
     for path in (progress(files) if progress else files):
         root = next((r for r in roots if r.is_dir() and r in path.parents), path.parent)
         rel = path.relative_to(root)
@@ -202,6 +208,10 @@ def prepare_dataset(sources: Iterable[str | Path], output: str | Path,
             if opts.size is not None:
                 frame = fit_to_size(frame, opts.size, opts.fit)
             name = stem(rel) + (f"_f{k:03d}" if len(frames) > 1 else "")
+            key = str(rel.parent / name)
+            if key in used_names:  # a.png and a.dcm side by side: keep both, apart
+                name = f"{name}_{(path.suffix or 'dcm').lstrip('.')}"
+            used_names.add(str(rel.parent / name))
             row: dict[str, object] = {
                 "path": "", "source": str(path), "frame": k, "patient_id": pid or "",
                 "split": "", "label": rel.parent.name if rel.parent != Path(".") else "",

@@ -167,6 +167,9 @@ def _check_step(index: int, step: Mapping[str, Any]) -> None:
         raise DegradationError(f"step {index}: expected {{'op': NAME, 'params': {{...}}}}, "
                                f"got {step!r}")
     op = step["op"]
+    if not isinstance(step.get("params", {}), Mapping):
+        raise DegradationError(f"step {index} ({op}): params must be a mapping, "
+                               f"got {step.get('params')!r}")
     if op not in OPS:
         raise DegradationError(f"step {index}: unknown degradation {op!r}; "
                                f"choose from {', '.join(sorted(OPS))}")
@@ -176,7 +179,7 @@ def _check_step(index: int, step: Mapping[str, Any]) -> None:
         raise DegradationError(f"step {index} ({op}): unknown parameter(s) {sorted(unknown)}; "
                                f"{op} takes {sorted(allowed)}")
     p = step.get("p", 1.0)
-    if not 0.0 <= float(p) <= 1.0:
+    if not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
         raise DegradationError(f"step {index} ({op}): probability p must be in [0, 1], got {p}")
 
 
@@ -246,7 +249,12 @@ def apply_record(x: np.ndarray, record: DegradationRecord) -> np.ndarray:
     out = np.asarray(x, dtype=np.float64)
     for i, step in enumerate(record.steps):
         _check_step(i, {"op": step.op, "params": step.params})
-        out = OPS[step.op](out, **step.params, rng=np.random.default_rng(step.seed))
+        try:
+            out = OPS[step.op](out, **step.params, rng=np.random.default_rng(step.seed))
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, DegradationError):
+                raise
+            raise DegradationError(f"step {i} ({step.op}): {exc}") from None
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 

@@ -21,11 +21,15 @@ SUFFIX_FORMATS: dict[str, str] = {
 
 
 def full_suffix(path: str | os.PathLike[str]) -> str:
-    """Lower-case suffix, treating ``.nii.gz`` as one suffix."""
+    """Lower-case suffix, treating ``.nii.gz`` as one suffix.
+
+    Only known suffixes count: ``MR.1.3.12.2.1107`` (a DICOM file named by its UID) has none.
+    """
     name = Path(path).name.lower()
     if name.endswith(".nii.gz"):
         return ".nii.gz"
-    return Path(name).suffix
+    suffix = Path(name).suffix
+    return suffix if suffix in SUFFIX_FORMATS else ""
 
 
 def stem(path: str | os.PathLike[str]) -> str:
@@ -52,7 +56,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         return fmt
     if p.is_file() and _looks_like_dicom(p):
         return "dicom"
-    raise ImageReadError(p, f"unknown file type {full_suffix(p) or '(no suffix)'}; supported: "
+    raise ImageReadError(p, f"unknown file type {p.suffix or '(no suffix)'}; supported: "
                          + ", ".join(sorted(set(SUFFIX_FORMATS))))
 
 
@@ -60,9 +64,7 @@ def is_image_file(path: Path) -> bool:
     """Whether ``path`` is a file medenhance would try to read (by suffix or DICOM preamble)."""
     if not path.is_file() or path.name.startswith("."):
         return False
-    if full_suffix(path) in SUFFIX_FORMATS:
-        return True
-    return full_suffix(path) == "" and _looks_like_dicom(path)
+    return full_suffix(path) in SUFFIX_FORMATS or _looks_like_dicom(path)
 
 
 def find_images(inputs: Iterable[str | os.PathLike[str]], *, recursive: bool = True,

@@ -246,6 +246,8 @@ def derived_dataset(image: MedicalImage, target: Path) -> Dataset:
     old_type = list(source.get("ImageType", []) or [])
     ds.ImageType = ["DERIVED", "SECONDARY", *old_type[2:]]
     ds.DerivationDescription = _derivation_text(image.meta.history)
+    if any("jpeg(" in step for step in image.meta.history):
+        ds.LossyImageCompression = "01"  # PS3.3 C.7.6.1.1.5: once lossy, always flagged
     if all(source_sop):
         ref = Dataset()
         ref.ReferencedSOPClassUID = source_sop[0]

@@ -92,11 +92,6 @@ def write_nifti(image: MedicalImage, tmp_path: Path, target: Path) -> None:
         out.header.set_data_dtype(dtype)
         out.header.set_slope_inter(slope if (slope, inter) != (1.0, 0.0) else np.nan,
                                    inter if (slope, inter) != (1.0, 0.0) else np.nan)
-        if raw.shape[:2] != old_shape[:2]:
-            zooms = list(out.header.get_zooms())
-            zooms[0] *= old_shape[0] / raw.shape[0]
-            zooms[1] *= old_shape[1] / raw.shape[1]
-            out.header.set_zooms(zooms)
     else:
         out = nib.Nifti1Image(volume.astype(np.float32), np.eye(4))
     descrip = f"medenhance: {'; '.join(meta.history)}"[:79]
