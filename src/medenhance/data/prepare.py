@@ -184,8 +184,11 @@ def prepare_dataset(sources: Iterable[str | Path], output: str | Path,
     table = _csv_patients(opts)
     kept: list[dict[str, object]] = []
     excluded: list[dict[str, object]] = []
-    frames_out: list[tuple[dict[str, object], np.ndarray]] = []
+    # Rows only: each frame is written as soon as it is ready, so memory does not grow with
+    # the dataset (the output path does not depend on the split, which needs all patients).
+    frames_out: list[dict[str, object]] = []
     used_names: set[str] = set()
+    suffix = ".npy" if opts.output_format == "npy" else ".png"
     for path in (progress(files) if progress else files):
         root = next((r for r in roots if r.is_dir() and r in path.parents), path.parent)
         rel = path.relative_to(root)
@@ -212,37 +215,35 @@ def prepare_dataset(sources: Iterable[str | Path], output: str | Path,
             if key in used_names:  # a.png and a.dcm side by side: keep both, apart
                 name = f"{name}_{(path.suffix or 'dcm').lstrip('.')}"
             used_names.add(str(rel.parent / name))
-            row: dict[str, object] = {
-                "path": "", "source": str(path), "frame": k, "patient_id": pid or "",
-                "split": "", "label": rel.parent.name if rel.parent != Path(".") else "",
+            rel_out = Path("images") / rel.parent / (name + suffix)
+            meta = ImageMeta(source_format="npy" if suffix == ".npy" else "png",
+                             window=IntensityWindow(0.0, 1.0 if suffix == ".npy" else 65535.0),
+                             stored_dtype="float32" if suffix == ".npy" else "uint16",
+                             modality=image.meta.modality)
+            write_image(MedicalImage(frame.astype(np.float32), meta), out / rel_out,
+                        overwrite=opts.overwrite)
+            frames_out.append({
+                "path": rel_out.as_posix(), "source": str(path), "frame": k,
+                "patient_id": pid or "", "split": "",
+                "label": rel.parent.name if rel.parent != Path(".") else "",
                 "height": frame.shape[0], "width": frame.shape[1], "foreground": round(fg, 4),
-                "rotated": int(rotated), "modality": image.meta.modality or "",
-                "_dir": str(rel.parent), "_name": name}
-            frames_out.append((row, frame.astype(np.float32)))
+                "rotated": int(rotated), "modality": image.meta.modality or ""})
     if not frames_out:
         _write_rows(out / "excluded.csv", excluded, ["source", "frame", "reason"])
         raise DatasetError(f"no image kept from {', '.join(map(str, roots))}: all {len(excluded)} "
                            f"were excluded (see {out / 'excluded.csv'})")
-    missing = sum(1 for r, _ in frames_out if not r["patient_id"])
+    missing = sum(1 for r in frames_out if not r["patient_id"])
     if missing:
         logger.warning("%d image(s) have no patient id; each is treated as its own patient", missing)
-        for r, _ in frames_out:
+        for r in frames_out:
             if not r["patient_id"]:
                 r["patient_id"] = f"file:{r['source']}"
     counts: dict[str, int] = {}
-    for r, _ in frames_out:
+    for r in frames_out:
         counts[str(r["patient_id"])] = counts.get(str(r["patient_id"]), 0) + 1
     assignment = split_patients(counts, opts.split, opts.seed)
-    suffix = ".npy" if opts.output_format == "npy" else ".png"
-    for row, frame in frames_out:
+    for row in frames_out:
         row["split"] = assignment[str(row["patient_id"])]
-        rel_out = Path("images") / str(row.pop("_dir")) / (str(row.pop("_name")) + suffix)
-        row["path"] = rel_out.as_posix()
-        meta = ImageMeta(source_format="npy" if suffix == ".npy" else "png",
-                         window=IntensityWindow(0.0, 1.0 if suffix == ".npy" else 65535.0),
-                         stored_dtype="float32" if suffix == ".npy" else "uint16",
-                         modality=str(row["modality"]) or None)
-        write_image(MedicalImage(frame, meta), out / rel_out, overwrite=opts.overwrite)
         kept.append(row)
     _write_rows(manifest, kept, list(kept[0]))
     _write_rows(out / "excluded.csv", excluded, ["source", "frame", "reason"])
