@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def estimate_sigma(x: torch.Tensor) -> torch.Tensor:
@@ -39,3 +40,16 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, 
         mode = "reflect" if ph < x.shape[-2] and pw < x.shape[-1] else "replicate"
         x = F.pad(x, (0, pw, 0, ph), mode=mode)
     return x, ph, pw
+
+
+def plain_conv_stack(c_in: int, c_out: int, width: int, depth: int,
+                     batch_norm: bool) -> nn.Sequential:
+    """``depth`` 3x3 convolutions: conv+ReLU, (conv+BN+ReLU) x (depth - 2), conv (DnCNN body)."""
+    layers: list[nn.Module] = [nn.Conv2d(c_in, width, 3, padding=1), nn.ReLU(inplace=True)]
+    for _ in range(depth - 2):
+        layers.append(nn.Conv2d(width, width, 3, padding=1, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(width))
+        layers.append(nn.ReLU(inplace=True))
+    layers.append(nn.Conv2d(width, c_out, 3, padding=1))
+    return nn.Sequential(*layers)

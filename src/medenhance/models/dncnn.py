@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .common import noise_map as make_noise_map
+from .common import plain_conv_stack
 from .registry import register_model
 
 
@@ -29,14 +30,7 @@ class DnCNN(nn.Module):
         super().__init__()
         self.uses_sigma = noise_map
         c_in = in_channels + (1 if noise_map else 0)
-        layers: list[nn.Module] = [nn.Conv2d(c_in, width, 3, padding=1), nn.ReLU(inplace=True)]
-        for _ in range(depth - 2):
-            layers.append(nn.Conv2d(width, width, 3, padding=1, bias=not batch_norm))
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(width))
-            layers.append(nn.ReLU(inplace=True))
-        layers.append(nn.Conv2d(width, in_channels, 3, padding=1))
-        self.body = nn.Sequential(*layers)
+        self.body = plain_conv_stack(c_in, in_channels, width, depth, batch_norm)
 
     def forward(self, x: torch.Tensor, sigma: float | torch.Tensor | None = None) -> torch.Tensor:
         inp = x

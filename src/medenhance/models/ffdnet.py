@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import noise_map
+from .common import noise_map, plain_conv_stack
 from .registry import register_model
 
 
@@ -31,14 +31,7 @@ class FFDNet(nn.Module):
                  batch_norm: bool = True) -> None:
         super().__init__()
         c = in_channels * 4
-        layers: list[nn.Module] = [nn.Conv2d(c + 1, width, 3, padding=1), nn.ReLU(inplace=True)]
-        for _ in range(depth - 2):
-            layers.append(nn.Conv2d(width, width, 3, padding=1, bias=not batch_norm))
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(width))
-            layers.append(nn.ReLU(inplace=True))
-        layers.append(nn.Conv2d(width, c, 3, padding=1))
-        self.body = nn.Sequential(*layers)
+        self.body = plain_conv_stack(c + 1, c, width, depth, batch_norm)
 
     def forward(self, x: torch.Tensor, sigma: float | torch.Tensor | None = None) -> torch.Tensor:
         small = F.pixel_unshuffle(x, 2)
