@@ -24,9 +24,15 @@ demo: $(STAMP)
 		--preset xray-lowdose --seed 1 -o $(DEMO)/xray
 	$(BIN)/medenhance degrade samples/mr_head_MR1_JPLL.dcm samples/mri_brain_glioma_Te-gl_0063.png \
 		--preset mri-rician --seed 1 -o $(DEMO)/mri
-	$(BIN)/medenhance evaluate -r $(DEMO)/xray/clean -t noisy=$(DEMO)/xray/degraded -o $(DEMO)/xray/eval
-	$(BIN)/medenhance evaluate -r $(DEMO)/mri/clean -t noisy=$(DEMO)/mri/degraded -o $(DEMO)/mri/eval
-	@echo "demo outputs in $(DEMO)/ (research use only, not for diagnosis)"
+	$(BIN)/medenhance enhance $(DEMO)/xray/degraded -o $(DEMO)/xray/enhanced --model xray-denoise
+	$(BIN)/medenhance enhance $(DEMO)/mri/degraded -o $(DEMO)/mri/enhanced --model mri-denoise
+	$(BIN)/medenhance evaluate -r $(DEMO)/xray/clean -d $(DEMO)/xray/degraded \
+		-m nlm -m xray-denoise -o $(DEMO)/xray/eval
+	$(BIN)/medenhance evaluate -r $(DEMO)/mri/clean -d $(DEMO)/mri/degraded \
+		-m nlm -m mri-denoise -o $(DEMO)/mri/eval
+	$(BIN)/medenhance report $(DEMO)/xray/eval -o $(DEMO)/xray/report
+	$(BIN)/medenhance report $(DEMO)/mri/eval -o $(DEMO)/mri/report
+	@echo "demo outputs in $(DEMO)/: enhanced images in */enhanced, reports in */report/report.html (research use only, not for diagnosis)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

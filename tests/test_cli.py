@@ -132,3 +132,75 @@ def test_prepare_refuses_output_inside_input(samples: Path, tmp_path: Path) -> N
     result = run("prepare", src, "-o", src / "ds", "--min-foreground", "0")
     assert result.exit_code == 1 and "must not contain" in result.output
     assert (src / "a.png").read_bytes() == (samples / "mri_brain_glioma_Te-gl_0063.png").read_bytes()
+
+
+def test_enhance_samples_and_keep_existing_outputs(samples: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run("enhance", samples, "-o", out, "--model", "xray-denoise")
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(p.name for p in samples.iterdir() if p.suffix in (".dcm", ".png"))
+    derived = pydicom.dcmread(out / "cr_chest_RG1_J2KI.dcm")
+    assert "DERIVED" in derived.ImageType and "xray-denoise" in derived.DerivationDescription
+    before = (out / "mri_brain_glioma_Te-gl_0063.png").read_bytes()
+    bad = tmp_path / "in" / "broken.png"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not a png")
+    again = run("enhance", samples / "mri_brain_glioma_Te-gl_0063.png", bad, "-o", out,
+                "--model", "mri-denoise", "--noise-level", "10")
+    assert again.exit_code == 1 and "Traceback" not in again.output
+    assert "file exists" in again.output and "broken.png" in again.output
+    assert (out / "mri_brain_glioma_Te-gl_0063.png").read_bytes() == before
+
+
+def test_enhance_unknown_model_is_one_line(samples: Path, tmp_path: Path) -> None:
+    result = run("enhance", samples, "-o", tmp_path, "--model", "nope")
+    assert result.exit_code == 1
+    assert "unknown model 'nope'; available:" in result.output and "xray-denoise" in result.output
+
+
+def test_models_lists_bundled_cards() -> None:
+    result = run("models")
+    assert result.exit_code == 0, result.output
+    assert "xray-denoise" in result.output and "mri-denoise" in result.output
+    card = run("models", "mri-denoise")
+    assert card.exit_code == 0 and '"architecture": "fastunet"' in card.output
+
+
+def test_train_evaluate_report(samples: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MEDENHANCE_MODELS", str(tmp_path / "models"))
+    assert run("prepare", samples / "mri_brain_glioma_Te-gl_0063.png",
+               samples / "xray_chest_nih_00009128_000.png", "-o", tmp_path / "ds",
+               "--split", "0.5,0.5,0", "--min-foreground", "0").exit_code == 0
+    config = tmp_path / "c.yaml"
+    config.write_text(f"name: tiny\nmodel: {{name: fastunet_small, args: {{widths: [8, 8, 8]}}}}\n"
+                      f"data: {{manifest: {tmp_path / 'ds' / 'manifest.csv'}, patch_size: 32, "
+                      "patches_per_epoch: 8, val_crop: 64}\noptim: {batch_size: 4, epochs: 2}\n"
+                      f"output_dir: {tmp_path / 'run'}\n")
+    result = run("train", "-c", config, "--set", "optim.epochs=1")
+    assert result.exit_code == 0, result.output
+    assert "registered as model 'tiny'" in result.output
+    assert run("models").output.count("tiny") == 1
+    again = run("train", "-c", config)
+    assert again.exit_code == 1 and "already holds a run" in again.output
+    bad = run("train", "-c", config, "--set", "optim.lr=fast")
+    assert bad.exit_code == 1 and "optim.lr: expected float" in bad.output
+
+    pairs = tmp_path / "pairs"
+    run("degrade", samples / "mri_brain_glioma_Te-gl_0063.png", "-o", pairs, "-p", "mri-rician")
+    ev = run("evaluate", "-r", pairs / "clean", "-d", pairs / "degraded", "-m", "nlm",
+             "-m", "tiny", "-o", tmp_path / "eval")
+    assert ev.exit_code == 0, ev.output
+    rows = list(csv.DictReader(open(tmp_path / "eval" / "per_image.csv")))
+    by_method = {r["method"]: r for r in rows}
+    assert set(by_method) == {"degraded", "nlm", "tiny"}
+    assert float(by_method["nlm"]["psnr"]) > float(by_method["degraded"]["psnr"])
+    assert float(by_method["nlm"]["seconds"]) > 0
+    rep = run("report", tmp_path / "eval", "-o", tmp_path / "report")
+    assert rep.exit_code == 0, rep.output
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "nlm" in text and "training_curves.png" in text and "Research use only" in text
+    assert (tmp_path / "report" / "image_00.png").stat().st_size > 10_000
+    assert "<table>" in (tmp_path / "report" / "report.html").read_text()
+    missing = run("report", tmp_path / "nothing", "-o", tmp_path / "r2")
+    assert missing.exit_code == 1 and "not an evaluation folder" in missing.output

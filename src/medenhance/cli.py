@@ -223,55 +223,95 @@ def degrade(
 def evaluate(
     reference: Annotated[Path, typer.Option("--reference", "-r",
                                             help="Folder of reference (clean) images.")],
-    test: Annotated[list[str], typer.Option(
+    test: Annotated[list[str] | None, typer.Option(
         "--test", "-t", help="Folder to compare; repeat for several methods. NAME=DIR sets the "
-                             "method's name (default: the folder's name).")],
+                             "method's name (default: the folder's name).")] = None,
+    degraded: Annotated[Path | None, typer.Option(
+        "--degraded", "-d", help="Folder of degraded images to run --method on (and to score "
+                                 "as 'degraded').")] = None,
+    method: Annotated[list[str] | None, typer.Option(
+        "--method", "-m", help="Run on --degraded and score: nlm, bm3d (needs the [eval] "
+                               "extra) or a model name/checkpoint; repeatable.")] = None,
+    records: Annotated[Path | None, typer.Option(
+        help="Degradation records (default: `records/` beside --degraded) that tell NLM and "
+             "BM3D the true noise (sigma, photons, Rician).")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the CSV tables.")] =
     Path("evaluation"),
     metric: Annotated[list[str] | None, typer.Option(
         help="Metrics to compute (default psnr, ssim, ms_ssim, rmse, mae).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace earlier method outputs.")] = False,
 ) -> None:
-    """Compare folders of images with references, paired by file name.
+    """Compare images with references, paired by file name; optionally run methods first.
 
     Writes `per_image.csv`, `summary.csv` and `summary.md` (mean and 95 % CI per metric and
-    method) to the output folder, and prints the summary.
+    method; with `--method` also seconds per image) to the output folder, method outputs to
+    `OUT/outputs/METHOD/`, and prints the summary. `medenhance report OUT` turns it into a report.
 
-    Example: `medenhance evaluate -r pairs/clean -t pairs/degraded -o eval/`
+    Examples:
+
+    * `medenhance evaluate -r pairs/clean -t pairs/degraded -o eval/`
+    * `medenhance evaluate -r pairs/clean -d pairs/degraded -m nlm -m bm3d -m xray-denoise -o eval/`
     """
-    from .evaluate import DEFAULT_METRICS, evaluate_folders, summary_markdown, write_csv
+    import json
+
+    from .evaluate import (DEFAULT_METRICS, evaluate_folders, run_methods, summarize,
+                           summary_markdown, write_csv)
 
     tests: dict[str, str] = {}
-    for item in test:
+    for item in test or []:
         name, _, folder = item.rpartition("=") if "=" in item else ("", "", item)
         label = name or Path(folder).name
         if label in tests:
             raise fail(f"two --test folders are both called {label!r}; name them with NAME=DIR")
         tests[label] = folder
     metrics = tuple(metric) if metric else DEFAULT_METRICS
+    if method and degraded is None:
+        raise fail("--method needs --degraded (the images to run it on)")
+    if not tests and degraded is None:
+        raise fail("give --test folders, or --degraded with --method")
+    seconds: dict[tuple[str, str], float] = {}
+    failures: list[str] = []
     try:
         if not reference.is_dir():
             raise MedEnhanceError(f"{reference}: reference must be a folder")
-        for folder in tests.values():
+        for folder in [*tests.values(), *([degraded] if degraded else [])]:
             if not Path(folder).is_dir():
                 raise MedEnhanceError(f"{folder}: test must be a folder")
+        if degraded is not None:
+            tests.setdefault("degraded", str(degraded))
+            if method:
+                recs = records or degraded.parent / "records"
+                folders, seconds, failures = run_methods(
+                    degraded, method, output / "outputs", records_dir=recs, overwrite=overwrite,
+                    progress=lambda files: track(files, f"running {', '.join(method)}"))
+                for name, folder in folders.items():
+                    tests[name] = str(folder)
         result = evaluate_folders(reference, tests, metrics=metrics,
                                   progress=lambda pairs: track(pairs, "evaluating"))
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
+    failures += result.failures
     if not result.rows:
-        report_failures(result.failures, len(result.failures))
+        report_failures(failures, len(failures))
         raise fail("no image could be evaluated")
-    summary = result.summary()
+    if seconds:
+        metrics = (*metrics, "seconds")
+        for row in result.rows:
+            row["seconds"] = seconds.get((str(row["method"]), str(row["image"])), float("nan"))
+    summary = summarize(result.rows, metrics)
     write_csv(result.rows, output / "per_image.csv")
     write_csv(summary, output / "summary.csv")
     md = summary_markdown(summary, metrics)
     (output / "summary.md").write_text(md)
+    (output / "evaluation.json").write_text(json.dumps(
+        {"reference": str(reference), "degraded": str(degraded) if degraded else None,
+         "methods": tests, "metrics": list(metrics)}, indent=2))
     table = Table("method", "n", *metrics, title="mean [95 % CI]")
     for line in md.splitlines()[2:]:
         table.add_row(*[c.strip() for c in line.strip("|").split("|")])
     console.print(table)
     console.print(f"tables written to {output}/ (per_image.csv, summary.csv, summary.md)")
-    report_failures(result.failures, len(result.rows) + len(result.failures))
+    report_failures(failures, len(result.rows) + len(failures))
 
 
 # ------------------------------------------------------------------------------------ prepare
@@ -351,6 +391,185 @@ def prepare(
     console.print(table)
     console.print(f"kept {len(result.kept)}, excluded {len(result.excluded)} "
                   f"(see {output}/excluded.csv); manifest: {result.manifest}")
+
+
+# ------------------------------------------------------------------------------------ enhance
+@app.command()
+def enhance(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path(
+        "enhanced"),
+    model: Annotated[str, typer.Option(
+        "--model", "-m", help="Bundled or user model name (see `medenhance models`) or a "
+                              ".safetensors checkpoint.")] = "xray-denoise",
+    noise_level: Annotated[float | None, typer.Option(
+        help="Noise sigma in grey levels of 255 (e.g. 25); default: estimated per image.")] = None,
+    tile: Annotated[int, typer.Option(help="Tile side in pixels; 0 processes whole images.")] = 512,
+    overlap: Annotated[float, typer.Option(help="Fraction of a tile shared with neighbours.")
+                       ] = 0.25,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
+) -> None:
+    """Denoise images with a trained model; each output has the input's format and units.
+
+    Folders are searched recursively and their layout is kept under the output folder. A DICOM
+    output is a derived image (new UIDs, DERIVED\\SECONDARY, the model in DerivationDescription).
+
+    Examples:
+
+    * `medenhance enhance samples/xray_chest_nih_00009128_000.png -o out/`
+    * `medenhance enhance scans/ -o out/ --model mri-denoise --noise-level 10`
+    """
+    from .inference.enhance import EnhanceOptions, enhance_image
+    from .io import find_images, full_suffix, read_image, write_image
+    from .models.card import load_model
+    from .train.loop import pick_device
+
+    try:
+        dev = str(pick_device(device)) if device == "auto" else device
+        if dev not in ("cpu", "cuda"):
+            raise MedEnhanceError(f"--device must be cpu, cuda or auto, got {device!r}")
+        opts = EnhanceOptions(noise_level=None if noise_level is None else noise_level / 255.0,
+                              tile=tile, overlap=overlap, device=dev)
+        opts.validate()
+        loaded = load_model(model, device=dev)
+        files = find_images(inputs)
+    except MedEnhanceError as exc:
+        raise fail(str(exc)) from None
+    out_root = output.resolve()
+    files = [f for f in files if out_root not in f.resolve().parents]
+    names = _relative_names(inputs, files)
+    failures: list[str] = []
+    done = 0
+    for f, name in track(list(zip(files, names, strict=True)), f"enhancing ({loaded.card.name})"):
+        if full_suffix(name) == "":
+            name = name.with_name(name.name + ".dcm")
+        target = output / name
+        try:
+            if target.resolve() == f.resolve():
+                raise MedEnhanceError(f"{target}: refusing to overwrite the input file")
+            if target.exists() and not overwrite:
+                raise MedEnhanceError(f"{target}: file exists (pass --overwrite to replace it)")
+            write_image(enhance_image(read_image(f), loaded, opts), target, overwrite=overwrite)
+            done += 1
+        except MedEnhanceError as exc:
+            message = str(exc)
+            failures.append(message if str(f) in message or str(output) in message
+                            else f"{f}: {message}")
+        except OSError as exc:
+            failures.append(f"{f}: {exc.strerror or exc}")
+    console.print(f"enhanced {done} image(s) with {loaded.card.name} into {output}/ "
+                  f"({RESEARCH_NOTE})")
+    report_failures(failures, len(files))
+
+
+# ------------------------------------------------------------------------------------- models
+@app.command()
+def models(
+    name: Annotated[str | None, typer.Argument(help="Show one model's full card.")] = None,
+) -> None:
+    """List bundled and user models (user models: `$MEDENHANCE_MODELS`, default
+    `~/.medenhance/models`, where `medenhance train` registers them) with their model cards.
+
+    Examples: `medenhance models` · `medenhance models xray-denoise`
+    """
+    from .models.card import ModelCard, available_models, resolve_model
+
+    if name is not None:
+        try:
+            path = resolve_model(name).with_suffix(".json")
+            card = ModelCard.from_json(path.read_text(), str(path))
+        except MedEnhanceError as exc:
+            raise fail(str(exc)) from None
+        console.print_json(card.to_json())
+        return
+    table = Table("name", "origin", "task", "modality", "scale", "architecture",
+                  "trained on", "validation", title=f"models ({RESEARCH_NOTE})")
+    for origin, card, _ in available_models():
+        data = card.training_data
+        trained = ", ".join(Path(s).name for s in data.get("sources", [])[:2]) or "?"
+        if "images" in data:
+            trained += f" ({data['images'].get('train', '?')} train images)"
+        m = card.metrics
+        val = (f"PSNR {m['val_psnr']:.2f} dB (input {m.get('val_psnr_input', float('nan')):.2f}),"
+               f" SSIM {m.get('val_ssim', float('nan')):.3f}" if "val_psnr" in m else
+               ", ".join(f"{k} {v:.3g}" for k, v in m.items() if isinstance(v, float)))
+        table.add_row(card.name, origin, card.task, card.modality, f"x{card.scale}",
+                      card.architecture, trained, val)
+    console.print(table)
+
+
+# ------------------------------------------------------------------------------------- report
+@app.command()
+def report(
+    evaluation: Annotated[Path, typer.Argument(help="Folder written by `medenhance evaluate`.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Report folder.")] = Path(
+        "report"),
+    images: Annotated[int, typer.Option(min=1, help="How many images to show.")] = 4,
+) -> None:
+    """Write a Markdown + HTML report: summary table, per-image figures (reference | degraded |
+    methods, zoomed inset, difference maps, metrics in captions) and training curves.
+
+    Example: `medenhance evaluate -r pairs/clean -d pairs/degraded -m bm3d -m xray-denoise -o
+    eval/ && medenhance report eval/ -o report/`
+    """
+    from .report import write_report
+
+    try:
+        md, page = write_report(evaluation, output, max_images=images)
+    except MedEnhanceError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"report written: {md} and {page} ({RESEARCH_NOTE})")
+
+
+# -------------------------------------------------------------------------------------- train
+@app.command()
+def train(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Training config (YAML).")],
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a config value, e.g. `--set optim.lr=1e-3` (repeatable).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in the config's output_dir.")]
+    = False,
+) -> None:
+    """Train a model from a YAML config (see `configs/` for the bundled models' configs).
+
+    Writes `config.yaml`, `log.csv`, `loss.png`, `last.pt` and `best.safetensors` + `best.json`
+    (weights and model card) to the run folder, and registers the best checkpoint under the
+    config's `name` so that `medenhance enhance --model NAME` finds it.
+
+    Example: `medenhance train -c configs/xray-denoise.yaml --set optim.epochs=5`
+    """
+    from .train.config import load_config
+    from .train.loop import fit
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]:.5f}"), TimeElapsedColumn(),
+                        TextColumn("ETA"), TimeRemainingColumn(), console=err_console,
+                        disable=not err_console.is_terminal)
+    try:
+        cfg = load_config(config, set_ or [])
+        console.print(f"training {cfg.name!r} ({cfg.model.name}) -> {cfg.run_dir}/")
+        with progress:
+            task = progress.add_task("training", total=None, loss=float("nan"))
+
+            def step(done: int, total: int, info: dict[str, float]) -> None:
+                progress.update(task, completed=done, total=total, loss=info["loss"],
+                                description=f"epoch {info['epoch']}")
+
+            result = fit(cfg, resume=resume, progress=step,
+                         log=lambda line: progress.console.print(line, highlight=False))
+    except MedEnhanceError as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted; continue with --resume (the last finished epoch is saved)",
+                   code=130) from None
+    if not result.history:
+        raise fail(f"no epoch was trained ({result.stopped})")
+    best = result.history[result.best_epoch - 1]
+    console.print(f"{result.stopped}; best epoch {result.best_epoch}: validation PSNR "
+                  f"{best['val_psnr']:.2f} dB, SSIM {best['val_ssim']:.4f}; checkpoint "
+                  f"{result.best}, log {result.run_dir / 'log.csv'}, curves "
+                  f"{result.run_dir / 'loss.png'}")
 
 
 def main() -> None:

@@ -175,3 +175,45 @@ def summary_markdown(summary: Sequence[dict[str, object]], metrics: Sequence[str
                                         f" [{lo:.{digits}f}, {hi:.{digits}f}]")))
         lines.append(f"| {row['method']} | {row['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def run_methods(degraded_dir: str | Path, methods: Sequence[str], output_dir: str | Path, *,
+                records_dir: str | Path | None = None, overwrite: bool = False,
+                progress: Callable[[list[Path]], Iterable[Path]] | None = None
+                ) -> tuple[dict[str, Path], dict[tuple[str, str], float], list[str]]:
+    """Run denoising ``methods`` (see :mod:`medenhance.methods`) on every degraded image.
+
+    Outputs go to ``output_dir/METHOD/NAME`` in the input's format. When ``records_dir`` holds
+    ``NAME.json`` degradation records (written by ``medenhance degrade``), classical methods are
+    told the true noise parameters. Returns the output folder per method, the seconds per
+    ``(method, image name)`` and the failures.
+    """
+    from .degrade.pipeline import DegradationRecord
+    from .io import write_image
+    from .methods import get_method, noise_model_from_record
+
+    src = Path(degraded_dir)
+    runners = [get_method(m) for m in methods]
+    folders = {r.name: Path(output_dir) / r.name.replace("/", "_") for r in runners}
+    seconds: dict[tuple[str, str], float] = {}
+    failures: list[str] = []
+    files = find_images([src])
+    for path in (progress(files) if progress else files):
+        rel = path.relative_to(src)
+        name = str(rel.with_name(stem(path)))
+        noise = None
+        record = Path(records_dir) / (str(rel) + ".json") if records_dir else None
+        try:
+            if record is not None and record.exists():
+                noise = noise_model_from_record(DegradationRecord.load(record))
+            image = read_image(path)
+            for runner in runners:
+                result = runner.apply(image, noise)
+                seconds[(runner.name, name)] = runner.seconds[-1]
+                target = folders[runner.name] / rel
+                if target.suffix == "" and image.meta.source_format == "dicom":
+                    target = target.with_name(target.name + ".dcm")
+                write_image(result, target, overwrite=overwrite)
+        except MedEnhanceError as exc:
+            failures.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+    return folders, seconds, failures

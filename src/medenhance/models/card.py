@@ -1,0 +1,181 @@
+"""Checkpoints (safetensors weights + JSON model card) and finding models by name.
+
+A checkpoint is two files side by side: ``NAME.safetensors`` (the state dict, nothing executable)
+and ``NAME.json``, the model card: architecture and arguments (enough to rebuild the network),
+task, modality, scale, the intensity contract, training data, the training config, validation
+metrics and library versions. :func:`load_model` accepts a bundled model name (package data in
+``medenhance/weights``), a user model name (``$MEDENHANCE_MODELS``, default
+``~/.medenhance/models``) or a path to either file of a checkpoint.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .._version import __version__
+from ..errors import ConfigError
+from ..io._files import atomic_write
+from .registry import create_model
+
+#: How pixels reach every model (see ``image.py``): one number per image, no other normalisation.
+INTENSITY_CONTRACT = ("float32 in [0, 1]: stored values mapped by the image's intensity window "
+                      "(bit-depth range for <= 8-bit data, min..max otherwise); sigma on that scale")
+
+
+@dataclass
+class ModelCard:
+    """Everything needed to rebuild, trust and reproduce a trained model."""
+
+    name: str
+    architecture: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    task: str = "denoise"
+    modality: str = "any"
+    scale: int = 1
+    description: str = ""
+    intensity: str = INTENSITY_CONTRACT
+    training_data: dict[str, Any] = field(default_factory=dict)
+    degradations: list[Any] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=_jsonable)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "model card") -> ModelCard:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{source}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        if not isinstance(data, dict) or "architecture" not in data or "name" not in data:
+            raise ConfigError(f"{source}: not a model card (needs 'name' and 'architecture')")
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def build(self) -> nn.Module:
+        """A freshly initialised network of this card's architecture and arguments."""
+        return create_model(self.architecture, **self.arguments)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, (Path,)):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"cannot store {type(value).__name__} in a model card")
+
+
+def library_versions() -> dict[str, str]:
+    return {"medenhance": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+@dataclass
+class LoadedModel:
+    """A network in eval mode with its card; ``path`` is the weights file it came from."""
+
+    network: nn.Module
+    card: ModelCard
+    path: Path
+
+
+def save_checkpoint(model: nn.Module, card: ModelCard, path: str | Path,
+                    dtype: torch.dtype = torch.float32) -> Path:
+    """Write ``path`` (``.safetensors``) and the card beside it, each atomically."""
+    path = Path(path).with_suffix(".safetensors")
+    card.created = card.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    card.versions = card.versions or library_versions()
+    state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+             for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"name": card.name}),
+                 overwrite=True)
+    atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(card.to_json()),
+                 overwrite=True)
+    return path
+
+
+def bundled_dir() -> Path:
+    return Path(str(resources.files("medenhance") / "weights"))
+
+
+def user_dir() -> Path:
+    return Path(os.environ.get("MEDENHANCE_MODELS", Path.home() / ".medenhance" / "models"))
+
+
+def _cards_in(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.json") if p.with_suffix(".safetensors").is_file())
+
+
+def available_models() -> list[tuple[str, ModelCard, Path]]:
+    """``(origin, card, weights path)`` for every bundled and user model; unreadable cards skipped."""
+    found = []
+    for origin, folder in (("bundled", bundled_dir()), ("user", user_dir())):
+        for card_path in _cards_in(folder):
+            try:
+                card = ModelCard.from_json(card_path.read_text(), str(card_path))
+            except (ConfigError, OSError):
+                continue
+            found.append((origin, card, card_path.with_suffix(".safetensors")))
+    return found
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """The ``.safetensors`` file for a model name or a checkpoint path."""
+    text = str(name_or_path)
+    path = Path(text)
+    if path.suffix in (".safetensors", ".json") or os.sep in text or path.is_dir():
+        if path.is_dir():
+            path = path / "best.safetensors"
+        weights = path.with_suffix(".safetensors")
+        if not weights.is_file() or not weights.with_suffix(".json").is_file():
+            raise ConfigError(f"{text}: no checkpoint there (need {weights.name} and "
+                              f"{weights.with_suffix('.json').name} side by side)")
+        return weights
+    for folder in (bundled_dir(), user_dir()):
+        weights = folder / f"{text}.safetensors"
+        if weights.is_file() and weights.with_suffix(".json").is_file():
+            return weights
+    names = sorted({card.name for _, card, _ in available_models()})
+    raise ConfigError(f"unknown model {text!r}; available: {', '.join(names) or 'none'} "
+                      "(or give the path of a .safetensors checkpoint)")
+
+
+def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild a trained network from its card and weights, in eval mode, as float32."""
+    weights = resolve_model(name_or_path)
+    card_path = weights.with_suffix(".json")
+    card = ModelCard.from_json(card_path.read_text(), str(card_path))
+    network = card.build()
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise ConfigError(f"{weights}: unreadable weights ({exc})") from None
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"{weights}: weights do not fit {card.architecture} "
+                          f"{card.arguments} ({first})") from None
+    return LoadedModel(network.to(device).eval(), card, weights)

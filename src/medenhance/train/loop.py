@@ -1,0 +1,261 @@
+"""Training: :func:`fit` runs a :class:`TrainConfig` to a checkpoint, and resumes after interruption.
+
+A run folder holds ``config.yaml`` (as run), ``log.csv`` (one row per epoch), ``loss.png``,
+``last.pt`` (model + optimizer + history, written atomically after every epoch, for ``--resume``)
+and ``best.safetensors`` + ``best.json`` (weights and model card of the epoch with the highest
+validation PSNR). Data are drawn from ``(seed, epoch, index)``, so a resumed run continues with
+the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..data.datasets import DegradationMixture, PatchDataset, load_split, validation_pairs
+from ..data.prepare import read_manifest
+from ..errors import ConfigError
+from ..io._files import atomic_write
+from ..metrics import psnr, ssim
+from ..models.card import ModelCard, save_checkpoint, user_dir
+from ..models.registry import create_model
+from .config import TrainConfig, config_from_dict
+from .losses import build_loss
+
+LOG_COLUMNS = ["epoch", "train_loss", "val_psnr", "val_ssim", "val_psnr_input", "val_ssim_input",
+               "lr", "seconds"]
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    best: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped: str = "finished"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda requested but CUDA is not available")
+    return torch.device(name)
+
+
+def _lr_at(config: TrainConfig, epoch: int) -> float:
+    o = config.optim
+    if o.schedule == "constant" or o.epochs == 1:
+        return o.lr
+    return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * epoch / (o.epochs - 1)))
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor]],
+             device: torch.device) -> dict[str, float]:
+    """Mean PSNR/SSIM (dB / unitless, on [0, 1]) of the model output and of the degraded input."""
+    model.eval()
+    out: dict[str, list[float]] = {"val_psnr": [], "val_ssim": [], "val_psnr_input": [],
+                                   "val_ssim_input": []}
+    for noisy, clean in pairs:
+        pred = model(noisy.to(device)).clamp(0, 1).float().cpu().numpy()[0, 0]
+        ref, deg = clean.numpy()[0, 0], noisy.numpy()[0, 0]
+        out["val_psnr"].append(float(psnr(ref, pred)))
+        out["val_ssim"].append(float(ssim(ref, pred)))
+        out["val_psnr_input"].append(float(psnr(ref, deg)))
+        out["val_ssim_input"].append(float(ssim(ref, deg)))
+    model.train()
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+def plot_history(history: list[dict[str, float]], path: Path, title: str) -> None:
+    """Training loss and validation PSNR per epoch, side by side."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    a.plot(epochs, [h["train_loss"] for h in history], marker=".")
+    a.set(xlabel="epoch", ylabel="training loss", yscale="log", title="loss")
+    b.plot(epochs, [h["val_psnr"] for h in history], marker=".", label="model")
+    b.plot(epochs, [h["val_psnr_input"] for h in history], ls="--", label="degraded input")
+    b.set(xlabel="epoch", ylabel="PSNR (dB)", title="validation")
+    b.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100), overwrite=True)
+    plt.close(fig)
+
+
+def _write_log(history: list[dict[str, float]], path: Path) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS)
+            writer.writeheader()
+            for row in history:
+                writer.writerow({k: (round(v, 6) if isinstance(v, float) else v)
+                                 for k, v in row.items() if k in LOG_COLUMNS})
+    atomic_write(path, write, overwrite=True)
+
+
+def _card(config: TrainConfig, model: torch.nn.Module, metrics: dict[str, Any],
+          data_info: dict[str, Any], extra: dict[str, Any]) -> ModelCard:
+    return ModelCard(
+        name=config.name, architecture=config.model.name, arguments=dict(config.model.args),
+        task=config.task, modality=config.modality, scale=int(getattr(model, "scale", 1)),
+        description=config.description, training_data=data_info,
+        degradations=list(config.data.degradations), config=config.to_dict(), metrics=metrics,
+        extra=extra)
+
+
+Progress = Callable[[int, int, dict[str, float]], None]
+
+
+def fit(config: TrainConfig, *, resume: bool = False, progress: Progress | None = None,
+        log: Callable[[str], None] = print) -> FitResult:
+    """Train ``config``; ``progress(step, total_steps, info)`` is called after each batch.
+
+    Raises
+    ------
+    ConfigError
+        The run folder already holds a run and ``resume`` is false, or the saved run's config
+        differs from ``config`` in the model.
+    """
+    config.validate()
+    run = config.run_dir
+    last = run / "last.pt"
+    if last.exists() and not resume:
+        raise ConfigError(f"{run} already holds a run; pass --resume to continue it or set "
+                          "output_dir to a new folder")
+    if resume and not last.exists():
+        raise ConfigError(f"{run}: nothing to resume (no last.pt)")
+    torch.manual_seed(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = pick_device(config.device)
+    amp = config.amp and device.type == "cuda"
+
+    mixture = DegradationMixture(config.data.degradations)
+    train_images = load_split(config.data.manifest, config.data.train_split)
+    val_images = load_split(config.data.manifest, config.data.val_split)
+    dataset = PatchDataset(train_images, mixture, patch_size=config.data.patch_size,
+                           patches_per_epoch=config.data.patches_per_epoch,
+                           augment=config.data.augment, seed=config.seed)
+    model = create_model(config.model.name, **config.model.args).to(device)
+    multiple = int(getattr(model, "size_multiple", 1))
+    if config.data.patch_size % multiple:
+        raise ConfigError(f"data.patch_size must be a multiple of {multiple} for "
+                          f"{config.model.name}")
+    val_pairs = validation_pairs(val_images, mixture, crop=config.data.val_crop,
+                                 limit=config.data.val_images, multiple=multiple,
+                                 seed=config.seed)
+    loader = DataLoader(dataset, batch_size=config.optim.batch_size, shuffle=False,
+                        drop_last=True, num_workers=0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr,
+                                 weight_decay=config.optim.weight_decay)
+    loss_fn = build_loss(config.loss)
+    rows = read_manifest(config.data.manifest)
+    data_info = {
+        "manifest": str(config.data.manifest),
+        "sources": sorted({str(Path(r["source"]).parent) for r in rows})[:20],
+        "images": {s: sum(1 for r in rows if r["split"] == s) for s in ("train", "val", "test")},
+        "patients": {s: len({r["patient_id"] for r in rows if r["split"] == s})
+                     for s in ("train", "val", "test")},
+    }
+
+    history: list[dict[str, float]] = []
+    start_epoch, best_psnr, best_epoch, bad_epochs, elapsed = 0, -math.inf, 0, 0, 0.0
+    if resume:
+        state = torch.load(last, map_location=device, weights_only=True)
+        saved = config_from_dict(state["config"])
+        if saved.model != config.model:
+            raise ConfigError(f"{run}: saved run used model {saved.model}, not {config.model}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = state["history"]
+        start_epoch, best_psnr, best_epoch = state["epoch"] + 1, state["best_psnr"], state["best_epoch"]
+        bad_epochs, elapsed = state["bad_epochs"], state["elapsed"]
+        torch.set_rng_state(state["torch_rng"])
+        log(f"resuming {run} at epoch {start_epoch + 1}")
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write(run / "config.yaml", lambda tmp: Path(tmp).write_text(config.to_yaml()),
+                 overwrite=True)
+
+    steps_per_epoch = len(loader)
+    total = steps_per_epoch * config.optim.epochs
+    stopped = "finished"
+    model.train()
+    for epoch in range(start_epoch, config.optim.epochs):
+        if config.max_minutes is not None and elapsed >= config.max_minutes * 60:
+            stopped = f"time limit of {config.max_minutes:g} min"
+            break
+        t0 = time.perf_counter()
+        lr = _lr_at(config, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        dataset.set_epoch(epoch)
+        losses = []
+        for i, (noisy, clean) in enumerate(loader):
+            noisy, clean = noisy.to(device), clean.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out = model(noisy)
+            loss = loss_fn(out.float(), clean)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+            optimizer.step()
+            losses.append(loss.item())
+            if progress:
+                progress(epoch * steps_per_epoch + i + 1, total,
+                         {"epoch": epoch + 1, "loss": float(np.mean(losses[-50:]))})
+        metrics = validate(model, val_pairs, device)
+        seconds = time.perf_counter() - t0
+        elapsed += seconds
+        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **metrics, "lr": lr,
+               "seconds": seconds}
+        history.append(row)
+        improved = metrics["val_psnr"] > best_psnr
+        if improved:
+            best_psnr, best_epoch, bad_epochs = metrics["val_psnr"], epoch + 1, 0
+            card = _card(config, model, {**metrics, "epoch": epoch + 1}, data_info,
+                         {"device": str(device), "train_minutes": round(elapsed / 60, 1),
+                          "history": [{k: round(v, 6) for k, v in h.items()} for h in history]})
+            save_checkpoint(model, card, run / "best.safetensors",
+                            dtype=getattr(torch, config.weights_dtype))
+        else:
+            bad_epochs += 1
+        log(f"epoch {epoch + 1}/{config.optim.epochs}  loss {row['train_loss']:.5f}  "
+            f"val PSNR {metrics['val_psnr']:.2f} dB (input {metrics['val_psnr_input']:.2f})  "
+            f"SSIM {metrics['val_ssim']:.4f}  lr {lr:.2e}  {seconds:.0f}s"
+            + ("  *best" if improved else ""))
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "history": history, "epoch": epoch, "best_psnr": best_psnr,
+                 "best_epoch": best_epoch, "bad_epochs": bad_epochs, "elapsed": elapsed,
+                 "config": config.to_dict(), "torch_rng": torch.get_rng_state()}
+        atomic_write(last, lambda tmp: torch.save(state, tmp), overwrite=True)
+        _write_log(history, run / "log.csv")
+        plot_history(history, run / "loss.png", config.name)
+        if config.patience and bad_epochs >= config.patience:
+            stopped = f"early stop: no improvement for {config.patience} epochs"
+            break
+
+    best = run / "best.safetensors"
+    if config.register and best.exists():
+        target = user_dir() / f"{config.name}.safetensors"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(best, target)
+        shutil.copyfile(best.with_suffix(".json"), target.with_suffix(".json"))
+        log(f"registered as model {config.name!r} ({target})")
+    return FitResult(run, best, history, best_epoch, stopped)

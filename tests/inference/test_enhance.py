@@ -1,0 +1,77 @@
+"""Enhancement with the bundled models: same format and units out, tiling, denoising strength."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import medenhance as me
+from medenhance.degrade import noise
+from medenhance.errors import ConfigError
+from medenhance.inference.enhance import EnhanceOptions, enhance_array, enhance_image
+from medenhance.metrics import psnr, ssim
+from medenhance.models.card import load_model
+
+
+@pytest.fixture(scope="module")
+def xray_model():
+    return load_model("xray-denoise")
+
+
+@pytest.fixture(scope="module")
+def radiograph(samples) -> np.ndarray:
+    return me.read_image(samples / "xray_chest_nih_00009128_000.png").pixels
+
+
+def test_tiled_matches_whole_image(xray_model, radiograph: np.ndarray) -> None:
+    noisy = np.clip(noise.gaussian(radiograph, sigma=0.05, rng=np.random.default_rng(0)), 0, 1)
+    noisy = noisy.astype(np.float32)
+    assert noisy.shape == (1024, 1024)
+    whole, _ = enhance_array(noisy, xray_model, EnhanceOptions(tile=0))
+    tiled, _ = enhance_array(noisy, xray_model, EnhanceOptions(tile=256, overlap=0.5))
+    assert np.abs(whole - tiled).max() <= 1e-3
+
+
+@pytest.mark.parametrize(("name", "sample"), [("xray-denoise", "xray_chest_nih_00009128_000.png"),
+                                              ("mri-denoise", "mri_brain_glioma_Te-gl_0063.png")])
+def test_bundled_models_denoise_held_out_samples(name: str, sample: str, samples) -> None:
+    # Both samples are held out: the NIH image is in the test split, the MRI is from Testing.
+    clean = me.read_image(samples / sample).pixels.astype(np.float64)
+    noisy = np.clip(noise.gaussian(clean, sigma=25 / 255, rng=np.random.default_rng(1)), 0, 1)
+    out, sigmas = enhance_array(noisy.astype(np.float32), load_model(name))
+    assert sigmas[0] == pytest.approx(25 / 255, rel=0.25)
+    assert psnr(clean, out) > psnr(clean, noisy) + 8
+    assert ssim(clean, out) > ssim(clean, noisy) + 0.2
+
+
+def test_clean_input_is_nearly_unchanged(xray_model, radiograph: np.ndarray) -> None:
+    out, _ = enhance_array(radiograph, xray_model)
+    assert psnr(radiograph, out) > 38
+
+
+def test_formats_and_units_are_kept(xray_model, samples, tmp_path) -> None:
+    for path in me.find_images([samples]):
+        image = me.read_image(path)
+        out = enhance_image(image, xray_model)
+        target = me.write_image(out, tmp_path / path.name)
+        back = me.read_image(target)
+        assert back.meta.source_format == image.meta.source_format
+        assert back.meta.stored_dtype == image.meta.stored_dtype
+        assert back.shape == image.shape
+        assert "xray-denoise" in out.meta.history[-1]
+    arr = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    me.write_image(me.from_array(arr), tmp_path / "unit.npy")
+    out = enhance_image(me.read_image(tmp_path / "unit.npy"), xray_model)
+    me.write_image(out, tmp_path / "unit_out.npy")
+    back = np.load(tmp_path / "unit_out.npy")
+    assert back.dtype == np.float32 and 0 <= back.min() and back.max() <= 1
+
+
+def test_noise_level_overrides_the_estimate(xray_model, radiograph: np.ndarray) -> None:
+    crop = radiograph[:256, :256]
+    _, sigmas = enhance_array(crop, xray_model, EnhanceOptions(noise_level=0.1))
+    assert sigmas == [0.1]
+    with pytest.raises(ConfigError, match="noise level"):
+        enhance_array(crop, xray_model, EnhanceOptions(noise_level=2.0))
+    with pytest.raises(ConfigError, match="tile"):
+        enhance_array(crop, xray_model, EnhanceOptions(tile=5))

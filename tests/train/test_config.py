@@ -1,0 +1,52 @@
+"""Training configs: YAML round trip, --set overrides, and errors that name the bad key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medenhance.errors import ConfigError
+from medenhance.train.config import TrainConfig, apply_overrides, config_from_dict, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["xray-denoise", "mri-denoise"])
+def test_bundled_configs_load(name: str) -> None:
+    config = load_config(ROOT / "configs" / f"{name}.yaml")
+    assert config.name == name and config.model.name == "fastunet"
+    assert config_from_dict(config.to_dict()) == config
+
+
+def test_overrides_parse_yaml_values() -> None:
+    config = apply_overrides(TrainConfig(), ["optim.lr=1e-3", "optim.epochs=3", "amp=false",
+                                             "model.args.widths=[8, 8, 16]", "max_minutes=1.5"])
+    assert config.optim.lr == 1e-3 and config.optim.epochs == 3 and config.amp is False
+    assert config.model.args == {"widths": [8, 8, 16]} and config.max_minutes == 1.5
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("optim.lrr=1", "unknown key 'optim.lrr'"),
+    ("optim.lr=fast", "optim.lr: expected float"),
+    ("optim.epochs=2.5", "optim.epochs: expected int"),
+    ("lr", "expected key=value"),
+])
+def test_bad_overrides(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(TrainConfig(), [override])
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\ndata: {manifest: m.csv, patch_sise: 64}\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: data: unknown key\(s\) patch_sise"):
+        load_config(path)
+    path.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+    path.write_text("name: x\n")
+    with pytest.raises(ConfigError, match="data.manifest is not set"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        load_config(tmp_path / "missing.yaml")
