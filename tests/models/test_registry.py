@@ -26,7 +26,10 @@ def test_none_arguments_keep_defaults() -> None:
     assert len([m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]) == 17
 
 
-@pytest.mark.parametrize("name", list_models())
+RESTORERS = [n for n in list_models() if getattr(create_model(n), "task", "restore") != "classify"]
+
+
+@pytest.mark.parametrize("name", RESTORERS)
 @pytest.mark.parametrize("shape", [(2, 1, 32, 32), (1, 1, 48, 64)])
 def test_shapes_and_interface(name: str, shape: tuple[int, ...]) -> None:
     model = create_model(name).eval()
@@ -48,3 +51,17 @@ def test_blind_noise_estimate_matches_skimage() -> None:
     ours = estimate_sigma(torch.from_numpy(x)[:, None]).numpy()
     ref = [sk_estimate_sigma(f) for f in x]
     np.testing.assert_allclose(ours, ref, rtol=0.02)
+
+
+def test_classifier_outputs_logits_features_and_distances() -> None:
+    model = create_model("small_resnet", widths=[8, 8, 16, 16]).eval()
+    x = torch.rand(3, 1, 64, 64)
+    with torch.no_grad():
+        assert model(x).shape == (3,)
+        f = model.features(x)
+        assert f.shape == (3, 16)
+        model.feature_mean.copy_(f[0])
+        model.feature_precision.copy_(torch.eye(16))
+        d = model.mahalanobis(f)
+    torch.testing.assert_close(d, (f - f[0]).norm(dim=1), atol=1e-5, rtol=1e-5)
+    assert create_model("small_resnet", num_outputs=8)(x).shape == (3, 8)

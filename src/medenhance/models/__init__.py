@@ -1,6 +1,6 @@
 """Restoration networks, one file per architecture, built through the registry."""
 
-from . import autoencoder, dncnn, drunet, fastunet, ffdnet  # noqa: F401  (they register themselves)
+from . import autoencoder, classifier, dncnn, drunet, fastunet, ffdnet  # noqa: F401  (they register themselves)
 from .registry import create_model, list_models, register_model
 
 __all__ = ["create_model", "list_models", "register_model"]

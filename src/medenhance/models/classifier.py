@@ -1,0 +1,81 @@
+"""A small residual CNN that maps an image to one "abnormal" logit, plus its pooled features.
+
+Four stages of two residual blocks (3x3 conv, batch norm, ReLU), stride-2 between stages, global
+average pooling and a linear head: ~0.3 M parameters with the default widths, trainable on a CPU
+at 128x128 in minutes. ``features(x)`` returns the pooled feature vector that the out-of-
+distribution check and the one-class scorer use.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .registry import register_model
+
+
+class _Block(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out))
+        self.skip = (nn.Identity() if stride == 1 and c_in == c_out else
+                     nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
+                                   nn.BatchNorm2d(c_out)))
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.skip(x))
+
+
+class SmallResNet(nn.Module):
+    """``widths`` per stage; input ``(N, 1, H, W)`` in [0, 1]; output ``(N,)`` logits, or
+    ``(N, num_outputs)`` for a multi-class (self-supervised) head.
+
+    ``feature_mean`` / ``feature_precision`` are buffers for a Gaussian fitted to the features of
+    the training images (saved with the weights): the Mahalanobis distance to it is the one-class
+    anomaly score and the out-of-distribution check.
+    """
+
+    scale = 1
+    size_multiple = 16
+    uses_sigma = False
+    task = "classify"
+
+    def __init__(self, in_channels: int = 1, widths: tuple[int, ...] = (16, 32, 64, 128),
+                 dropout: float = 0.2, num_outputs: int = 1) -> None:
+        super().__init__()
+        widths = tuple(widths)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, stride=2, padding=1,
+                                            bias=False),
+                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        stages, c = [], widths[0]
+        for i, w in enumerate(widths):
+            stages += [_Block(c, w, 1 if i == 0 else 2), _Block(w, w, 1)]
+            c = w
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(c, num_outputs))
+        self.feature_dim = c
+        self.register_buffer("feature_mean", torch.zeros(c))
+        self.register_buffer("feature_precision", torch.zeros(c, c))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        # Centre the [0, 1] input so that batch norm starts from a sensible scale.
+        return self.stages(self.stem(x - 0.5)).mean(dim=(-2, -1))
+
+    def forward(self, x: torch.Tensor, sigma: object = None) -> torch.Tensor:
+        out = self.head(self.features(x))
+        return out.squeeze(1) if out.shape[1] == 1 else out
+
+    def mahalanobis(self, features: torch.Tensor) -> torch.Tensor:
+        """Distance of ``(N, D)`` features to the fitted Gaussian, ``(N,)``."""
+        d = features - self.feature_mean
+        return torch.sqrt(torch.clamp(((d @ self.feature_precision) * d).sum(1), min=0.0))
+
+
+@register_model
+def small_resnet(**kwargs: object) -> SmallResNet:
+    """Widths 16/32/64/128: the bundled triage classifiers' architecture."""
+    return SmallResNet(**kwargs)  # type: ignore[arg-type]

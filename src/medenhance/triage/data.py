@@ -1,0 +1,89 @@
+"""Labelled image folders for triage: ``ROOT/<label>/...``, normal labels -> 0, others -> 1.
+
+Every image is read with the foundation's readers (any format), its first frame (the middle slice
+of a volume) resized to ``size`` x ``size`` on the [0, 1] scale. Patient ids, for splits that keep
+a patient's images together, come from a regular expression on the file name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..degrade.resolution import resize
+from ..errors import DatasetError, MedEnhanceError
+from ..image import MedicalImage
+from ..io import find_images, read_image
+
+
+def triage_frame(image: MedicalImage, size: int) -> np.ndarray:
+    """The frame a triage model looks at, as float32 ``(size, size)`` in [0, 1]."""
+    frames = image.frames()
+    frame = frames[len(frames) // 2]
+    if frame.shape != (size, size):
+        frame = resize(frame, (size, size), "area" if min(frame.shape) > size else "bicubic")
+    return np.clip(frame, 0.0, 1.0).astype(np.float32)
+
+
+@dataclass
+class LabelledImages:
+    images: np.ndarray                      # (N, size, size) float32
+    labels: np.ndarray                      # (N,) 0 normal / 1 abnormal
+    paths: list[Path]
+    patients: list[str]
+    classes: list[str]                      # the folder label of each image
+    failures: list[str] = field(default_factory=list)
+
+    def subset(self, index: np.ndarray) -> LabelledImages:
+        return LabelledImages(self.images[index], self.labels[index],
+                              [self.paths[i] for i in index], [self.patients[i] for i in index],
+                              [self.classes[i] for i in index])
+
+
+def load_labelled(root: str | Path, normal_labels: Sequence[str], size: int, *,
+                  patient_regex: str | None = None,
+                  progress: Callable[[list[Path]], Iterable[Path]] | None = None
+                  ) -> LabelledImages:
+    """Read ``root/<label>/**`` images; the label is the first folder below ``root``."""
+    base = Path(root)
+    if not base.is_dir():
+        raise DatasetError(f"{base}: not a folder of label sub-folders")
+    files = [f for f in find_images([base]) if len(f.relative_to(base).parts) >= 2]
+    if not files:
+        raise DatasetError(f"{base}: no images in label sub-folders (expected ROOT/LABEL/image)")
+    pattern = re.compile(patient_regex) if patient_regex else None
+    normal = {n.lower() for n in normal_labels}
+    images, labels, paths, patients, classes, failures = [], [], [], [], [], []
+    for f in (progress(files) if progress else files):
+        label = f.relative_to(base).parts[0]
+        try:
+            images.append(triage_frame(read_image(f), size))
+        except MedEnhanceError as exc:
+            failures.append(str(exc))
+            continue
+        labels.append(0 if label.lower() in normal else 1)
+        paths.append(f)
+        classes.append(label)
+        match = pattern.search(f.name) if pattern else None
+        patients.append(match.group(1) if match else f.stem)
+    if not images:
+        raise DatasetError(f"{base}: no readable image")
+    found = {c.lower() for c in classes}
+    if not normal & found:
+        raise DatasetError(f"{base}: none of the normal labels {list(normal_labels)} is a "
+                           f"sub-folder (found {sorted(set(classes))})")
+    return LabelledImages(np.stack(images), np.asarray(labels), paths, patients, classes, failures)
+
+
+def split_by_patient(data: LabelledImages, val_fraction: float, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of (train, validation), no patient on both sides."""
+    ids = sorted(set(data.patients))
+    rng = np.random.default_rng(seed)
+    val_ids = set(rng.permutation(ids)[: max(1, round(val_fraction * len(ids)))].tolist())
+    is_val = np.array([p in val_ids for p in data.patients])
+    return np.nonzero(~is_val)[0], np.nonzero(is_val)[0]

@@ -1,0 +1,93 @@
+"""Evaluate a triage model on a labelled folder: discrimination, operating point, worklist effect."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DatasetError
+from ..io import find_images
+from .metrics import (auprc, auroc, bootstrap_ci, roc_curve, sens_spec, worklist_waits)
+from .score import NOTE, TriageScorer
+
+
+def _accuracy(y: np.ndarray, s: np.ndarray, t: float) -> float:
+    return float(((s >= t).astype(int) == y).mean())
+
+
+def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *,
+                           normal_labels: Sequence[str] | None = None,
+                           minutes_per_study: float = 5.0, n_bootstrap: int = 1000,
+                           progress: Callable | None = None) -> dict[str, Any]:
+    base, out = Path(folder), Path(output)
+    scorer = TriageScorer(model)
+    normal = {n.lower() for n in (normal_labels or scorer.info["normal_labels"])}
+    if not base.is_dir():
+        raise DatasetError(f"{base}: not a folder of label sub-folders")
+    files = [f for f in find_images([base]) if len(f.relative_to(base).parts) >= 2]
+    if not files:
+        raise DatasetError(f"{base}: no images in label sub-folders")
+    failures: list[str] = []
+    results = scorer.score_files(files, failures, progress=progress)
+    labels = np.array([0 if Path(r.path).relative_to(base).parts[0].lower() in normal else 1
+                       for r in results])
+    if len(set(labels.tolist())) < 2:
+        raise DatasetError(f"{base}: need both normal ({sorted(normal)}) and abnormal folders")
+    scores = np.array([r.score for r in results])
+    t = scorer.threshold
+
+    def sens(y: np.ndarray, s: np.ndarray) -> float:
+        return sens_spec(y, s, t)[0]
+
+    def spec(y: np.ndarray, s: np.ndarray) -> float:
+        return sens_spec(y, s, t)[1]
+
+    stats = {"auroc": auroc, "auprc": auprc, "sensitivity": sens, "specificity": spec,
+             "accuracy": lambda y, s: _accuracy(y, s, t)}
+    result: dict[str, Any] = {"model": scorer.model.card.name, "folder": str(base),
+                              "threshold": t, "n_normal": int((labels == 0).sum()),
+                              "n_abnormal": int(labels.sum()),
+                              "ood": int(sum(r.ood for r in results)), "note": NOTE,
+                              "failures": failures}
+    for name, fn in stats.items():
+        result[name] = float(fn(labels, scores))
+        result[f"{name}_ci"] = list(bootstrap_ci(labels, scores, fn, n=n_bootstrap))
+    waits = worklist_waits(labels, scores, minutes_per_study=minutes_per_study)
+    result["waits"] = vars(waits)
+    result["minutes_per_study"] = minutes_per_study
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "scores.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "score", "flag", "ood", "distance"])
+        for r, y in zip(results, labels, strict=True):
+            w.writerow([r.path, int(y), f"{r.score:.6f}", r.flag, r.ood, f"{r.distance:.3f}"])
+    (out / "summary.json").write_text(json.dumps(result, indent=2))
+    _plot_roc(labels, scores, t, result, out / "roc.png")
+    return result
+
+
+def _plot_roc(labels: np.ndarray, scores: np.ndarray, threshold: float, result: dict,
+              path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fpr, tpr, _ = roc_curve(labels, scores)
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ax.plot(fpr, tpr, label=f"AUROC {result['auroc']:.3f}")
+    ax.plot([0, 1], [0, 1], ls=":", c="grey")
+    sens, spec = sens_spec(labels, scores, threshold)
+    ax.plot([1 - spec], [sens], "o", label=f"threshold {threshold:.3f}: sens {sens:.2f}, "
+                                           f"spec {spec:.2f}")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity",
+           title=f"{result['model']} ({NOTE})")
+    ax.title.set_fontsize(8)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,91 @@
+"""Score images with a trained triage model and build a worklist.
+
+``score`` = calibrated probability of "abnormal" (higher = read sooner); ``flag`` = 1 at or above
+the operating point stored in the model card; ``ood`` = 1 when the image's features lie far outside
+what the model was trained on (another modality, a photo, a blank frame): such a score is not to be
+trusted and the study should be read as if flagged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, MedEnhanceError
+from ..io import read_image
+from ..models.card import LoadedModel, load_model
+from .data import triage_frame
+
+NOTE = "research use only, not for diagnosis"
+
+
+@dataclass
+class TriageResult:
+    path: str
+    score: float
+    flag: int
+    ood: int
+    distance: float
+
+
+class TriageScorer:
+    def __init__(self, model: LoadedModel | str) -> None:
+        self.model = load_model(model) if isinstance(model, str) else model
+        self.info = self.model.card.extra.get("triage")
+        if self.model.card.task != "triage" or not isinstance(self.info, dict):
+            raise ConfigError(f"model {self.model.card.name!r} is not a triage model "
+                              f"(task {self.model.card.task!r})")
+
+    @property
+    def threshold(self) -> float:
+        return float(self.info["threshold"])
+
+    @torch.no_grad()
+    def score_frames(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated scores and feature distances of ``(N, size, size)`` frames."""
+        net = self.model.network
+        x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))[:, None]
+        feats = net.features(x)
+        dist = net.mahalanobis(feats).numpy().astype(np.float64)
+        if self.info["kind"] == "supervised":
+            logits = net.head(feats).squeeze(1).numpy().astype(np.float64)
+            prob = 1 / (1 + np.exp(-logits / float(self.info["temperature"])))
+        else:
+            a, b = self.info["platt"]
+            prob = 1 / (1 + np.exp(-a * (dist - b)))
+        return prob, dist
+
+    def score_files(self, paths: list[Path], failures: list[str] | None = None,
+                    progress=None, batch: int = 32) -> list[TriageResult]:
+        size = int(self.info["size"])
+        results: list[TriageResult] = []
+        pending: list[tuple[Path, np.ndarray]] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            prob, dist = self.score_frames(np.stack([f for _, f in pending]))
+            for (p, _), s, d in zip(pending, prob, dist, strict=True):
+                results.append(TriageResult(str(p), float(s), int(s >= self.threshold),
+                                            int(d > float(self.info["ood_distance"])), float(d)))
+            pending.clear()
+
+        for path in (progress(paths) if progress else paths):
+            try:
+                pending.append((path, triage_frame(read_image(path), size)))
+            except MedEnhanceError as exc:
+                if failures is None:
+                    raise
+                failures.append(str(exc))
+            if len(pending) >= batch:
+                flush()
+        flush()
+        return results
+
+
+def worklist(results: list[TriageResult]) -> list[TriageResult]:
+    """Most likely abnormal first; out-of-distribution studies go to the top with the flagged."""
+    return sorted(results, key=lambda r: (-max(r.flag, r.ood), -r.score, r.path))

@@ -1,0 +1,289 @@
+"""Train triage models: a supervised normal-vs-abnormal classifier, or a one-class model.
+
+* ``supervised``: :class:`~medenhance.models.classifier.SmallResNet` with weighted binary
+  cross-entropy (the minority class weighs ``n_major / n_minor``) and geometric/intensity
+  augmentation; the epoch with the best validation AUROC is kept; temperature scaling on
+  validation logits.
+* ``oneclass``: the same network learns, **from normal images only**, to recognise which of 8
+  rotations/flips was applied to an image (Golan & El-Yaniv, NeurIPS 2018); a Gaussian is then
+  fitted to the pooled features of the normal training images and the anomaly score is the
+  Mahalanobis distance to it (Rippel et al., ICPR 2020). Abnormal images are never used for
+  training; a labelled validation split is used only to calibrate the score into a probability
+  (Platt scaling) and to choose the operating point.
+
+Both store, in the model card, the calibration, the threshold that reaches the target sensitivity
+on validation, and an out-of-distribution distance limit (feature Mahalanobis distance above the
+99th percentile of the validation images x 1.5): images beyond it get a warning instead of a score
+one should trust.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from scipy.optimize import minimize
+
+from ..errors import ConfigError
+from ..models.card import ModelCard, save_checkpoint, user_dir
+from ..models.registry import create_model
+from ..train.config import _build
+from ..train.loop import pick_device
+from .data import LabelledImages, load_labelled, split_by_patient
+from .metrics import (auprc, auroc, fit_temperature, sens_spec, threshold_for_sensitivity)
+
+KINDS = ("supervised", "oneclass")
+
+
+@dataclass
+class TriageConfig:
+    name: str = "my-triage"
+    kind: str = "supervised"
+    modality: str = "any"
+    description: str = ""
+    #: Training folder with one sub-folder per label.
+    data: str = ""
+    normal_labels: list[str] = field(default_factory=lambda: ["NORMAL"])
+    patient_regex: str | None = None
+    size: int = 128
+    val_fraction: float = 0.15
+    model: str = "small_resnet"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    target_sensitivity: float = 0.95
+    seed: int = 0
+    threads: int | None = None
+    device: str = "auto"
+    output_dir: str = ""
+    register: bool = True
+
+    def validate(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"kind must be supervised or oneclass, got {self.kind!r}")
+        if not self.data:
+            raise ConfigError("data is not set (a folder with one sub-folder per label)")
+        if self.size < 32 or self.size % 16:
+            raise ConfigError(f"size must be a multiple of 16 and >= 32, got {self.size}")
+        if not 0 < self.target_sensitivity <= 1 or not 0 < self.val_fraction < 1:
+            raise ConfigError("target_sensitivity must be in (0, 1], val_fraction in (0, 1)")
+        if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
+            raise ConfigError("epochs >= 1, batch_size >= 2 and lr > 0 are needed")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or Path("runs") / self.name)
+
+
+def load_triage_config(path: str | Path, overrides: list[str] | None = None) -> TriageConfig:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        for item in overrides or []:
+            key, sep, text = item.partition("=")
+            if not sep:
+                raise ConfigError(f"--set {item!r}: expected key=value")
+            data[key.strip()] = yaml.safe_load(text)
+        config = _build(TriageConfig, data, "")
+        config.validate()
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return config
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random rotation (+-8 deg), scale (0.9-1.1), shift (+-6 %), contrast/brightness/gamma."""
+    n = x.shape[0]
+    rnd = torch.rand(n, 7, generator=generator)
+    angle = (rnd[:, 0] - 0.5) * math.radians(16)
+    scale = 0.9 + 0.2 * rnd[:, 1]
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    shift = (rnd[:, 2:4] - 0.5) * 0.12
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
+                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    gamma = torch.exp((rnd[:, 4] - 0.5) * 0.5).view(n, 1, 1, 1)
+    contrast = (0.85 + 0.3 * rnd[:, 5]).view(n, 1, 1, 1)
+    brightness = ((rnd[:, 6] - 0.5) * 0.1).view(n, 1, 1, 1)
+    out = out.clamp(0, 1) ** gamma
+    return ((out - 0.5) * contrast + 0.5 + brightness).clamp(0, 1)
+
+
+def transform8(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Apply transformation ``k`` in 0..7 (rotation k % 4 x 90 deg, flipped when k >= 4)."""
+    out = torch.empty_like(x)
+    for t in range(8):
+        sel = k == t
+        if sel.any():
+            y = torch.rot90(x[sel], t % 4, dims=(-2, -1))
+            out[sel] = torch.flip(y, dims=(-1,)) if t >= 4 else y
+    return out
+
+
+@torch.no_grad()
+def batched(fn: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, device: torch.device,
+            batch: int = 64) -> np.ndarray:
+    outs = []
+    for i in range(0, len(images), batch):
+        x = torch.from_numpy(images[i: i + batch])[:, None].to(device)
+        outs.append(fn(x).float().cpu().numpy())
+    return np.concatenate(outs)
+
+
+def fit_gaussian(features: np.ndarray, shrinkage: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and precision of ``(N, D)`` features; covariance shrunk towards its mean variance."""
+    mean = features.mean(0)
+    cov = np.cov(features, rowvar=False)
+    d = cov.shape[0]
+    cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / d * np.eye(d)
+    return mean, np.linalg.inv(cov)
+
+
+def fit_platt(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """``a, b`` of ``p = sigmoid(a * (s - b))`` minimising the log loss (Platt 1999)."""
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=np.float64)
+    scale = s.std() or 1.0
+
+    def nll(v: np.ndarray) -> float:
+        z = v[0] / scale * (s - v[1])
+        return float(np.mean(np.logaddexp(0, z) - y * z))
+
+    res = minimize(nll, x0=[1.0, float(np.median(s))], method="Nelder-Mead")
+    return float(res.x[0] / scale), float(res.x[1])
+
+
+def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
+                 progress: Callable[[list[Path]], Any] | None = None) -> tuple[Path, dict]:
+    """Train, calibrate and save; returns the checkpoint path and the validation metrics."""
+    config.validate()
+    run = config.run_dir
+    run.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = pick_device(config.device)
+    data = load_labelled(config.data, config.normal_labels, config.size,
+                         patient_regex=config.patient_regex, progress=progress)
+    if data.failures:
+        log(f"{len(data.failures)} unreadable file(s) skipped, e.g. {data.failures[0]}")
+    train_idx, val_idx = split_by_patient(data, config.val_fraction, config.seed)
+    train, val = data.subset(train_idx), data.subset(val_idx)
+    if config.kind == "oneclass":
+        train = train.subset(np.nonzero(train.labels == 0)[0])  # normal images only
+    if len(set(val.labels.tolist())) < 2:
+        raise ConfigError("the validation split needs normal and abnormal images to choose the "
+                          "operating point")
+    log(f"{config.kind}: {len(train.labels)} training images "
+        f"({int(train.labels.sum())} abnormal), {len(val.labels)} validation images "
+        f"({int(val.labels.sum())} abnormal), {len(set(data.patients))} patients")
+
+    outputs = 8 if config.kind == "oneclass" else 1
+    model = create_model(config.model, num_outputs=outputs, **config.model_args).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps = config.epochs * max(1, len(train.labels) // config.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps)
+    gen = torch.Generator().manual_seed(config.seed)
+    n_pos, n_neg = int(train.labels.sum()), int((1 - train.labels).sum())
+    pos_weight = torch.tensor(n_neg / max(n_pos, 1), device=device)
+    images = torch.from_numpy(train.images)[:, None]
+    labels = torch.from_numpy(train.labels).float()
+    best_state, best_val, history = None, -math.inf, []
+    start = time.perf_counter()
+    for epoch in range(config.epochs):
+        model.train()
+        order = torch.randperm(len(labels), generator=gen)
+        losses = []
+        for i in range(0, len(order) - config.batch_size + 1, config.batch_size):
+            idx = order[i: i + config.batch_size]
+            x = augment(images[idx], gen).to(device)
+            if config.kind == "oneclass":
+                k = torch.randint(0, 8, (len(idx),), generator=gen)
+                loss = F.cross_entropy(model(transform8(x, k)), k.to(device))
+            else:
+                loss = F.binary_cross_entropy_with_logits(model(x), labels[idx].to(device),
+                                                          pos_weight=pos_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        model.eval()
+        if config.kind == "supervised":
+            val_score = auroc(val.labels, batched(model, val.images, device))
+            note = f"val AUROC {val_score:.4f}"
+        else:
+            # Model selection must not look at abnormal images: use the normal images' loss.
+            normal = torch.from_numpy(val.images[val.labels == 0])[:, None]
+            k = torch.arange(len(normal)) % 8
+            logits = batched(model, transform8(normal, k)[:, 0].numpy(), device)
+            val_score = -float(F.cross_entropy(torch.from_numpy(logits), k))
+            note = f"val (normal) transformation loss {-val_score:.4f}"
+        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
+                        "val": val_score})
+        log(f"epoch {epoch + 1}/{config.epochs}  loss {np.mean(losses):.4f}  {note}"
+            + ("  *best" if val_score > best_val else ""))
+        if val_score > best_val:
+            best_val = val_score
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    model.eval()
+
+    # One-class: the training images are all normal. Supervised: the Gaussian describes
+    # everything the classifier was trained on, for the out-of-distribution check.
+    mean, precision = fit_gaussian(batched(model.features, train.images, device))
+    model.feature_mean.copy_(torch.from_numpy(mean).float())
+    model.feature_precision.copy_(torch.from_numpy(precision).float())
+    val_dist = batched(lambda x: model.mahalanobis(model.features(x)), val.images, device)
+    triage: dict[str, Any] = {"kind": config.kind, "size": config.size,
+                              "normal_labels": list(config.normal_labels),
+                              "target_sensitivity": config.target_sensitivity,
+                              "ood_distance": float(np.percentile(val_dist, 99) * 1.5)}
+    if config.kind == "supervised":
+        logits = batched(model, val.images, device)
+        temperature = fit_temperature(logits, val.labels)
+        triage["temperature"] = temperature
+        prob = 1 / (1 + np.exp(-logits / temperature))
+    else:
+        a, b = fit_platt(val_dist, val.labels)
+        triage["platt"] = [a, b]
+        prob = 1 / (1 + np.exp(-a * (val_dist - b)))
+    threshold = threshold_for_sensitivity(val.labels, prob, config.target_sensitivity)
+    triage["threshold"] = threshold
+    sens, spec = sens_spec(val.labels, prob, threshold)
+    metrics = {"val_auroc": auroc(val.labels, prob), "val_auprc": auprc(val.labels, prob),
+               "val_sensitivity": sens, "val_specificity": spec,
+               "val_images": int(len(val.labels)), "train_minutes":
+               round((time.perf_counter() - start) / 60, 1)}
+    card = ModelCard(
+        name=config.name, architecture=config.model,
+        arguments={**config.model_args, "num_outputs": outputs}, task="triage",
+        modality=config.modality, description=config.description,
+        intensity="float32 in [0, 1] by the image's intensity window; middle frame resized to "
+                  f"{config.size}x{config.size}",
+        training_data={"root": str(config.data), "sources": [str(config.data)],
+                       "images": {"train": int(len(train.labels)), "val": int(len(val.labels))},
+                       "abnormal_in_training": int(train.labels.sum()),
+                       "classes": sorted(set(data.classes))},
+        config=asdict(config), metrics=metrics, extra={"triage": triage, "history": history})
+    path = save_checkpoint(model, card, run / "best.safetensors")
+    if config.register:
+        save_checkpoint(model, card, user_dir() / f"{config.name}.safetensors")
+    log(f"validation: AUROC {metrics['val_auroc']:.4f}, sensitivity {sens:.3f}, specificity "
+        f"{spec:.3f} at threshold {threshold:.4f}; saved {path}")
+    return path, metrics

@@ -1,0 +1,60 @@
+"""Triage metrics against reference statistics (Mann-Whitney U) and hand-checked cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import mannwhitneyu
+
+from medenhance.triage.metrics import (auprc, auroc, bootstrap_ci, fit_temperature, roc_curve,
+                                       sens_spec, threshold_for_sensitivity, worklist_waits)
+
+
+def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = (rng.random(300) < 0.4).astype(int)
+    s = np.round(rng.normal(y * 1.2, 1.0), 1)  # rounding makes ties
+    return y, s
+
+
+def test_auroc_equals_mann_whitney() -> None:
+    y, s = _data()
+    u = mannwhitneyu(s[y == 1], s[y == 0]).statistic
+    assert auroc(y, s) == pytest.approx(u / (y.sum() * (1 - y).sum()), abs=1e-12)
+    fpr, tpr, _ = roc_curve(y, s)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(auroc(y, s), abs=1e-9)
+
+
+def test_auprc_hand_cases() -> None:
+    assert auprc([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1]) == pytest.approx((1 + 2 / 3) / 2)
+    assert auprc([1, 1, 0], [3, 2, 1]) == 1.0
+    assert np.isnan(auprc([0, 0], [1, 2]))
+
+
+def test_threshold_reaches_sensitivity() -> None:
+    y, s = _data(1)
+    for target in (0.8, 0.95, 1.0):
+        t = threshold_for_sensitivity(y, s, target)
+        sens, spec = sens_spec(y, s, t)
+        assert sens >= target
+        assert sens_spec(y, s, np.nextafter(t, np.inf))[0] < target or t == s[y == 1].max()
+
+
+def test_bootstrap_ci_covers_the_estimate() -> None:
+    y, s = _data(2)
+    lo, hi = bootstrap_ci(y, s, auroc, n=300)
+    assert lo < auroc(y, s) < hi and hi - lo < 0.2
+
+
+def test_temperature_recovers_a_known_scale() -> None:
+    rng = np.random.default_rng(3)
+    true_logit = rng.normal(0, 2, 20000)
+    y = (rng.random(true_logit.size) < 1 / (1 + np.exp(-true_logit))).astype(int)
+    assert fit_temperature(true_logit * 3.0, y) == pytest.approx(3.0, rel=0.08)
+
+
+def test_worklist_perfect_scores_read_abnormal_first() -> None:
+    y = np.array([0] * 20 + [1] * 5)
+    w = worklist_waits(y, y.astype(float), minutes_per_study=5)
+    assert w.triage_mean == pytest.approx(np.mean(np.arange(5) * 5))
+    assert w.arrival_mean > w.triage_mean
