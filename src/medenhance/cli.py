@@ -11,7 +11,7 @@ import shutil
 import sys
 import warnings
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -128,6 +128,37 @@ def _relative_names(inputs: list[Path], files: list[Path]) -> list[Path]:
     return names
 
 
+def _for_each_file(files: list[Path], names: list[Path], description: str, output: Path,
+                   targets_of: Callable[[Path], tuple[Path, ...]],
+                   process: Callable[[Path, tuple[Path, ...]], None], overwrite: bool
+                   ) -> tuple[int, list[str]]:
+    """Run ``process(file, targets)`` per file after checking that no target is the input or an
+    existing file (unless ``overwrite``); returns the count done and one-line failures."""
+    from .io import full_suffix
+
+    failures: list[str] = []
+    done = 0
+    for f, name in track(list(zip(files, names, strict=True)), description):
+        if full_suffix(name) == "":
+            name = name.with_name(name.name + ".dcm")  # UID-named DICOM files have no suffix
+        targets = targets_of(name)
+        try:
+            for target in targets:  # check all before writing any
+                if target.resolve() == f.resolve():
+                    raise MedEnhanceError(f"{target}: refusing to overwrite the input file")
+                if target.exists() and not overwrite:
+                    raise MedEnhanceError(f"{target}: file exists (pass --overwrite to replace it)")
+            process(f, targets)
+            done += 1
+        except MedEnhanceError as exc:
+            message = str(exc)
+            failures.append(message if str(f) in message or str(output) in message
+                            else f"{f}: {message}")
+        except OSError as exc:
+            failures.append(f"{f}: {exc.strerror or exc}")
+    return done, failures
+
+
 @app.command()
 def degrade(
     inputs: Annotated[list[Path], typer.Argument(help="Clean image files or folders.")],
@@ -157,7 +188,7 @@ def degrade(
     * `medenhance degrade --list-presets`
     """
     from .degrade import PRESETS, DegradationRecord, Pipeline, degrade_image
-    from .io import find_images, full_suffix, read_image, write_image
+    from .io import find_images, read_image, write_image
     from .io._files import atomic_write
 
     if list_presets:
@@ -183,36 +214,25 @@ def degrade(
     # Never read our own earlier outputs back as inputs (e.g. `degrade scans -o scans/pairs`).
     files = [f for f in files if out_root not in f.resolve().parents]
     names = _relative_names(inputs, files)
-    failures: list[str] = []
-    done = 0
-    for f, name in track(list(zip(files, names, strict=True)), "degrading"):
-        if full_suffix(name) == "":
-            name = name.with_name(name.name + ".dcm")  # UID-named DICOM files have no suffix
-        targets = (output / "degraded" / name, output / "clean" / name,
-                   output / "records" / name.with_name(name.name + ".json"))
-        try:
-            for target in targets:  # check all three before writing any
-                if target.resolve() == f.resolve():
-                    raise MedEnhanceError(f"{target}: refusing to overwrite the input file")
-                if target.exists() and not overwrite:
-                    raise MedEnhanceError(f"{target}: file exists (pass --overwrite to replace it)")
-            image = read_image(f)
-            if pipe is not None:
-                degraded, record = degrade_image(image, pipe, _file_seed(seed, str(name)))
-            else:
-                degraded, record = degrade_image(image, record)
-            record.extra["source"] = str(f)
-            write_image(degraded, targets[0], overwrite=overwrite)
-            atomic_write(targets[1], lambda tmp: shutil.copyfile(f, tmp), overwrite=overwrite)
-            atomic_write(targets[2], lambda tmp: tmp.write_text(record.to_json()),
-                         overwrite=overwrite)
-            done += 1
-        except MedEnhanceError as exc:
-            message = str(exc)
-            failures.append(message if str(f) in message or str(output) in message
-                            else f"{f}: {message}")
-        except OSError as exc:
-            failures.append(f"{f}: {exc.strerror or exc}")
+
+    def targets_of(name: Path) -> tuple[Path, ...]:
+        return (output / "degraded" / name, output / "clean" / name,
+                output / "records" / name.with_name(name.name + ".json"))
+
+    def process(f: Path, targets: tuple[Path, ...]) -> None:
+        image = read_image(f)
+        name = targets[0].relative_to(output / "degraded")
+        if pipe is not None:
+            degraded, rec = degrade_image(image, pipe, _file_seed(seed, str(name)))
+        else:
+            degraded, rec = degrade_image(image, record)
+        rec.extra["source"] = str(f)
+        write_image(degraded, targets[0], overwrite=overwrite)
+        atomic_write(targets[1], lambda tmp: shutil.copyfile(f, tmp), overwrite=overwrite)
+        atomic_write(targets[2], lambda tmp: tmp.write_text(rec.to_json()), overwrite=overwrite)
+
+    done, failures = _for_each_file(files, names, "degrading", output, targets_of, process,
+                                    overwrite)
     console.print(f"degraded {done} image(s) into {output}/degraded (clean copies in "
                   f"{output}/clean, records in {output}/records)")
     report_failures(failures, len(files))
@@ -406,7 +426,7 @@ def enhance(
         help="Noise sigma in grey levels of 255 (e.g. 25); default: estimated per image.")] = None,
     tile: Annotated[int, typer.Option(help="Tile side in pixels; 0 processes whole images.")] = 512,
     overlap: Annotated[float, typer.Option(help="Fraction of a tile shared with neighbours.")
-                       ] = 0.25,
+                       ] = 0.375,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
 ) -> None:
@@ -421,7 +441,7 @@ def enhance(
     * `medenhance enhance scans/ -o out/ --model mri-denoise --noise-level 10`
     """
     from .inference.enhance import EnhanceOptions, enhance_image
-    from .io import find_images, full_suffix, read_image, write_image
+    from .io import find_images, read_image, write_image
     from .models.card import load_model
     from .train.loop import pick_device
 
@@ -439,25 +459,12 @@ def enhance(
     out_root = output.resolve()
     files = [f for f in files if out_root not in f.resolve().parents]
     names = _relative_names(inputs, files)
-    failures: list[str] = []
-    done = 0
-    for f, name in track(list(zip(files, names, strict=True)), f"enhancing ({loaded.card.name})"):
-        if full_suffix(name) == "":
-            name = name.with_name(name.name + ".dcm")
-        target = output / name
-        try:
-            if target.resolve() == f.resolve():
-                raise MedEnhanceError(f"{target}: refusing to overwrite the input file")
-            if target.exists() and not overwrite:
-                raise MedEnhanceError(f"{target}: file exists (pass --overwrite to replace it)")
-            write_image(enhance_image(read_image(f), loaded, opts), target, overwrite=overwrite)
-            done += 1
-        except MedEnhanceError as exc:
-            message = str(exc)
-            failures.append(message if str(f) in message or str(output) in message
-                            else f"{f}: {message}")
-        except OSError as exc:
-            failures.append(f"{f}: {exc.strerror or exc}")
+
+    def process(f: Path, targets: tuple[Path, ...]) -> None:
+        write_image(enhance_image(read_image(f), loaded, opts), targets[0], overwrite=overwrite)
+
+    done, failures = _for_each_file(files, names, f"enhancing ({loaded.card.name})", output,
+                                    lambda name: (output / name,), process, overwrite)
     console.print(f"enhanced {done} image(s) with {loaded.card.name} into {output}/ "
                   f"({RESEARCH_NOTE})")
     report_failures(failures, len(files))
@@ -485,7 +492,7 @@ def models(
         return
     table = Table("name", "origin", "task", "modality", "scale", "architecture",
                   "trained on", "validation", title=f"models ({RESEARCH_NOTE})")
-    for origin, card, _ in available_models():
+    for origin, card, weights in available_models():
         data = card.training_data
         trained = ", ".join(Path(s).name for s in data.get("sources", [])[:2]) or "?"
         if "images" in data:
@@ -493,8 +500,10 @@ def models(
         m = card.metrics
         val = (f"PSNR {m['val_psnr']:.2f} dB (input {m.get('val_psnr_input', float('nan')):.2f}),"
                f" SSIM {m.get('val_ssim', float('nan')):.3f}" if "val_psnr" in m else
-               ", ".join(f"{k} {v:.3g}" for k, v in m.items() if isinstance(v, float)))
-        table.add_row(card.name, origin, card.task, card.modality, f"x{card.scale}",
+               f"AUROC {m['val_auroc']:.3f}, sens {m['val_sensitivity']:.2f}, spec "
+               f"{m['val_specificity']:.2f}" if "val_auroc" in m else "")
+        # The file name is what --model resolves (the card's name may differ for copied files).
+        table.add_row(weights.stem, origin, card.task, card.modality, f"x{card.scale}",
                       card.architecture, trained, val)
     console.print(table)
 

@@ -135,7 +135,7 @@ def write_report(evaluation_dir: str | Path, output_dir: str | Path, *, max_imag
     metric = {(r["method"], r["image"]): r for r in rows}
     names = sorted({r["image"] for r in rows})[:max_images]
 
-    md = [f"# Denoising report\n", f"*{NOTE}*\n",
+    md = ["# Denoising report\n", f"*{NOTE}*\n",
           f"Reference images: `{info['reference']}`; methods: "
           + ", ".join(f"`{m}`" for m in methods) + ".\n", "## Summary (mean [95 % CI])\n",
           summary, "## Images\n"]

@@ -28,7 +28,7 @@ def test_tiled_matches_whole_image(xray_model, radiograph: np.ndarray) -> None:
     noisy = noisy.astype(np.float32)
     assert noisy.shape == (1024, 1024)
     whole, _ = enhance_array(noisy, xray_model, EnhanceOptions(tile=0))
-    tiled, _ = enhance_array(noisy, xray_model, EnhanceOptions(tile=256, overlap=0.5))
+    tiled, _ = enhance_array(noisy, xray_model)  # the defaults: 512 tiles, 3/8 overlap
     assert np.abs(whole - tiled).max() <= 1e-3
 
 
@@ -59,6 +59,20 @@ def test_formats_and_units_are_kept(xray_model, samples, tmp_path) -> None:
         assert back.meta.stored_dtype == image.meta.stored_dtype
         assert back.shape == image.shape
         assert "xray-denoise" in out.meta.history[-1]
+    # A 16-bit NIfTI volume and a float TIFF come back in their own units and types.
+    volume = (np.random.default_rng(0).random((3, 40, 48)) * 3000).astype(np.int16)
+    me.write_image(me.from_array(volume), tmp_path / "vol.nii.gz")
+    out = me.write_image(enhance_image(me.read_image(tmp_path / "vol.nii.gz"), xray_model),
+                         tmp_path / "vol_out.nii.gz")
+    back = me.read_image(out)
+    assert back.shape == (3, 40, 48) and back.meta.stored_dtype == "int16"
+    assert 0 <= back.values().min() and back.values().max() <= 3000
+    ramp = np.linspace(-100.0, 400.0, 64 * 64, dtype=np.float32).reshape(64, 64)
+    me.write_image(me.from_array(ramp), tmp_path / "f.tiff")
+    back = me.read_image(me.write_image(enhance_image(me.read_image(tmp_path / "f.tiff"),
+                                                      xray_model), tmp_path / "f_out.tiff"))
+    assert back.meta.stored_dtype == "float32"
+    np.testing.assert_allclose(back.values(), ramp, atol=5.0)
     arr = np.random.default_rng(0).random((64, 64)).astype(np.float32)
     me.write_image(me.from_array(arr), tmp_path / "unit.npy")
     out = enhance_image(me.read_image(tmp_path / "unit.npy"), xray_model)

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from ..degrade.pipeline import Pipeline, apply_record
 from ..errors import DatasetError
+from ..io import read_image
 from .prepare import read_manifest
 
 
@@ -50,13 +51,11 @@ def load_split(manifest: str | Path, split: str) -> list[np.ndarray]:
     images = []
     for row in rows:
         path = root / row["path"]
+        # Prepared .npy frames are already on [0, 1]; other formats go through the readers.
         try:
-            pixels = np.load(path) if path.suffix == ".npy" else None
+            pixels = np.load(path) if path.suffix == ".npy" else read_image(path).pixels
         except (OSError, ValueError) as exc:
             raise DatasetError(f"{path}: {exc}") from None
-        if pixels is None:
-            from ..io import read_image
-            pixels = read_image(path).pixels
         images.append(np.asarray(pixels, dtype=np.float32).reshape(pixels.shape[-2:]))
     return images
 

@@ -27,7 +27,9 @@ class EnhanceOptions:
 
     noise_level: float | None = None
     tile: int = 512
-    overlap: float = 0.25
+    #: 3/8 of a 512 tile (192 px) covers the receptive field of the bundled models: tiled output
+    #: then matches whole-image output to ~3e-4 (0.25 gave 1.1e-3).
+    overlap: float = 0.375
     batch_size: int = 2
     device: str = "cpu"
 

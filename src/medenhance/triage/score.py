@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.special import expit
 
 from ..errors import ConfigError, MedEnhanceError
 from ..io import read_image
@@ -52,10 +53,10 @@ class TriageScorer:
         dist = net.mahalanobis(feats).numpy().astype(np.float64)
         if self.info["kind"] == "supervised":
             logits = net.head(feats).squeeze(1).numpy().astype(np.float64)
-            prob = 1 / (1 + np.exp(-logits / float(self.info["temperature"])))
+            prob = expit(logits / float(self.info["temperature"]))
         else:
             a, b = self.info["platt"]
-            prob = 1 / (1 + np.exp(-a * (dist - b)))
+            prob = expit(a * (dist - b))
         return prob, dist
 
     def score_files(self, paths: list[Path], failures: list[str] | None = None,

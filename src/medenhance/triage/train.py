@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import expit
 import torch.nn.functional as F
 import yaml
 from scipy.optimize import minimize
@@ -37,7 +38,7 @@ from ..models.card import ModelCard, save_checkpoint, user_dir
 from ..models.registry import create_model
 from ..train.config import _build
 from ..train.loop import pick_device
-from .data import LabelledImages, load_labelled, split_by_patient
+from .data import load_labelled, split_by_patient
 from .metrics import (auprc, auroc, fit_temperature, sens_spec, threshold_for_sensitivity)
 
 KINDS = ("supervised", "oneclass")
@@ -258,11 +259,11 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
         logits = batched(model, val.images, device)
         temperature = fit_temperature(logits, val.labels)
         triage["temperature"] = temperature
-        prob = 1 / (1 + np.exp(-logits / temperature))
+        prob = expit(logits / temperature)
     else:
         a, b = fit_platt(val_dist, val.labels)
         triage["platt"] = [a, b]
-        prob = 1 / (1 + np.exp(-a * (val_dist - b)))
+        prob = expit(a * (val_dist - b))
     threshold = threshold_for_sensitivity(val.labels, prob, config.target_sensitivity)
     triage["threshold"] = threshold
     sens, spec = sens_spec(val.labels, prob, threshold)

@@ -1,0 +1,106 @@
+"""Triage end to end on synthetic 'studies': train both kinds, score, worklist, evaluation."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from medenhance.cli import app
+from medenhance.image import from_array
+from medenhance.io import write_image
+from medenhance.triage.score import TriageScorer
+
+runner = CliRunner()
+
+
+def _study(rng: np.random.Generator, abnormal: bool) -> np.ndarray:
+    yy, xx = np.mgrid[0:64, 0:64] / 64.0
+    img = 0.35 + 0.15 * np.sin(5 * xx + rng.uniform(0, 1)) * np.cos(4 * yy)
+    img += rng.normal(0, 0.03, img.shape)
+    if abnormal:  # a bright round "opacity"
+        cy, cx = rng.uniform(0.3, 0.7, 2)
+        img += 0.35 * (((yy - cy) ** 2 + (xx - cx) ** 2) < rng.uniform(0.01, 0.03))
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("triage")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 80), ("test", 30)):
+        for label in ("NORMAL", "PNEUMONIA"):
+            for i in range(n):
+                write_image(from_array(_study(rng, label == "PNEUMONIA")),
+                            root / split / label / f"p{i}_{label}.png")
+    return root
+
+
+def _config(root: Path, kind: str, out: Path) -> Path:
+    path = out / f"{kind}.yaml"
+    path.write_text(f"name: tiny-{kind}\nkind: {kind}\ndata: {root / 'train'}\nsize: 64\n"
+                    "epochs: 4\nbatch_size: 16\nlr: 3.0e-3\nthreads: 1\n"
+                    f"model_args: {{widths: [8, 16, 16, 32]}}\noutput_dir: {out / kind}\n"
+                    "val_fraction: 0.25\n")
+    return path
+
+
+def test_supervised_triage_end_to_end(folders: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MEDENHANCE_MODELS", str(tmp_path / "models"))
+    result = runner.invoke(app, ["train-triage", "-c", str(_config(folders, "supervised",
+                                                                       tmp_path))])
+    assert result.exit_code == 0, result.output
+    scorer = TriageScorer("tiny-supervised")
+    info = scorer.model.card.extra["triage"]
+    assert info["kind"] == "supervised" and info["temperature"] > 0
+    assert scorer.model.card.metrics["val_sensitivity"] >= 0.95
+
+    worklist = tmp_path / "worklist.csv"
+    bad = tmp_path / "bad" / "x.png"
+    bad.parent.mkdir()
+    bad.write_bytes(b"nope")
+    out = runner.invoke(app, ["triage", str(folders / "test"), str(bad), "-m", "tiny-supervised",
+                              "-o", str(worklist)])
+    assert out.exit_code == 1 and "x.png" in out.output and "Traceback" not in out.output
+    rows = list(csv.DictReader(open(worklist)))
+    assert len(rows) == 60 and set(rows[0]) >= {"path", "score", "flag"}
+    keys = [(-max(int(r["flag"]), int(r["ood"])), -float(r["score"])) for r in rows]
+    assert keys == sorted(keys)
+    again = runner.invoke(app, ["triage", str(folders / "test"), "-m", "tiny-supervised",
+                                "-o", str(worklist)])
+    assert again.exit_code == 1 and "file exists" in again.output
+
+    ev = runner.invoke(app, ["evaluate-triage", str(folders / "test"), "-m", "tiny-supervised",
+                             "-o", str(tmp_path / "ev"), "--bootstrap", "200"])
+    assert ev.exit_code == 0, ev.output
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["auroc"] > 0.9 and summary["n_abnormal"] == 30
+    assert summary["auroc_ci"][0] <= summary["auroc"] <= summary["auroc_ci"][1]
+    assert summary["waits"]["triage_mean"] < summary["waits"]["arrival_mean"]
+    assert (tmp_path / "ev" / "roc.png").stat().st_size > 5000
+
+
+def test_oneclass_never_trains_on_abnormal(folders: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MEDENHANCE_MODELS", str(tmp_path / "models"))
+    result = runner.invoke(app, ["train-triage", "-c", str(_config(folders, "oneclass", tmp_path))])
+    assert result.exit_code == 0, result.output
+    scorer = TriageScorer("tiny-oneclass")
+    card = scorer.model.card
+    assert card.training_data["abnormal_in_training"] == 0
+    assert card.extra["triage"]["kind"] == "oneclass" and len(card.extra["triage"]["platt"]) == 2
+    # Something utterly unlike the training images lies beyond every in-distribution study.
+    noise = np.random.default_rng(1).random((3, 64, 64)).astype(np.float32)
+    _, dist = scorer.score_frames(noise)
+    test = np.stack([_study(np.random.default_rng(i), i % 2 == 1) for i in range(40)]) / 255.0
+    _, in_dist = scorer.score_frames(test.astype(np.float32))
+    assert dist.min() > in_dist.max()
+
+
+def test_denoiser_is_not_a_triage_model(tmp_path: Path) -> None:
+    out = runner.invoke(app, ["triage", str(tmp_path), "-m", "xray-denoise", "-o",
+                              str(tmp_path / "w.csv")])
+    assert out.exit_code == 1 and "not a triage model" in out.output
