@@ -1,40 +1,53 @@
 """Copy a finished run's best checkpoint into the package as a bundled model.
 
-    .venv/bin/python configs/bundle.py runs/xray-denoise
+    .venv/bin/python configs/bundle.py runs/xray-denoise [TRAINING_STDOUT_LOG]
 
-Writes ``src/medenhance/weights/NAME.safetensors`` + ``NAME.json`` (the run's model card, with the
-per-epoch history from ``log.csv`` so that reports can plot the training curves) and copies the
-run's ``log.csv`` and ``loss.png`` to ``configs/logs/NAME/`` for the record.
+Writes ``src/medenhance/weights/NAME.safetensors`` (parameters in float16, buffers float32) and
+``NAME.json`` (the run's model card; for denoisers the per-epoch history from ``log.csv`` is added
+so that reports can plot training curves), and keeps the record in ``configs/logs/NAME/``:
+``history.csv`` (per epoch), the run's ``loss.png`` if any, and the training command's output.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 import sys
 from pathlib import Path
 
+import torch
+
+from medenhance.models.card import load_model, save_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main(run: Path) -> None:
-    card = json.loads((run / "best.json").read_text())
-    name = card["name"]
-    with open(run / "log.csv", newline="") as fh:
-        history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
-    for h in history:
-        h["epoch"] = int(h["epoch"])
-    card.setdefault("extra", {})["history"] = history
-    weights = ROOT / "src" / "medenhance" / "weights"
-    shutil.copyfile(run / "best.safetensors", weights / f"{name}.safetensors")
-    (weights / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
-    logs = ROOT / "configs" / "logs" / name
+def main(run: Path, stdout_log: Path | None) -> None:
+    loaded = load_model(run / "best.safetensors")
+    card = loaded.card
+    if (run / "log.csv").exists():
+        with open(run / "log.csv", newline="") as fh:
+            history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+        for h in history:
+            h["epoch"] = int(h["epoch"])
+        card.extra["history"] = history
+    history = card.extra.get("history", [])
+    target = save_checkpoint(loaded.network, card,
+                             ROOT / "src" / "medenhance" / "weights" / f"{card.name}.safetensors",
+                             dtype=torch.float16)
+    logs = ROOT / "configs" / "logs" / card.name
     logs.mkdir(parents=True, exist_ok=True)
-    for f in ("log.csv", "loss.png"):
-        shutil.copyfile(run / f, logs / f)
-    print(f"bundled {name}: {weights / name}.safetensors, logs in {logs}")
+    if history:
+        with open(logs / "history.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(history[0]))
+            writer.writeheader()
+            writer.writerows(history)
+    if (run / "loss.png").exists():
+        shutil.copyfile(run / "loss.png", logs / "loss.png")
+    if stdout_log is not None:
+        shutil.copyfile(stdout_log, logs / "train.log")
+    print(f"bundled {card.name}: {target} ({target.stat().st_size / 1e6:.2f} MB), record in {logs}")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None)

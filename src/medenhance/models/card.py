@@ -100,11 +100,17 @@ class LoadedModel:
 
 def save_checkpoint(model: nn.Module, card: ModelCard, path: str | Path,
                     dtype: torch.dtype = torch.float32) -> Path:
-    """Write ``path`` (``.safetensors``) and the card beside it, each atomically."""
+    """Write ``path`` (``.safetensors``) and the card beside it, each atomically.
+
+    Parameters are stored in ``dtype`` (float16 halves the file); buffers (batch-norm statistics,
+    fitted feature Gaussians) stay float32, where half precision would cost accuracy for few bytes.
+    """
     path = Path(path).with_suffix(".safetensors")
     card.created = card.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     card.versions = card.versions or library_versions()
-    state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+    params = {name for name, _ in model.named_parameters()}
+    state = {k: v.detach().to("cpu", dtype if k in params and v.is_floating_point()
+                               else v.dtype).contiguous()
              for k, v in model.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"name": card.name}),
                  overwrite=True)
