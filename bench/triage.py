@@ -68,7 +68,8 @@ def main() -> None:
                 f"{w['triage_p90']:.0f} | {target} | {'reached' if reached else 'not reached'} |")
             print(lines[-1], file=sys.stderr, flush=True)
     lines += ["", "## Out-of-distribution input", "",
-              "| model | given | images | flagged out of distribution |", "|---|---|---|---|"]
+              "| model | given | images | flagged out of distribution | flagged abnormal or out of "
+              "distribution (no confident normal) |", "|---|---|---|---|---|"]
     for model, own in (("xray-pneumonia", "xray"), ("xray-triage", "xray"),
                        ("mri-triage", "mri")):
         scorer = TriageScorer(load_model(model))
@@ -76,9 +77,10 @@ def main() -> None:
             files = find_images([folder])
             res = scorer.score_files(files)
             ood = sum(r.ood for r in res)
+            either = sum(max(r.ood, r.flag) for r in res)
             label = "own modality" if name == own else "other modality"
             lines.append(f"| {model} | {folder.relative_to(SHARED)} ({label}) | {len(res)} | "
-                         f"{ood} ({ood / len(res):.1%}) |")
+                         f"{ood} ({ood / len(res):.1%}) | {either} ({either / len(res):.1%}) |")
     lines += ["", f"Total time {time.perf_counter() - started:.0f} s.", ""]
     out = Path(__file__).with_suffix(".md")
     out.write_text("\n".join(lines))

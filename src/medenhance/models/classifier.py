@@ -58,12 +58,29 @@ class SmallResNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(c, num_outputs))
         self.feature_dim = c
-        self.register_buffer("feature_mean", torch.zeros(c))
-        self.register_buffer("feature_precision", torch.zeros(c, c))
+        # The density model sees the last two stages: mid-level texture as well as the
+        # semantics the head uses, which separates unfamiliar input better than either alone.
+        self.density_dim = widths[-1] + (widths[-2] if len(widths) > 1 else 0)
+        self.register_buffer("feature_mean", torch.zeros(self.density_dim))
+        self.register_buffer("feature_precision", torch.zeros(self.density_dim, self.density_dim))
+
+    def _stage_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        # Centre the [0, 1] input so that batch norm starts from a sensible scale.
+        h = self.stem(x - 0.5)
+        outs = []
+        for i, block in enumerate(self.stages):
+            h = block(h)
+            if i % 2 == 1:  # two blocks per stage
+                outs.append(h)
+        return outs
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        # Centre the [0, 1] input so that batch norm starts from a sensible scale.
-        return self.stages(self.stem(x - 0.5)).mean(dim=(-2, -1))
+        """Pooled last-stage features, the head's input, ``(N, feature_dim)``."""
+        return self._stage_outputs(x)[-1].mean(dim=(-2, -1))
+
+    def density_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features of the last two stages, ``(N, density_dim)``, for the Gaussian."""
+        return torch.cat([h.mean(dim=(-2, -1)) for h in self._stage_outputs(x)[-2:]], dim=1)
 
     def forward(self, x: torch.Tensor, sigma: object = None) -> torch.Tensor:
         out = self.head(self.features(x))

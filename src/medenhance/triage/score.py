@@ -49,10 +49,9 @@ class TriageScorer:
         """Calibrated scores and feature distances of ``(N, size, size)`` frames."""
         net = self.model.network
         x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))[:, None]
-        feats = net.features(x)
-        dist = net.mahalanobis(feats).numpy().astype(np.float64)
+        dist = net.mahalanobis(net.density_features(x)).numpy().astype(np.float64)
         if self.info["kind"] == "supervised":
-            logits = net.head(feats).squeeze(1).numpy().astype(np.float64)
+            logits = net(x).numpy().astype(np.float64)
             prob = expit(logits / float(self.info["temperature"]))
         else:
             a, b = self.info["platt"]

@@ -12,9 +12,10 @@
   (Platt scaling) and to choose the operating point.
 
 Both store, in the model card, the calibration, the threshold that reaches the target sensitivity
-on validation, and an out-of-distribution distance limit (feature Mahalanobis distance above the
-99th percentile of the validation images x 1.5): images beyond it get a warning instead of a score
-one should trust.
+on validation, and an out-of-distribution distance limit (Mahalanobis distance of the pooled
+features of the last two stages above the 99th percentile of the validation images, so 1 % of
+in-distribution studies are flagged by construction): images beyond it get a warning instead of a
+score one should trust.
 """
 
 from __future__ import annotations
@@ -146,11 +147,16 @@ def batched(fn: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, devi
     return np.concatenate(outs)
 
 
-def fit_gaussian(features: np.ndarray, shrinkage: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and precision of ``(N, D)`` features; covariance shrunk towards its mean variance."""
+def fit_gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and precision of ``(N, D)`` features.
+
+    The covariance is shrunk towards its mean variance by ``D / (N + D)`` (at least 0.05): few
+    samples in many dimensions give a noisy, near-singular estimate that needs more shrinkage.
+    """
     mean = features.mean(0)
     cov = np.cov(features, rowvar=False)
-    d = cov.shape[0]
+    n, d = features.shape
+    shrinkage = max(0.05, d / (n + d))
     cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / d * np.eye(d)
     return mean, np.linalg.inv(cov)
 
@@ -247,14 +253,14 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
 
     # One-class: the training images are all normal. Supervised: the Gaussian describes
     # everything the classifier was trained on, for the out-of-distribution check.
-    mean, precision = fit_gaussian(batched(model.features, train.images, device))
+    mean, precision = fit_gaussian(batched(model.density_features, train.images, device))
     model.feature_mean.copy_(torch.from_numpy(mean).float())
     model.feature_precision.copy_(torch.from_numpy(precision).float())
-    val_dist = batched(lambda x: model.mahalanobis(model.features(x)), val.images, device)
+    val_dist = batched(lambda x: model.mahalanobis(model.density_features(x)), val.images, device)
     triage: dict[str, Any] = {"kind": config.kind, "size": config.size,
                               "normal_labels": list(config.normal_labels),
                               "target_sensitivity": config.target_sensitivity,
-                              "ood_distance": float(np.percentile(val_dist, 99) * 1.5)}
+                              "ood_distance": float(np.percentile(val_dist, 99))}
     if config.kind == "supervised":
         logits = batched(model, val.images, device)
         temperature = fit_temperature(logits, val.labels)
