@@ -7,6 +7,7 @@ batches go on past bad files and list them at the end.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 import warnings
@@ -494,9 +495,12 @@ def models(
                   "trained on", "validation", title=f"models ({RESEARCH_NOTE})")
     for origin, card, weights in available_models():
         data = card.training_data
-        trained = ", ".join(Path(s).name for s in data.get("sources", [])[:2]) or "?"
+        sources = [Path(s) for s in data.get("sources", [])]
+        # The folder the training images share, as its last two parts: "dataset/split".
+        common = Path(os.path.commonpath(sources)) if sources else None
+        trained = "/".join(common.parts[-2:]) if common else "?"
         if "images" in data:
-            trained += f" ({data['images'].get('train', '?')} train images)"
+            trained += f" ({data['images'].get('train', '?')} train)"
         m = card.metrics
         val = (f"PSNR {m['val_psnr']:.2f} dB (input {m.get('val_psnr_input', float('nan')):.2f}),"
                f" SSIM {m.get('val_ssim', float('nan')):.3f}" if "val_psnr" in m else
