@@ -129,6 +129,17 @@ def _relative_names(inputs: list[Path], files: list[Path]) -> list[Path]:
     return names
 
 
+def _outside(files: list[Path], inputs: list[Path], output: Path
+             ) -> tuple[list[Path], list[Path]]:
+    """Files not under ``output`` and their names relative to the input folder they came from.
+
+    Never read our own earlier outputs back as inputs (e.g. `degrade scans -o scans/pairs`).
+    """
+    out_root = output.resolve()
+    kept = [f for f in files if out_root not in f.resolve().parents]
+    return kept, _relative_names(inputs, kept)
+
+
 def _for_each_file(files: list[Path], names: list[Path], description: str, output: Path,
                    targets_of: Callable[[Path], tuple[Path, ...]],
                    process: Callable[[Path, tuple[Path, ...]], None], overwrite: bool
@@ -211,10 +222,7 @@ def degrade(
         files = find_images(inputs)
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
-    out_root = output.resolve()
-    # Never read our own earlier outputs back as inputs (e.g. `degrade scans -o scans/pairs`).
-    files = [f for f in files if out_root not in f.resolve().parents]
-    names = _relative_names(inputs, files)
+    files, names = _outside(files, inputs, output)
 
     def targets_of(name: Path) -> tuple[Path, ...]:
         return (output / "degraded" / name, output / "clean" / name,
@@ -457,9 +465,7 @@ def enhance(
         files = find_images(inputs)
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
-    out_root = output.resolve()
-    files = [f for f in files if out_root not in f.resolve().parents]
-    names = _relative_names(inputs, files)
+    files, names = _outside(files, inputs, output)
 
     def process(f: Path, targets: tuple[Path, ...]) -> None:
         write_image(enhance_image(read_image(f), loaded, opts), targets[0], overwrite=overwrite)
