@@ -1,7 +1,7 @@
 """Train triage models: a supervised normal-vs-abnormal classifier, or a one-class model.
 
 * ``supervised``: :class:`~medenhance.models.classifier.SmallResNet` with weighted binary
-  cross-entropy (the minority class weighs ``n_major / n_minor``) and geometric/intensity
+  cross-entropy (abnormal cases weigh ``n_normal / n_abnormal``) and geometric/intensity
   augmentation; the epoch with the best validation AUROC is kept; temperature scaling on
   validation logits.
 * ``oneclass``: the same network learns, **from normal images only**, to recognise which of 8
@@ -79,6 +79,8 @@ class TriageConfig:
             raise ConfigError(f"size must be a multiple of 16 and >= 32, got {self.size}")
         if not 0 < self.target_sensitivity <= 1 or not 0 < self.val_fraction < 1:
             raise ConfigError("target_sensitivity must be in (0, 1], val_fraction in (0, 1)")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
             raise ConfigError("epochs >= 1, batch_size >= 2 and lr > 0 are needed")
 
