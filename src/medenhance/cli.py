@@ -434,8 +434,7 @@ def enhance(
     noise_level: Annotated[float | None, typer.Option(
         help="Noise sigma in grey levels of 255 (e.g. 25); default: estimated per image.")] = None,
     tile: Annotated[int, typer.Option(help="Tile side in pixels; 0 processes whole images.")] = 512,
-    overlap: Annotated[float, typer.Option(help="Fraction of a tile shared with neighbours.")
-                       ] = 0.375,
+    overlap: Annotated[int, typer.Option(help="Pixels shared by neighbouring tiles.")] = 64,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
 ) -> None:

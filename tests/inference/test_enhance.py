@@ -30,7 +30,7 @@ def test_tiled_matches_whole_image(xray_model, radiograph: np.ndarray) -> None:
     noisy = noisy.astype(np.float32)
     assert noisy.shape == (1024, 1024)
     whole, _ = enhance_array(noisy, xray_model, EnhanceOptions(tile=0))
-    tiled, _ = enhance_array(noisy, xray_model)  # the defaults: 512 tiles, 3/8 overlap
+    tiled, _ = enhance_array(noisy, xray_model)  # the defaults: tiles <= 512, 64 px overlap
     assert np.abs(whole - tiled).max() <= 1e-3
 
 

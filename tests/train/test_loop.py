@@ -96,3 +96,21 @@ def _stop_after(steps: int):
 def test_nothing_to_resume(manifest: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nothing to resume"):
         fit(_config(manifest, tmp_path / "c"), resume=True, log=lambda _: None)
+
+
+def test_fine_tuning_starts_from_the_given_model(manifest: Path, tmp_path: Path) -> None:
+    base = fit(_config(manifest, tmp_path / "base", **{"optim.epochs": 2}), log=lambda _: None)
+    # With a zero learning rate nothing moves: the fine-tuned weights are the starting model's.
+    tuned = fit(_config(manifest, tmp_path / "tuned", **{
+        "model.init_from": str(tmp_path / "base"), "optim.lr": 1e-12, "optim.epochs": 1}),
+        log=lambda _: None)
+    start, end = load_model(base.best), load_model(tuned.best)
+    for (key, a), b in zip(start.network.state_dict().items(), end.network.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=key)
+    assert end.card.training_data["initialised_from"]["path"] == str(base.best)
+    assert tuned.history[0]["val_psnr"] == pytest.approx(
+        max(h["val_psnr"] for h in base.history), abs=1e-3)
+    with pytest.raises(ConfigError, match="init_from .* is fastunet_small"):
+        fit(_config(manifest, tmp_path / "bad", **{"model.init_from": str(tmp_path / "base"),
+                                                 "model.args.widths": "[8, 16, 16]"}),
+            log=lambda _: None)

@@ -2,16 +2,23 @@
 
 :func:`tiled_apply` runs any callable ``predictor(batch) -> batch`` over overlapping windows of an
 image and blends the window outputs into one result of the same shape (times ``scale`` for
-super-resolution). Peak memory depends on the window size and batch, not on the image: a
-4096 x 4096 radiograph runs in windows of 256 x 256. Inputs smaller than a window, or not a multiple
-of the model's ``size_multiple``, are padded (reflection) and cropped back.
+super-resolution). Peak memory depends on the window size and batch, not on the image.
 
-Blend modes: ``"constant"`` weights every window equally; ``"gaussian"`` weighs window edges less
-(sigma = ``sigma_scale`` x window size), which hides seams where a network's receptive field is cut.
+Windows are *balanced*: an axis of length L that needs n windows of at most ``tile`` pixels gets n
+equal windows just large enough to overlap by ``overlap`` pixels, so a 1024-pixel side with
+512-pixel tiles and 64 pixels of overlap costs 3 windows of 384, not 3 of 512. Window starts are
+multiples of ``size_multiple``, so a pixel-unshuffle network sees the same pixel phase as on the
+whole image.
+
+Blend modes: ``"ramp"`` gives each window zero weight in the outer quarter of the overlap along an
+inner edge (where the network saw padding instead of the neighbouring image), then a raised-cosine
+ramp over the middle half; neighbouring ramps sum to one. ``"constant"`` weights all pixels equally.
+Image borders are never ramped: there the whole-image result sees the same border.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,25 +30,37 @@ from ..errors import ConfigError
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _starts(length: int, window: int, stride: int) -> list[int]:
-    if length <= window:
-        return [0]
-    starts = list(range(0, length - window + 1, stride))
-    if starts[-1] != length - window:
-        starts.append(length - window)
-    return starts
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
-def _weights(window: int, scale: int, mode: str, sigma_scale: float,
-             device: torch.device) -> torch.Tensor:
-    size = window * scale
-    if mode == "constant":
-        return torch.ones(size, size, device=device)
-    coords = torch.arange(size, device=device, dtype=torch.float32) - (size - 1) / 2
-    # Clamped per axis, not after the product: along an image border every window is at its
-    # edge in one axis, and the other axis must still decide which window is trusted.
-    g = torch.exp(-0.5 * (coords / (sigma_scale * size)) ** 2).clamp_min(1e-3)
-    return torch.outer(g, g) / g.max() ** 2
+def axis_windows(length: int, tile: int, overlap: int, multiple: int) -> tuple[int, list[int]]:
+    """Window size and starts covering ``length`` (a multiple of ``multiple``) on one axis."""
+    if length <= tile:
+        return length, [0]
+    # Starts are rounded down to the multiple, which can cost up to multiple - 1 pixels of overlap.
+    needed = overlap + multiple - 1
+    count = math.ceil((length - needed) / (tile - needed))
+    window = min(length, _round_up(math.ceil((length + (count - 1) * needed) / count), multiple))
+    span = length - window
+    starts = [int(i * span / (count - 1)) // multiple * multiple for i in range(count - 1)]
+    return window, starts + [span]
+
+
+def _ramp(window: int, starts: list[int], length: int, overlap: int, mode: str,
+          device: torch.device) -> list[torch.Tensor]:
+    """One 1-D weight profile per window start (in output pixels)."""
+    profiles = []
+    d = torch.arange(window, device=device, dtype=torch.float32)
+    for start in starts:
+        weight = torch.ones(window, device=device)
+        if mode == "ramp" and overlap > 0:
+            for distance, inner in ((d, start > 0), (d.flip(0), start + window < length)):
+                if inner:
+                    t = ((distance + 0.5 - overlap / 4) / (overlap / 2)).clamp(0, 1)
+                    weight = weight * (0.5 - 0.5 * torch.cos(math.pi * t))
+        profiles.append(weight)
+    return profiles
 
 
 def _pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -52,13 +71,8 @@ def _pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
-def tiled_apply(x: torch.Tensor, predictor: Predictor, *, tile: int = 256,
-                overlap: float = 0.25, blend: str = "gaussian", sigma_scale: float = 0.125,
-                batch_size: int = 4, size_multiple: int = 1, scale: int = 1,
+def tiled_apply(x: torch.Tensor, predictor: Predictor, *, tile: int = 512, overlap: int = 64,
+                blend: str = "ramp", batch_size: int = 2, size_multiple: int = 1, scale: int = 1,
                 output_device: torch.device | str | None = None) -> torch.Tensor:
     """Apply ``predictor`` to ``x`` of shape ``(N, C, H, W)`` window by window.
 
@@ -69,12 +83,10 @@ def tiled_apply(x: torch.Tensor, predictor: Predictor, *, tile: int = 256,
     predictor : callable
         Maps ``(B, C, h, w)`` to ``(B, C_out, h * scale, w * scale)``.
     tile : int
-        Window side in input pixels; 0 runs the whole (padded) image at once.
-    overlap : float
-        Fraction of the window shared by neighbours, in [0, 1).
-    blend : {"gaussian", "constant"}
-    sigma_scale : float
-        Gaussian sigma as a fraction of the window side.
+        Largest window side in input pixels; 0 runs the whole (padded) image at once.
+    overlap : int
+        Pixels shared by neighbouring windows (at least; balancing can add a few).
+    blend : {"ramp", "constant"}
     batch_size : int
         Windows per predictor call.
     size_multiple : int
@@ -92,40 +104,44 @@ def tiled_apply(x: torch.Tensor, predictor: Predictor, *, tile: int = 256,
     """
     if x.ndim != 4:
         raise ConfigError(f"tiled_apply expects (N, C, H, W), got shape {tuple(x.shape)}")
-    if not 0.0 <= overlap < 1.0:
-        raise ConfigError(f"overlap must be in [0, 1), got {overlap}")
-    if blend not in ("gaussian", "constant"):
-        raise ConfigError(f"blend must be 'gaussian' or 'constant', got {blend!r}")
+    if blend not in ("ramp", "constant"):
+        raise ConfigError(f"blend must be 'ramp' or 'constant', got {blend!r}")
     if tile < 0 or batch_size < 1 or size_multiple < 1 or scale < 1:
         raise ConfigError("tile must be >= 0 and batch_size, size_multiple, scale >= 1")
     n, _, h, w = x.shape
     out_device = torch.device(output_device) if output_device is not None else x.device
+    ph, pw = _round_up(h, size_multiple), _round_up(w, size_multiple)
     if tile == 0:
-        padded = _pad_to(x, _round_up(h, size_multiple), _round_up(w, size_multiple))
-        return predictor(padded)[..., : h * scale, : w * scale].to(out_device)
-    window = _round_up(tile, size_multiple)
-    ph, pw = max(_round_up(h, size_multiple), window), max(_round_up(w, size_multiple), window)
+        return predictor(_pad_to(x, ph, pw))[..., : h * scale, : w * scale].to(out_device)
+    tile = _round_up(tile, size_multiple)
+    if not 0 <= overlap <= tile // 2 - size_multiple:
+        raise ConfigError(f"overlap must be between 0 and {tile // 2 - size_multiple} pixels "
+                          f"for {tile}-pixel tiles, got {overlap}")
     padded = _pad_to(x, ph, pw)
-    stride = max(size_multiple, int(round(window * (1.0 - overlap))) // size_multiple
-                 * size_multiple)
-    corners = [(top, left) for top in _starts(ph, window, stride)
-               for left in _starts(pw, window, stride)]
-    weight = _weights(window, scale, blend, sigma_scale, out_device)
+    wh, tops = axis_windows(ph, tile, overlap, size_multiple)
+    ww, lefts = axis_windows(pw, tile, overlap, size_multiple)
+    rows = _ramp(wh * scale, [t * scale for t in tops], ph * scale, overlap * scale, blend,
+                 out_device)
+    cols = _ramp(ww * scale, [l * scale for l in lefts], pw * scale, overlap * scale, blend,
+                 out_device)
+    windows = [(i, j) for i in range(len(tops)) for j in range(len(lefts))]
     out: torch.Tensor | None = None
     norm = torch.zeros(1, 1, ph * scale, pw * scale, device=out_device)
     for item in range(n):
         image = padded[item: item + 1]
-        for first in range(0, len(corners), batch_size):
-            chunk = corners[first: first + batch_size]
-            batch = torch.cat([image[..., t: t + window, l: l + window] for t, l in chunk])
+        for first in range(0, len(windows), batch_size):
+            chunk = windows[first: first + batch_size]
+            batch = torch.cat([image[..., tops[i]: tops[i] + wh, lefts[j]: lefts[j] + ww]
+                               for i, j in chunk])
             result = predictor(batch).to(out_device, torch.float32)
             if out is None:
                 out = torch.zeros(n, result.shape[1], ph * scale, pw * scale, device=out_device)
-            for k, (t, l) in enumerate(chunk):
-                ts, ls, ws = t * scale, l * scale, window * scale
-                out[item, :, ts: ts + ws, ls: ls + ws] += result[k] * weight
+            for k, (i, j) in enumerate(chunk):
+                ts, ls = tops[i] * scale, lefts[j] * scale
+                weight = torch.outer(rows[i], cols[j])
+                out[item, :, ts: ts + wh * scale, ls: ls + ww * scale] += result[k] * weight
                 if item == 0:
-                    norm[0, 0, ts: ts + ws, ls: ls + ws] += weight
+                    norm[0, 0, ts: ts + wh * scale, ls: ls + ww * scale] += weight
     assert out is not None
     return (out / norm)[..., : h * scale, : w * scale]
 
@@ -134,14 +150,12 @@ def tiled_apply(x: torch.Tensor, predictor: Predictor, *, tile: int = 256,
 class TiledInferer:
     """Settings for :func:`tiled_apply`; call it with an input and any predictor."""
 
-    tile: int = 256
-    overlap: float = 0.25
-    blend: str = "gaussian"
-    sigma_scale: float = 0.125
-    batch_size: int = 4
+    tile: int = 512
+    overlap: int = 64
+    blend: str = "ramp"
+    batch_size: int = 2
 
     def __call__(self, x: torch.Tensor, predictor: Predictor, *, size_multiple: int = 1,
                  scale: int = 1) -> torch.Tensor:
         return tiled_apply(x, predictor, tile=self.tile, overlap=self.overlap, blend=self.blend,
-                           sigma_scale=self.sigma_scale, batch_size=self.batch_size,
-                           size_multiple=size_multiple, scale=scale)
+                           batch_size=self.batch_size, size_multiple=size_multiple, scale=scale)

@@ -23,6 +23,10 @@ from ..errors import ConfigError
 class ModelSection:
     name: str = "fastunet"
     args: dict[str, Any] = field(default_factory=dict)
+    #: Start from the weights of a trained model (a name from ``medenhance models``, a checkpoint
+    #: or a run folder) instead of a random initialisation: fine-tuning. Architecture and
+    #: arguments must match.
+    init_from: str = ""
 
 
 @dataclass

@@ -27,7 +27,7 @@ from ..data.prepare import read_manifest
 from ..errors import ConfigError
 from ..io._files import atomic_write
 from ..metrics import psnr, ssim
-from ..models.card import ModelCard, save_checkpoint, user_dir
+from ..models.card import ModelCard, load_model, save_checkpoint, user_dir
 from ..models.registry import create_model
 from .config import TrainConfig, config_from_dict
 from .losses import build_loss
@@ -119,6 +119,21 @@ def _card(config: TrainConfig, model: torch.nn.Module, metrics: dict[str, Any],
         extra=extra)
 
 
+def _initialise(model: torch.nn.Module, config: TrainConfig) -> dict[str, Any]:
+    """Copy the weights of ``config.model.init_from`` into ``model``; what the card records."""
+    source = load_model(config.model.init_from)
+    card = source.card
+    if card.architecture != config.model.name or card.arguments != dict(config.model.args):
+        raise ConfigError(
+            f"model.init_from {config.model.init_from!r} is {card.architecture} "
+            f"{card.arguments or ''}, not {config.model.name} {config.model.args or ''}".rstrip())
+    model.load_state_dict(source.network.state_dict())
+    info = {"model": card.name, "path": str(source.path)}
+    if card.metrics.get("epoch") is not None:
+        info["epoch"] = card.metrics["epoch"]
+    return info
+
+
 Progress = Callable[[int, int, dict[str, float]], None]
 
 
@@ -153,6 +168,7 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: Progress | None 
                            patches_per_epoch=config.data.patches_per_epoch,
                            augment=config.data.augment, seed=config.seed)
     model = create_model(config.model.name, **config.model.args).to(device)
+    init_info = _initialise(model, config) if config.model.init_from and not resume else None
     multiple = int(getattr(model, "size_multiple", 1))
     if config.data.patch_size % multiple:
         raise ConfigError(f"data.patch_size must be a multiple of {multiple} for "
@@ -173,6 +189,10 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: Progress | None 
         "patients": {s: len({r["patient_id"] for r in rows if r["split"] == s})
                      for s in ("train", "val", "test")},
     }
+    if resume:
+        init_info = torch.load(last, map_location="cpu", weights_only=True).get("init_from")
+    if init_info:
+        data_info["initialised_from"] = init_info
 
     history: list[dict[str, float]] = []
     start_epoch, best_psnr, best_epoch, bad_epochs, elapsed = 0, -math.inf, 0, 0, 0.0
@@ -243,7 +263,8 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: Progress | None 
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "history": history, "epoch": epoch, "best_psnr": best_psnr,
                  "best_epoch": best_epoch, "bad_epochs": bad_epochs, "elapsed": elapsed,
-                 "config": config.to_dict(), "torch_rng": torch.get_rng_state()}
+                 "config": config.to_dict(), "torch_rng": torch.get_rng_state(),
+                 "init_from": init_info}
         atomic_write(last, lambda tmp: torch.save(state, tmp), overwrite=True)
         _write_log(history, run / "log.csv")
         plot_history(history, run / "loss.png", config.name)
