@@ -40,9 +40,9 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _config(root: Path, kind: str, out: Path) -> Path:
+def _config(root: Path, kind: str, out: Path, extra: str = "") -> Path:
     path = out / f"{kind}.yaml"
-    path.write_text(f"name: tiny-{kind}\nkind: {kind}\ndata: {root / 'train'}\nsize: 64\n"
+    path.write_text(f"name: tiny-{kind}\nkind: {kind}\ndata: {root / 'train'}\nsize: 64\n{extra}"
                     "epochs: 4\nbatch_size: 16\nlr: 3.0e-3\nthreads: 1\n"
                     f"model_args: {{widths: [8, 16, 16, 32]}}\noutput_dir: {out / kind}\n"
                     "val_fraction: 0.25\n")
@@ -84,14 +84,19 @@ def test_supervised_triage_end_to_end(folders: Path, tmp_path: Path, monkeypatch
     assert (tmp_path / "ev" / "roc.png").stat().st_size > 5000
 
 
-def test_oneclass_never_trains_on_abnormal(folders: Path, tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("method", ["synthetic", "transforms"])
+def test_oneclass_never_trains_on_abnormal(folders: Path, tmp_path: Path, monkeypatch,
+                                           method: str) -> None:
     monkeypatch.setenv("MEDENHANCE_MODELS", str(tmp_path / "models"))
-    result = runner.invoke(app, ["train-triage", "-c", str(_config(folders, "oneclass", tmp_path))])
+    config = _config(folders, "oneclass", tmp_path, f"oneclass_method: {method}\n")
+    result = runner.invoke(app, ["train-triage", "-c", str(config)])
     assert result.exit_code == 0, result.output
     scorer = TriageScorer("tiny-oneclass")
     card = scorer.model.card
     assert card.training_data["abnormal_in_training"] == 0
-    assert card.extra["triage"]["kind"] == "oneclass" and len(card.extra["triage"]["platt"]) == 2
+    info = card.extra["triage"]
+    assert info["kind"] == "oneclass" and len(info["platt"]) == 2
+    assert info["score"] == ("logit" if method == "synthetic" else "mahalanobis")
     # Something utterly unlike the (normal) training images lies beyond every new normal study.
     noise = np.random.default_rng(1).random((3, 64, 64)).astype(np.float32)
     _, dist = scorer.score_frames(noise)

@@ -86,6 +86,17 @@ class SmallResNet(nn.Module):
         out = self.head(self.features(x))
         return out.squeeze(1) if out.shape[1] == 1 else out
 
+    def location_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The head applied at every last-stage location before pooling, ``(N, h, w)``: where in
+        the image the evidence is (one output only)."""
+        linear = self.head[-1]
+        h = self._stage_outputs(x)[-1].permute(0, 2, 3, 1)
+        return (h @ linear.weight.T + linear.bias)[..., 0]
+
+    def anomaly_logit(self, x: torch.Tensor) -> torch.Tensor:
+        """Image score of a model trained on synthetic local anomalies: its most abnormal place."""
+        return self.location_logits(x).flatten(1).amax(1)
+
     def mahalanobis(self, features: torch.Tensor) -> torch.Tensor:
         """Distance of ``(N, D)`` features to the fitted Gaussian, ``(N,)``."""
         d = features - self.feature_mean

@@ -54,8 +54,11 @@ class TriageScorer:
             logits = net(x).numpy().astype(np.float64)
             prob = expit(logits / float(self.info["temperature"]))
         else:
+            # One-class: the logit of "altered" (synthetic-anomaly training) or the distance.
+            raw = (net.anomaly_logit(x).numpy().astype(np.float64)
+                   if self.info.get("score") == "logit" else dist)
             a, b = self.info["platt"]
-            prob = expit(a * (dist - b))
+            prob = expit(a * (raw - b))
         return prob, dist
 
     def score_files(self, paths: list[Path], failures: list[str] | None = None,
