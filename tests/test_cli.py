@@ -157,6 +157,10 @@ def test_enhance_unknown_model_is_one_line(samples: Path, tmp_path: Path) -> Non
     result = run("enhance", samples, "-o", tmp_path, "--model", "nope")
     assert result.exit_code == 1
     assert "unknown model 'nope'; available:" in result.output and "xray-denoise" in result.output
+    too_wide = run("enhance", samples, "-o", tmp_path / "o", "--tile", "256", "--overlap", "200")
+    assert too_wide.exit_code == 1 and too_wide.output.strip().splitlines() == [
+        "error: overlap must be 0 to 120 pixels for 256-pixel tiles, got 200"]
+    assert not (tmp_path / "o").exists()
 
 
 def test_models_lists_bundled_cards() -> None:
