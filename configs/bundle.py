@@ -4,7 +4,8 @@
 
 Writes ``src/medenhance/weights/NAME.safetensors`` (parameters in float16, buffers float32) and
 ``NAME.json`` (the run's model card; for denoisers the per-epoch history from ``log.csv`` is added
-so that reports can plot training curves), and keeps the record in ``configs/logs/NAME/``:
+so that reports can plot training curves), and keeps the record in ``configs/logs/RUN/`` (the run
+folder's name, so both stages of a fine-tuned model keep theirs):
 ``history.csv`` (per epoch), the run's ``loss.png`` if any, and the training command's output.
 """
 
@@ -35,7 +36,7 @@ def main(run: Path, stdout_log: Path | None) -> None:
     target = save_checkpoint(loaded.network, card,
                              ROOT / "src" / "medenhance" / "weights" / f"{card.name}.safetensors",
                              dtype=torch.float16)
-    logs = ROOT / "configs" / "logs" / card.name
+    logs = ROOT / "configs" / "logs" / run.name
     logs.mkdir(parents=True, exist_ok=True)
     if history:
         with open(logs / "history.csv", "w", newline="") as fh:
