@@ -66,3 +66,24 @@ def test_classifier_outputs_logits_features_and_distances() -> None:
         d = model.mahalanobis(f)
     torch.testing.assert_close(d, (f - f[0]).norm(dim=1), atol=1e-4, rtol=1e-4)
     assert create_model("small_resnet", num_outputs=8)(x).shape == (3, 8)
+
+
+def test_fastunet_grows_deeper_without_changing_its_output() -> None:
+    torch.manual_seed(0)
+    small = create_model("fastunet", widths=(8, 16, 16), blocks=(1, 2, 2)).eval()
+    for p in small.parameters():  # trained-looking weights, not the initial ones
+        p.data.add_(0.05 * torch.randn_like(p))
+    grown = create_model("fastunet", widths=(8, 16, 16), blocks=(2, 3, 5)).eval()
+    grown.initialise_from(small)
+    x = torch.rand(2, 1, 48, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x, 0.1), small(x, 0.1), rtol=0, atol=1e-5)
+        torch.testing.assert_close(grown(x), small(x), rtol=0, atol=1e-5)
+    # The new convolutions are real parameters: perturbing one changes the output.
+    with torch.no_grad():
+        grown.middle[-2].weight.add_(0.1)
+        assert (grown(x, 0.1) - small(x, 0.1)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="cannot shrink middle from 5 to 2"):
+        small.initialise_from(create_model("fastunet", widths=(8, 16, 16), blocks=(1, 2, 5)))
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        grown.initialise_from(create_model("fastunet", widths=(8, 16, 32), blocks=(1, 2, 2)))

@@ -114,3 +114,15 @@ def test_fine_tuning_starts_from_the_given_model(manifest: Path, tmp_path: Path)
         fit(_config(manifest, tmp_path / "bad", **{"model.init_from": str(tmp_path / "base"),
                                                  "model.args.widths": "[8, 16, 16]"}),
             log=lambda _: None)
+
+
+def test_init_from_a_shallower_model_grows_it(manifest: Path, tmp_path: Path) -> None:
+    base = fit(_config(manifest, tmp_path / "base", **{"optim.epochs": 1}), log=lambda _: None)
+    grown = fit(_config(manifest, tmp_path / "grown", **{
+        "model.init_from": str(tmp_path / "base"), "model.args.blocks": "[2, 2, 6]",
+        "optim.lr": 1e-12, "optim.epochs": 1}), log=lambda _: None)
+    # The grown network starts as the base one, so it scores the same on the validation images.
+    assert grown.history[0]["val_psnr"] == pytest.approx(base.history[0]["val_psnr"], abs=1e-3)
+    card = load_model(grown.best).card
+    assert card.arguments["blocks"] == [2, 2, 6]
+    assert card.training_data["initialised_from"]["grown_from"] == {"widths": [8, 8, 16]}

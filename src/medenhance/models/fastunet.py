@@ -68,6 +68,35 @@ class FastUNet(nn.Module):
         g1 = self.dec1(self.up1(g2) + h1)
         return x - F.pixel_shuffle(self.tail(g1), 2)
 
+    def initialise_from(self, source: FastUNet) -> None:
+        """Start from a trained FastUNet with the same widths and no more ``blocks`` per scale.
+
+        The source's convolutions are copied; each extra one is appended after them and starts as
+        the identity (a centred one-tap kernel). It follows a ReLU, so its input is non-negative and
+        ReLU(identity(h)) = h: the grown network computes exactly what the source did, and training
+        goes on from there with more depth (Net2DeeperNet: T. Chen, I. Goodfellow, J. Shlens,
+        ICLR 2016, arXiv:1511.05641).
+        """
+        mine = {name: m for name, m in self.named_children()}
+        theirs = dict(source.named_children())
+        for name, module in mine.items():
+            other = theirs[name]
+            if not isinstance(module, nn.Sequential):
+                module.load_state_dict(other.state_dict())  # shapes differ if widths do: an error
+                continue
+            convs, old = module[0::2], other[0::2]
+            if len(old) > len(convs):
+                raise ValueError(f"cannot shrink {name} from {len(old)} to {len(convs)} convolutions")
+            for conv, old_conv in zip(convs, old):
+                conv.load_state_dict(old_conv.state_dict())
+            for conv in list(convs)[len(old):]:
+                with torch.no_grad():
+                    conv.weight.zero_()
+                    conv.bias.zero_()
+                    centre = conv.kernel_size[0] // 2
+                    conv.weight[:, :, centre, centre] = torch.eye(conv.out_channels,
+                                                                  conv.in_channels)
+
 
 @register_model
 def fastunet(**kwargs: object) -> FastUNet:

@@ -123,12 +123,23 @@ def _initialise(model: torch.nn.Module, config: TrainConfig) -> dict[str, Any]:
     """Copy the weights of ``config.model.init_from`` into ``model``; what the card records."""
     source = load_model(config.model.init_from)
     card = source.card
-    if card.architecture != config.model.name or card.arguments != dict(config.model.args):
-        raise ConfigError(
-            f"model.init_from {config.model.init_from!r} is {card.architecture} "
-            f"{card.arguments or ''}, not {config.model.name} {config.model.args or ''}".rstrip())
-    model.load_state_dict(source.network.state_dict())
+    mismatch = ConfigError(
+        f"model.init_from {config.model.init_from!r} is {card.architecture} "
+        f"{card.arguments or ''}, not {config.model.name} {config.model.args or ''}".rstrip())
     info = {"model": card.name, "path": str(source.path)}
+    if card.architecture != config.model.name:
+        raise mismatch
+    if card.arguments == dict(config.model.args):
+        model.load_state_dict(source.network.state_dict())
+    elif hasattr(model, "initialise_from"):
+        # Same architecture, other arguments: the model knows how to grow from the smaller one.
+        try:
+            model.initialise_from(source.network)
+        except (ValueError, RuntimeError) as exc:
+            raise ConfigError(f"{mismatch}: {str(exc).splitlines()[0]}") from None
+        info["grown_from"] = dict(card.arguments)
+    else:
+        raise mismatch
     if card.metrics.get("epoch") is not None:
         info["epoch"] = card.metrics["epoch"]
     return info
