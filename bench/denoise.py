@@ -108,13 +108,20 @@ def noise_model(step: dict) -> NoiseModel:
 
 
 def throughput(model_name: str) -> float:
-    """Megapixels per second of tiled inference on a full 1024x1024 NIH radiograph."""
+    """Megapixels per second of tiled inference on a full 1024x1024 NIH radiograph.
+
+    The median of three timed runs after an untimed one: a single timing on this shared 2-core
+    machine varied by a third between runs.
+    """
     model = load_model(model_name)
     image = read_image(NIH / "images" / "00009128_000.png").pixels
-    enhance_array(image[:256, :256], model)  # warm-up
-    start = time.perf_counter()
-    enhance_array(image, model, EnhanceOptions())
-    return image.size / 1e6 / (time.perf_counter() - start)
+    enhance_array(image, model, EnhanceOptions())  # warm-up: allocations, oneDNN kernel choice
+    seconds = []
+    for _ in range(3):
+        start = time.perf_counter()
+        enhance_array(image, model, EnhanceOptions())
+        seconds.append(time.perf_counter() - start)
+    return image.size / 1e6 / float(np.median(seconds))
 
 
 MEMORY_PROBE = """
@@ -236,8 +243,8 @@ def main() -> None:
                 f"| {modality}: BM3D time / {model} time | ≥ 20× | {ratio:.0f}× | "
                 f"{'reached' if ratio >= 20 else 'not reached'} |"]
     for name, mps in speed.items():
-        targets.append(f"| {name}: tiled inference, 1024x1024 radiograph | ≥ 1 MP/s | "
-                       f"{mps:.2f} MP/s | {'reached' if mps >= 1 else 'not reached'} |")
+        targets.append(f"| {name}: tiled inference, 1024x1024 radiograph, median of 3 runs | "
+                       f"≥ 1 MP/s | {mps:.2f} MP/s | {'reached' if mps >= 1 else 'not reached'} |")
     targets.append(f"| xray-denoise: peak memory, 4096x4096 16-bit radiograph (whole process, "
                    f"{memory_seconds:.0f} s) | < 2 GB | {memory / 1024:.2f} GiB | "
                    f"{'reached' if memory < 2000 else 'not reached'} |")

@@ -28,7 +28,8 @@ class EnhanceOptions:
     noise_level: float | None = None
     tile: int = 512
     #: Pixels shared by neighbouring tiles. With the bundled denoisers, 64 keeps tiled output
-    #: within 7e-5 of whole-image output on a 1024x1024 radiograph (32 gave 1.7e-3).
+    #: within 6e-5 of whole-image output on a 1024x1024 radiograph (32 gave 1.7e-3 with
+    #: the earlier, shallower weights).
     overlap: int = 64
     batch_size: int = 2
     device: str = "cpu"
@@ -52,6 +53,11 @@ def enhance_array(frames: np.ndarray, model: LoadedModel, options: EnhanceOption
     opts.validate()
     net = model.network
     device = torch.device(opts.device)
+    # oneDNN's CPU convolutions run faster on channels-last (NHWC) tensors: measured 1.3x for the
+    # bundled denoisers (1.43 against 1.07 megapixels/s on a 1024x1024 radiograph); same
+    # arithmetic, so results agree to rounding (4e-7).
+    memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    net.to(memory_format=memory_format)
     single = frames.ndim == 2
     stack = frames[None] if single else frames
     if stack.ndim != 3:
@@ -65,7 +71,8 @@ def enhance_array(frames: np.ndarray, model: LoadedModel, options: EnhanceOption
                      else float(estimate_sigma(x)[0]))
 
         def predict(batch: torch.Tensor, sigma: float | None = sigma) -> torch.Tensor:
-            return net(batch) if sigma is None else net(batch, sigma)
+            batch = batch.contiguous(memory_format=memory_format)
+            return (net(batch) if sigma is None else net(batch, sigma)).contiguous()
 
         # A frame that fits in one tile runs whole (padding it up to the tile would cost more).
         tile = 0 if max(frame.shape) <= opts.tile else opts.tile

@@ -100,7 +100,7 @@ class FastUNet(nn.Module):
 
 @register_model
 def fastunet(**kwargs: object) -> FastUNet:
-    """Widths 32/64/128 at 1/2, 1/4, 1/8 resolution: the bundled denoisers' architecture."""
+    """Widths 32/64/128 at 1/2, 1/4, 1/8 resolution (the bundled denoisers use blocks 2/2/8)."""
     return FastUNet(**kwargs)  # type: ignore[arg-type]
 
 
