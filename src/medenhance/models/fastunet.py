@@ -77,9 +77,8 @@ class FastUNet(nn.Module):
         goes on from there with more depth (Net2DeeperNet: T. Chen, I. Goodfellow, J. Shlens,
         ICLR 2016, arXiv:1511.05641).
         """
-        mine = {name: m for name, m in self.named_children()}
         theirs = dict(source.named_children())
-        for name, module in mine.items():
+        for name, module in self.named_children():
             other = theirs[name]
             if not isinstance(module, nn.Sequential):
                 module.load_state_dict(other.state_dict())  # shapes differ if widths do: an error
