@@ -50,3 +50,15 @@ def test_bad_files(tmp_path: Path) -> None:
         load_config(path)
     with pytest.raises(ConfigError, match="missing.yaml"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("[{weight: 0.3}]", r"extra_train\[0\]: needs a 'manifest'"),
+    ("[{manifest: m.csv, weight: 0.3, spilt: val}]", r"unknown key\(s\) spilt"),
+    ("[{manifest: m.csv, weight: 0.6}, {manifest: n.csv, weight: 0.5}]", "add up to"),
+    ("[{manifest: m.csv}]", "add up to"),
+])
+def test_bad_extra_training_sets(extra: str, message: str) -> None:
+    config = apply_overrides(TrainConfig(), ["data.manifest=m.csv", f"data.extra_train={extra}"])
+    with pytest.raises(ConfigError, match=message):
+        config.validate()

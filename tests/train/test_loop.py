@@ -65,6 +65,17 @@ def test_fit_writes_a_usable_run_and_learns(manifest: Path, tmp_path: Path) -> N
     assert result.best_epoch == int(best["epoch"])
 
 
+def test_extra_training_set_is_used_and_recorded(manifest: Path, tmp_path: Path) -> None:
+    config = _config(manifest, tmp_path / "run", **{
+        "data.extra_train": f"[{{manifest: {manifest}, split: val, weight: 0.25}}]"})
+    fit(config, log=lambda _: None)
+    card = load_model(tmp_path / "run" / "best.safetensors").card
+    (extra,) = card.training_data["extra_train"]
+    assert (extra["split"], extra["share"], extra["images"]) == ("val", 0.25, 2)
+    # Validation stays on the main manifest's validation split.
+    assert card.training_data["images"] == {"train": 6, "val": 2, "test": 0}
+
+
 def test_resume_continues_exactly(manifest: Path, tmp_path: Path) -> None:
     straight = fit(_config(manifest, tmp_path / "a"), log=lambda _: None)
     # Interrupt in epoch 3 (as a crash would), then resume.

@@ -68,16 +68,29 @@ def _augment(patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 class PatchDataset(Dataset):
-    """``patches_per_epoch`` random ``(degraded, clean)`` patch pairs, each ``(1, P, P)``."""
+    """``patches_per_epoch`` random ``(degraded, clean)`` patch pairs, each ``(1, P, P)``.
+
+    ``extra`` adds other image sets, each ``(images, share)``: that share of the patches comes from
+    it, the rest from ``images``. Within a set, larger images give proportionally more patches.
+    """
 
     def __init__(self, images: Sequence[np.ndarray], degradations: DegradationMixture, *,
                  patch_size: int, patches_per_epoch: int, augment: bool = True,
-                 seed: int = 0) -> None:
-        self.images = [im for im in images if min(im.shape) >= patch_size]
-        if not self.images:
-            raise DatasetError(f"no training image is at least {patch_size} pixels on each side")
-        areas = np.array([im.size for im in self.images], dtype=np.float64)
-        self.p = areas / areas.sum()  # large images give proportionally more patches
+                 seed: int = 0, extra: Sequence[tuple[Sequence[np.ndarray], float]] = ()
+                 ) -> None:
+        self.sets: list[list[np.ndarray]] = []
+        self.set_p: list[np.ndarray] = []
+        for group in [images, *(imgs for imgs, _ in extra)]:
+            usable = [im for im in group if min(im.shape) >= patch_size]
+            if not usable:
+                raise DatasetError(f"no training image is at least {patch_size} pixels on each "
+                                   "side" + (" in an extra_train set" if self.sets else ""))
+            areas = np.array([im.size for im in usable], dtype=np.float64)
+            self.sets.append(usable)
+            self.set_p.append(areas / areas.sum())
+        shares = [float(share) for _, share in extra]
+        self.share = np.array([1.0 - sum(shares), *shares])
+        self.images, self.p = self.sets[0], self.set_p[0]
         self.degradations = degradations
         self.patch_size, self.length = patch_size, patches_per_epoch
         self.augment, self.seed, self.epoch = augment, seed, 0
@@ -90,7 +103,10 @@ class PatchDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        image = self.images[int(rng.choice(len(self.images), p=self.p))]
+        # Without extra sets no draw is spent here, so older runs see exactly the same patches.
+        which = int(rng.choice(len(self.sets), p=self.share)) if len(self.sets) > 1 else 0
+        group = self.sets[which]
+        image = group[int(rng.choice(len(group), p=self.set_p[which]))]
         p = self.patch_size
         top = int(rng.integers(image.shape[0] - p + 1))
         left = int(rng.integers(image.shape[1] - p + 1))

@@ -78,10 +78,23 @@ def rician(x: np.ndarray, *, sigma: float, rng: np.random.Generator) -> np.ndarr
 
 
 def estimate_noise_sigma(x: np.ndarray) -> float:
-    """Gaussian noise sigma of an image (wavelet MAD estimator of Donoho & Johnstone)."""
+    """Gaussian noise sigma of an image, averaged over frames: the wavelet MAD estimator of
+    Donoho & Johnstone (as :func:`skimage.restoration.estimate_sigma`) on the 2x2 blocks with no
+    pixel clipped at 0 or 1, the rule of :func:`medenhance.models.common.estimate_sigma`."""
     arr = as_float(x)
     frames = arr if arr.ndim == 3 else arr[None]
-    return float(np.mean([estimate_sigma(f) for f in frames]))
+    return float(np.mean([_clip_aware_sigma(f) for f in frames]))
+
+
+def _clip_aware_sigma(frame: np.ndarray) -> float:
+    h, w = frame.shape[0] // 2 * 2, frame.shape[1] // 2 * 2
+    t = frame[:h, :w]
+    blocks = np.stack([t[0::2, 0::2], t[0::2, 1::2], t[1::2, 0::2], t[1::2, 1::2]])
+    hh = np.abs(blocks[0] - blocks[1] - blocks[2] + blocks[3]) / 2
+    inside = (blocks.min(axis=0) > 0) & (blocks.max(axis=0) < 1)
+    if inside.sum() * 16 < inside.size:  # mostly clipped: use every block
+        return float(estimate_sigma(frame))
+    return float(np.median(hh[inside]) / 0.6745)
 
 
 def low_field(x: np.ndarray, *, field_from: float = 3.0, field_to: float = 1.5,

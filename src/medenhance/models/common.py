@@ -10,13 +10,22 @@ from torch import nn
 def estimate_sigma(x: torch.Tensor) -> torch.Tensor:
     """Gaussian noise sigma per image, ``(N,)``, from the finest diagonal Haar band (MAD / 0.6745).
 
-    The same estimator as :func:`skimage.restoration.estimate_sigma` (Donoho & Johnstone 1994),
-    so a blind model can feed a noise map to a network trained non-blind.
+    The estimator of :func:`skimage.restoration.estimate_sigma` (Donoho & Johnstone 1994), except
+    that 2x2 blocks holding a pixel at 0 or 1 are left out: noise clipped at the ends of the range
+    (the black background around an MR head, a burnt-out radiograph edge) is not Gaussian any more
+    and made the plain estimate 15 % low at sigma 25/255 on brain MRI. With no clipped pixels the
+    two agree; when fewer than one block in 16 is unclipped, all blocks are used.
     """
     h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
     t = x[..., :h, :w]
-    hh = (t[..., 0::2, 0::2] - t[..., 0::2, 1::2] - t[..., 1::2, 0::2] + t[..., 1::2, 1::2]) / 2
-    return hh.flatten(1).abs().median(dim=1).values / 0.6745
+    a, b, c, d = t[..., 0::2, 0::2], t[..., 0::2, 1::2], t[..., 1::2, 0::2], t[..., 1::2, 1::2]
+    hh = ((a - b - c + d) / 2).flatten(1).abs()
+    lo = torch.minimum(torch.minimum(a, b), torch.minimum(c, d)).flatten(1)
+    hi = torch.maximum(torch.maximum(a, b), torch.maximum(c, d)).flatten(1)
+    inside = (lo > 0) & (hi < 1)
+    enough = inside.sum(dim=1) * 16 >= hh.shape[1]
+    keep = inside | ~enough[:, None]
+    return hh.masked_fill(~keep, float("nan")).nanmedian(dim=1).values / 0.6745
 
 
 def noise_map(x: torch.Tensor, sigma: float | torch.Tensor | None, size: tuple[int, int]

@@ -41,6 +41,11 @@ class DataSection:
     val_images: int = 16
     val_crop: int = 256
     augment: bool = True
+    #: More training images from other prepared datasets, each ``{manifest, split, weight}``
+    #: (split defaults to ``train``). ``weight`` is the share of patches drawn from that source,
+    #: the main manifest's training split taking the rest: extra content for a small data set.
+    #: Validation stays on the main manifest.
+    extra_train: list[dict[str, Any]] = field(default_factory=list)
     #: A mixture: each patch gets one pipeline, drawn by weight. ``preset`` or ``file``.
     degradations: list[dict[str, Any]] = field(
         default_factory=lambda: [{"preset": "gaussian-blind", "weight": 1.0}])
@@ -101,6 +106,17 @@ class TrainConfig:
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if not d.degradations:
             raise ConfigError("data.degradations is empty")
+        for i, entry in enumerate(d.extra_train):
+            if not isinstance(entry, dict) or not entry.get("manifest"):
+                raise ConfigError(f"data.extra_train[{i}]: needs a 'manifest'")
+            unknown = sorted(set(entry) - {"manifest", "split", "weight"})
+            if unknown:
+                raise ConfigError(f"data.extra_train[{i}]: unknown key(s) {', '.join(unknown)}; "
+                                  "known: manifest, split, weight")
+        share = sum(float(e.get("weight", 0)) for e in d.extra_train if isinstance(e, dict))
+        if d.extra_train and not 0 < share < 1:
+            raise ConfigError("data.extra_train: weights are shares of the patches and must "
+                              f"add up to more than 0 and less than 1, got {share:g}")
         for i, entry in enumerate(d.degradations):
             if not isinstance(entry, dict) or ("preset" in entry) == ("file" in entry):
                 raise ConfigError(f"data.degradations[{i}]: give exactly one of 'preset' or 'file'")

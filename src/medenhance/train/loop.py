@@ -175,9 +175,11 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: Progress | None 
     mixture = DegradationMixture(config.data.degradations)
     train_images = load_split(config.data.manifest, config.data.train_split)
     val_images = load_split(config.data.manifest, config.data.val_split)
+    extra = [(load_split(e["manifest"], e.get("split", "train")), float(e.get("weight", 0)))
+             for e in config.data.extra_train]
     dataset = PatchDataset(train_images, mixture, patch_size=config.data.patch_size,
                            patches_per_epoch=config.data.patches_per_epoch,
-                           augment=config.data.augment, seed=config.seed)
+                           augment=config.data.augment, seed=config.seed, extra=extra)
     model = create_model(config.model.name, **config.model.args).to(device)
     init_info = _initialise(model, config) if config.model.init_from and not resume else None
     multiple = int(getattr(model, "size_multiple", 1))
@@ -200,6 +202,16 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: Progress | None 
         "patients": {s: len({r["patient_id"] for r in rows if r["split"] == s})
                      for s in ("train", "val", "test")},
     }
+    if config.data.extra_train:
+        data_info["extra_train"] = []
+        for entry, (images, share) in zip(config.data.extra_train, extra):
+            split = entry.get("split", "train")
+            extra_rows = read_manifest(entry["manifest"], split)
+            data_info["extra_train"].append({
+                "manifest": str(entry["manifest"]), "split": split, "share": share,
+                "sources": sorted({str(Path(r["source"]).parent) for r in extra_rows})[:20],
+                "images": len(images),
+                "patients": len({r["patient_id"] for r in extra_rows})})
     if resume:
         init_info = torch.load(last, map_location="cpu", weights_only=True).get("init_from")
     if init_info:

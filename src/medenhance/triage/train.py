@@ -78,6 +78,9 @@ class TriageConfig:
     weight_decay: float = 1e-4
     target_sensitivity: float = 0.95
     seed: int = 0
+    #: Seed of the train/validation split by patient; ``null``: ``seed``. Fixing it while
+    #: varying ``seed`` trains differently initialised models on the same split.
+    split_seed: int | None = None
     threads: int | None = None
     device: str = "auto"
     output_dir: str = ""
@@ -206,7 +209,8 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
                          patient_regex=config.patient_regex, progress=progress)
     if data.failures:
         log(f"{len(data.failures)} unreadable file(s) skipped, e.g. {data.failures[0]}")
-    train_idx, val_idx = split_by_patient(data, config.val_fraction, config.seed)
+    train_idx, val_idx = split_by_patient(
+        data, config.val_fraction, config.seed if config.split_seed is None else config.split_seed)
     train, val = data.subset(train_idx), data.subset(val_idx)
     if config.kind == "oneclass":
         train = train.subset(np.nonzero(train.labels == 0)[0])  # normal images only
