@@ -27,3 +27,16 @@ def test_weighted_sum() -> None:
         build_loss({"perceptual": 1.0})
     with pytest.raises(ConfigError, match="all weights are zero"):
         build_loss({"mse": 0})
+
+
+def test_psnr_loss_is_minus_the_mean_per_sample_psnr() -> None:
+    from skimage.metrics import peak_signal_noise_ratio
+
+    rng = np.random.default_rng(1)
+    clean = rng.random((3, 1, 32, 32))
+    # Three samples at very different noise levels: each counts equally, unlike in the MSE.
+    noisy = clean + rng.normal(0, 1, clean.shape) * np.array([0.01, 0.05, 0.2])[:, None, None, None]
+    ours = float(build_loss({"psnr": 1.0})(torch.from_numpy(noisy), torch.from_numpy(clean)))
+    ref = np.mean([peak_signal_noise_ratio(c[0], n[0], data_range=1.0)
+                   for c, n in zip(clean, noisy)])
+    assert ours == pytest.approx(-ref, abs=1e-5)

@@ -87,7 +87,9 @@ def plot_history(history: list[dict[str, float]], path: Path, title: str) -> Non
     epochs = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
     a.plot(epochs, [h["train_loss"] for h in history], marker=".")
-    a.set(xlabel="epoch", ylabel="training loss", yscale="log", title="loss")
+    a.set(xlabel="epoch", ylabel="training loss", title="loss",
+          # The PSNR loss is negative: a log axis only for positive losses.
+          yscale="log" if min(r["train_loss"] for r in history) > 0 else "linear")
     b.plot(epochs, [h["val_psnr"] for h in history], marker=".", label="model")
     b.plot(epochs, [h["val_psnr_input"] for h in history], ls="--", label="degraded input")
     b.set(xlabel="epoch", ylabel="PSNR (dB)", title="validation")
