@@ -62,3 +62,10 @@ def test_bad_extra_training_sets(extra: str, message: str) -> None:
     config = apply_overrides(TrainConfig(), ["data.manifest=m.csv", f"data.extra_train={extra}"])
     with pytest.raises(ConfigError, match=message):
         config.validate()
+
+
+def test_extra_training_weight_must_be_a_number() -> None:
+    config = apply_overrides(TrainConfig(), ["data.manifest=m.csv",
+                                             "data.extra_train=[{manifest: n.csv, weight: lots}]"])
+    with pytest.raises(ConfigError, match="weight must be a number, got 'lots'"):
+        config.validate()

@@ -109,3 +109,13 @@ def test_denoiser_is_not_a_triage_model(tmp_path: Path) -> None:
     out = runner.invoke(app, ["triage", str(tmp_path), "-m", "xray-denoise", "-o",
                               str(tmp_path / "w.csv")])
     assert out.exit_code == 1 and "not a triage model" in out.output
+
+
+def test_split_seed_fixes_the_patient_split(folders: Path, tmp_path: Path) -> None:
+    from medenhance.triage.train import load_triage_config
+
+    config = load_triage_config(_config(folders, "supervised", tmp_path),
+                                ["seed=3", "split_seed=0"])
+    assert (config.seed, config.patient_split_seed) == (3, 0)
+    assert load_triage_config(_config(folders, "supervised", tmp_path),
+                              ["seed=3"]).patient_split_seed == 3

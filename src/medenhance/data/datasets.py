@@ -90,7 +90,6 @@ class PatchDataset(Dataset):
             self.set_p.append(areas / areas.sum())
         shares = [float(share) for _, share in extra]
         self.share = np.array([1.0 - sum(shares), *shares])
-        self.images, self.p = self.sets[0], self.set_p[0]
         self.degradations = degradations
         self.patch_size, self.length = patch_size, patches_per_epoch
         self.augment, self.seed, self.epoch = augment, seed, 0

@@ -113,6 +113,9 @@ class TrainConfig:
             if unknown:
                 raise ConfigError(f"data.extra_train[{i}]: unknown key(s) {', '.join(unknown)}; "
                                   "known: manifest, split, weight")
+            weight = entry.get("weight", 0)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+                raise ConfigError(f"data.extra_train[{i}]: weight must be a number, got {weight!r}")
         share = sum(float(e.get("weight", 0)) for e in d.extra_train if isinstance(e, dict))
         if d.extra_train and not 0 < share < 1:
             raise ConfigError("data.extra_train: weights are shares of the patches and must "

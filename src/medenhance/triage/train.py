@@ -107,6 +107,10 @@ class TriageConfig:
     def run_dir(self) -> Path:
         return Path(self.output_dir or Path("runs") / self.name)
 
+    @property
+    def patient_split_seed(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
+
 
 def load_triage_config(path: str | Path, overrides: list[str] | None = None) -> TriageConfig:
     path = Path(path)
@@ -209,8 +213,7 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
                          patient_regex=config.patient_regex, progress=progress)
     if data.failures:
         log(f"{len(data.failures)} unreadable file(s) skipped, e.g. {data.failures[0]}")
-    train_idx, val_idx = split_by_patient(
-        data, config.val_fraction, config.seed if config.split_seed is None else config.split_seed)
+    train_idx, val_idx = split_by_patient(data, config.val_fraction, config.patient_split_seed)
     train, val = data.subset(train_idx), data.subset(val_idx)
     if config.kind == "oneclass":
         train = train.subset(np.nonzero(train.labels == 0)[0])  # normal images only
