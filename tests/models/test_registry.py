@@ -104,3 +104,25 @@ def test_fastunet_grows_deeper_without_changing_its_output() -> None:
         small.initialise_from(create_model("fastunet", widths=(8, 16, 16), blocks=(1, 2, 5)))
     with pytest.raises(RuntimeError, match="size mismatch"):
         grown.initialise_from(create_model("fastunet", widths=(8, 16, 32), blocks=(1, 2, 2)))
+
+
+def test_view_distance_averages_the_eight_views() -> None:
+    from medenhance.models.classifier import all_views, transform8
+
+    model = create_model("small_resnet", widths=[8, 8, 16, 16]).eval()
+    x = torch.rand(3, 1, 32, 32)
+    views = all_views(x)
+    for t in range(8):
+        assert torch.equal(views[3 * t: 3 * t + 3], transform8(x, torch.full((3,), t)))
+    with torch.no_grad():
+        f = model.density_features(views)
+        model.feature_mean.copy_(f.mean(0))
+        model.feature_precision.copy_(torch.eye(32))
+        d = model.view_distance(x)
+        expected = model.mahalanobis(f).view(8, 3).mean(0)
+        torch.testing.assert_close(d, expected)
+        # The 8 views form a group: a rotated or mirrored image has the same score.
+        torch.testing.assert_close(model.view_distance(torch.rot90(x, 1, (-2, -1))), d)
+        torch.testing.assert_close(model.view_distance(torch.flip(x, (-2,))), d)
+        assert not torch.allclose(model.mahalanobis(model.density_features(x.flip(-2))),
+                                  model.mahalanobis(model.density_features(x)))

@@ -96,7 +96,7 @@ def test_oneclass_never_trains_on_abnormal(folders: Path, tmp_path: Path, monkey
     assert card.training_data["abnormal_in_training"] == 0
     info = card.extra["triage"]
     assert info["kind"] == "oneclass" and len(info["platt"]) == 2
-    assert info["score"] == ("logit" if method == "synthetic" else "mahalanobis")
+    assert info["score"] == ("logit" if method == "synthetic" else "mahalanobis-views")
     # Something utterly unlike the (normal) training images lies beyond every new normal study.
     noise = np.random.default_rng(1).random((3, 64, 64)).astype(np.float32)
     _, dist = scorer.score_frames(noise)
@@ -119,3 +119,88 @@ def test_split_seed_fixes_the_patient_split(folders: Path, tmp_path: Path) -> No
     assert (config.seed, config.patient_split_seed) == (3, 0)
     assert load_triage_config(_config(folders, "supervised", tmp_path),
                               ["seed=3"]).patient_split_seed == 3
+
+
+def test_equalized_model_scores_equalized_frames(folders: Path, tmp_path: Path,
+                                                 monkeypatch) -> None:
+    """A model trained on histogram-equalised frames gets them again when it scores files."""
+    from skimage import exposure
+
+    from medenhance.io import read_image
+    from medenhance.triage.data import triage_frame
+
+    monkeypatch.setenv("MEDENHANCE_MODELS", str(tmp_path / "models"))
+    config = _config(folders, "oneclass", tmp_path, "equalize: true\naugment: strong\n")
+    result = runner.invoke(app, ["train-triage", "-c", str(config)])
+    assert result.exit_code == 0, result.output
+    scorer = TriageScorer("tiny-oneclass")
+    assert scorer.model.card.extra["triage"]["equalize"] is True
+    files = sorted((folders / "test" / "NORMAL").iterdir())[:5]
+    frames = np.stack([triage_frame(read_image(f), 64, equalize=True) for f in files])
+    np.testing.assert_allclose(frames[0], exposure.equalize_hist(
+        np.clip(read_image(files[0]).frames()[0], 0, 1), nbins=1024), atol=1e-6)
+    # Equalised grey levels are spread evenly: the mean is near 0.5, the quartiles near 1/4, 3/4.
+    assert np.quantile(frames, [0.25, 0.5, 0.75]) == pytest.approx([0.25, 0.5, 0.75], abs=0.03)
+    expected, _ = scorer.score_frames(frames)
+    got = [r.score for r in scorer.score_files(files)]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_augment_ranges_and_reproducibility() -> None:
+    import torch
+    from scipy.ndimage import gaussian_filter
+
+    from medenhance.triage.train import _gaussian_blur, augment
+
+    x = torch.rand(6, 1, 32, 32)
+    gen = torch.Generator().manual_seed(0)
+    standard = augment(x, gen)
+    # "standard" draws exactly 7 numbers per image, as it always did: runs stay reproducible.
+    reference = torch.Generator().manual_seed(0)
+    torch.rand(6, 7, generator=reference)
+    assert torch.equal(torch.rand(3, generator=gen), torch.rand(3, generator=reference))
+    strong = augment(x, torch.Generator().manual_seed(0), "strong")
+    assert 0 <= float(strong.min()) and float(strong.max()) <= 1
+    assert float((strong - standard).abs().mean()) > 0.01
+    sigma = torch.tensor([0.2, 0.5, 1.0])
+    blurred = _gaussian_blur(x[:3], sigma)
+    for i in range(3):
+        ref = gaussian_filter(x[i, 0].numpy(), float(sigma[i]), mode="nearest",
+                              truncate=3 / float(sigma[i]))
+        np.testing.assert_allclose(blurred[i, 0].numpy(), ref, atol=1e-5)
+
+
+
+def test_supervised_model_can_start_from_a_oneclass_network(folders: Path, tmp_path: Path,
+                                                            monkeypatch) -> None:
+    import torch
+
+    from medenhance.errors import ConfigError
+    from medenhance.models.card import load_model
+    from medenhance.models.registry import create_model
+    from medenhance.triage.train import _initialise_backbone, load_triage_config
+
+    monkeypatch.setenv("MEDENHANCE_MODELS", str(tmp_path / "models"))
+    oneclass = _config(folders, "oneclass", tmp_path)
+    assert runner.invoke(app, ["train-triage", "-c", str(oneclass)]).exit_code == 0
+    config = load_triage_config(_config(folders, "supervised", tmp_path),
+                                ["init_from=tiny-oneclass"])
+    model = create_model("small_resnet", widths=[8, 16, 16, 32])
+    line = _initialise_backbone(model, config)
+    assert "tiny-oneclass" in line and "WARNING" not in line
+    source = load_model("tiny-oneclass").network.state_dict()
+    state = model.state_dict()
+    assert torch.equal(state["stem.0.weight"], source["stem.0.weight"])
+    assert torch.equal(state["stages.7.body.4.running_var"], source["stages.7.body.4.running_var"])
+    assert state["head.1.weight"].shape == (1, 32) and source["head.1.weight"].shape == (8, 32)
+    # Another split is allowed but called out; another width is an error, not a traceback.
+    other = load_triage_config(_config(folders, "supervised", tmp_path),
+                               ["init_from=tiny-oneclass", "split_seed=5"])
+    assert "WARNING" in _initialise_backbone(create_model("small_resnet", widths=[8, 16, 16, 32]),
+                                             other)
+    with pytest.raises(ConfigError, match="does not fit"):
+        _initialise_backbone(create_model("small_resnet", widths=[8, 16, 16, 64]), config)
+    result = runner.invoke(app, ["train-triage", "-c", str(_config(folders, "supervised",
+                                                                       tmp_path)),
+                                 "--set", "init_from=tiny-oneclass"])
+    assert result.exit_code == 0 and "initialised from tiny-oneclass" in result.output

@@ -13,6 +13,27 @@ from torch import nn
 
 from .registry import register_model
 
+#: Rotations by 0/90/180/270 degrees, then the same mirrored: the views a one-class network
+#: learns to tell apart, and that its anomaly distance is averaged over.
+N_VIEWS = 8
+
+
+def transform8(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Apply view ``k`` in 0..7 (rotation k % 4 x 90 deg, flipped when k >= 4) per image."""
+    out = torch.empty_like(x)
+    for t in range(N_VIEWS):
+        sel = k == t
+        if sel.any():
+            y = torch.rot90(x[sel], t % 4, dims=(-2, -1))
+            out[sel] = torch.flip(y, dims=(-1,)) if t >= 4 else y
+    return out
+
+
+def all_views(x: torch.Tensor) -> torch.Tensor:
+    """``(N, ...)`` -> ``(8 N, ...)``: every image in each of the 8 views, view-major."""
+    rotations = [torch.rot90(x, t, dims=(-2, -1)) for t in range(4)]
+    return torch.cat(rotations + [torch.flip(r, dims=(-1,)) for r in rotations])
+
 
 class _Block(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
@@ -96,6 +117,16 @@ class SmallResNet(nn.Module):
     def anomaly_logit(self, x: torch.Tensor) -> torch.Tensor:
         """Image score of a model trained on synthetic local anomalies: its most abnormal place."""
         return self.location_logits(x).flatten(1).amax(1)
+
+    def view_distance(self, x: torch.Tensor) -> torch.Tensor:
+        """Mahalanobis distance averaged over the 8 rotated/flipped views of each image, ``(N,)``.
+
+        For a network trained to recognise those views, with the Gaussian fitted to the features
+        of all views of the normal images (as in GOAD, Bergman & Hoshen, ICLR 2020): an image
+        has to look normal from every side to score low.
+        """
+        d = self.mahalanobis(self.density_features(all_views(x)))
+        return d.view(N_VIEWS, len(x)).mean(0)
 
     def mahalanobis(self, features: torch.Tensor) -> torch.Tensor:
         """Distance of ``(N, D)`` features to the fitted Gaussian, ``(N,)``."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from skimage import exposure
 
 from ..degrade.resolution import resize
 from ..errors import DatasetError, MedEnhanceError
@@ -20,13 +21,20 @@ from ..image import MedicalImage
 from ..io import find_images, read_image
 
 
-def triage_frame(image: MedicalImage, size: int) -> np.ndarray:
-    """The frame a triage model looks at, as float32 ``(size, size)`` in [0, 1]."""
+def triage_frame(image: MedicalImage, size: int, equalize: bool = False) -> np.ndarray:
+    """The frame a triage model looks at, as float32 ``(size, size)`` in [0, 1].
+
+    ``equalize``: histogram-equalise it (scikit-image), so that exposure and windowing, which
+    differ between sites and scanners, no longer set the grey levels.
+    """
     frames = image.frames()
     frame = frames[len(frames) // 2]
     if frame.shape != (size, size):
         frame = resize(frame, (size, size), "area" if min(frame.shape) > size else "bicubic")
-    return np.clip(frame, 0.0, 1.0).astype(np.float32)
+    frame = np.clip(frame, 0.0, 1.0)
+    if equalize:
+        frame = exposure.equalize_hist(frame, nbins=1024)
+    return frame.astype(np.float32)
 
 
 @dataclass
@@ -45,7 +53,7 @@ class LabelledImages:
 
 
 def load_labelled(root: str | Path, normal_labels: Sequence[str], size: int, *,
-                  patient_regex: str | None = None,
+                  patient_regex: str | None = None, equalize: bool = False,
                   progress: Callable[[list[Path]], Iterable[Path]] | None = None
                   ) -> LabelledImages:
     """Read ``root/<label>/**`` images; the label is the first folder below ``root``."""
@@ -61,7 +69,7 @@ def load_labelled(root: str | Path, normal_labels: Sequence[str], size: int, *,
     for f in (progress(files) if progress else files):
         label = f.relative_to(base).parts[0]
         try:
-            images.append(triage_frame(read_image(f), size))
+            images.append(triage_frame(read_image(f), size, equalize))
         except MedEnhanceError as exc:
             failures.append(str(exc))
             continue

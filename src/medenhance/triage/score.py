@@ -49,12 +49,15 @@ class TriageScorer:
         """Calibrated scores and feature distances of ``(N, size, size)`` frames."""
         net = self.model.network
         x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))[:, None]
-        dist = net.mahalanobis(net.density_features(x)).numpy().astype(np.float64)
+        views = self.info.get("score") == "mahalanobis-views"
+        dist = (net.view_distance(x) if views else
+                net.mahalanobis(net.density_features(x))).numpy().astype(np.float64)
         if self.info["kind"] == "supervised":
             logits = net(x).numpy().astype(np.float64)
             prob = expit(logits / float(self.info["temperature"]))
         else:
-            # One-class: the logit of "altered" (synthetic-anomaly training) or the distance.
+            # One-class: the logit of "altered" (synthetic-anomaly training) or the distance
+            # (averaged over the 8 views for models that learnt to tell them apart).
             raw = (net.anomaly_logit(x).numpy().astype(np.float64)
                    if self.info.get("score") == "logit" else dist)
             a, b = self.info["platt"]
@@ -64,6 +67,7 @@ class TriageScorer:
     def score_files(self, paths: list[Path], failures: list[str] | None = None,
                     progress=None, batch: int = 32) -> list[TriageResult]:
         size = int(self.info["size"])
+        equalize = bool(self.info.get("equalize", False))
         results: list[TriageResult] = []
         pending: list[tuple[Path, np.ndarray]] = []
 
@@ -78,7 +82,7 @@ class TriageScorer:
 
         for path in (progress(paths) if progress else paths):
             try:
-                pending.append((path, triage_frame(read_image(path), size)))
+                pending.append((path, triage_frame(read_image(path), size, equalize)))
             except MedEnhanceError as exc:
                 if failures is None:
                     raise

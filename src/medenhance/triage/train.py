@@ -12,7 +12,8 @@
   - ``transforms`` (default; measured better on the Kermany X-rays, see the README): the
     network learns which of 8 rotations/flips was applied (Golan &
     El-Yaniv, NeurIPS 2018); the score is the Mahalanobis distance of its pooled features to a
-    Gaussian fitted on the normal training images (Rippel et al., ICPR 2020).
+    Gaussian fitted on the normal training images (Rippel et al., ICPR 2020), averaged over the
+    8 views of the image (``view_average``, as in GOAD, Bergman & Hoshen, ICLR 2020).
 
   Abnormal images are never used for training or model selection; a labelled validation split is
   used only to calibrate the score into a probability (Platt scaling) and to choose the operating
@@ -42,7 +43,8 @@ import yaml
 from scipy.optimize import minimize
 
 from ..errors import ConfigError
-from ..models.card import ModelCard, save_checkpoint, user_dir
+from ..models.card import ModelCard, load_model, save_checkpoint, user_dir
+from ..models.classifier import all_views, transform8
 from ..models.registry import create_model
 from ..train.config import _build
 from ..train.loop import pick_device
@@ -51,6 +53,7 @@ from .synthetic import add_anomalies
 from .metrics import (auprc, auroc, fit_temperature, sens_spec, threshold_for_sensitivity)
 
 KINDS = ("supervised", "oneclass")
+AUGMENTS = ("standard", "strong")
 #: How a one-class model learns from normal images: ``synthetic`` (normal vs synthetically
 #: altered normal, scored by the logit) or ``transforms`` (which rotation/flip, scored by the
 #: Mahalanobis distance of its features).
@@ -85,6 +88,17 @@ class TriageConfig:
     device: str = "auto"
     output_dir: str = ""
     register: bool = True
+    #: One-class ``transforms`` only: score the Mahalanobis distance averaged over the 8
+    #: rotated/flipped views, with one Gaussian fitted to all views of the normal images
+    #: (``false``: the upright view only, as models trained before it was added).
+    view_average: bool = True
+    #: ``standard`` or ``strong`` (wider ranges, blur and noise): see :func:`augment`.
+    augment: str = "standard"
+    #: Histogram-equalise every frame before the network sees it (training and scoring).
+    equalize: bool = False
+    #: Start from another triage model's convolutions (name or path; same architecture and
+    #: widths), e.g. a one-class network's self-supervised features; its head is not copied.
+    init_from: str = ""
 
     def validate(self) -> None:
         if self.kind not in KINDS:
@@ -98,6 +112,8 @@ class TriageConfig:
             raise ConfigError(f"size must be a multiple of 16 and >= 32, got {self.size}")
         if not 0 < self.target_sensitivity <= 1 or not 0 < self.val_fraction < 1:
             raise ConfigError("target_sensitivity must be in (0, 1], val_fraction in (0, 1)")
+        if self.augment not in AUGMENTS:
+            raise ConfigError(f"augment must be standard or strong, got {self.augment!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
@@ -132,34 +148,49 @@ def load_triage_config(path: str | Path, overrides: list[str] | None = None) -> 
     return config
 
 
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random rotation (+-8 deg), scale (0.9-1.1), shift (+-6 %), contrast/brightness/gamma."""
+def augment(x: torch.Tensor, generator: torch.Generator, strength: str = "standard"
+            ) -> torch.Tensor:
+    """Random rotation, scale, shift, gamma, contrast and brightness.
+
+    ``standard``: +-8 deg, scale 0.9-1.1, shift +-6 %, gamma 0.78-1.28, contrast 0.85-1.15,
+    brightness +-0.05. ``strong`` doubles every range and adds what differs between scanners
+    and sites: blur (Gaussian, sigma 0-1 px) and noise (sigma 0-0.03), each on half the images.
+    """
     n = x.shape[0]
+    k = 2.0 if strength == "strong" else 1.0
     rnd = torch.rand(n, 7, generator=generator)
-    angle = (rnd[:, 0] - 0.5) * math.radians(16)
-    scale = 0.9 + 0.2 * rnd[:, 1]
+    angle = (rnd[:, 0] - 0.5) * math.radians(16) * k
+    scale = (1 - 0.1 * k) + 0.2 * k * rnd[:, 1]
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    shift = (rnd[:, 2:4] - 0.5) * 0.12
+    shift = (rnd[:, 2:4] - 0.5) * 0.12 * k
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
                          torch.stack([sin, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
-    gamma = torch.exp((rnd[:, 4] - 0.5) * 0.5).view(n, 1, 1, 1)
-    contrast = (0.85 + 0.3 * rnd[:, 5]).view(n, 1, 1, 1)
-    brightness = ((rnd[:, 6] - 0.5) * 0.1).view(n, 1, 1, 1)
+    gamma = torch.exp((rnd[:, 4] - 0.5) * 0.5 * k).view(n, 1, 1, 1)
+    contrast = ((1 - 0.15 * k) + 0.3 * k * rnd[:, 5]).view(n, 1, 1, 1)
+    brightness = ((rnd[:, 6] - 0.5) * 0.1 * k).view(n, 1, 1, 1)
     out = out.clamp(0, 1) ** gamma
-    return ((out - 0.5) * contrast + 0.5 + brightness).clamp(0, 1)
+    out = (out - 0.5) * contrast + 0.5 + brightness
+    if strength == "strong":
+        extra = torch.rand(n, 4, generator=generator)
+        blurred = _gaussian_blur(out, 1e-3 + extra[:, 0])
+        out = torch.where((extra[:, 1] < 0.5).view(n, 1, 1, 1), blurred, out)
+        sigma = (0.03 * extra[:, 2] * (extra[:, 3] < 0.5)).view(n, 1, 1, 1)
+        out = out + sigma * torch.randn(out.shape, generator=generator)
+    return out.clamp(0, 1)
 
 
-def transform8(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Apply transformation ``k`` in 0..7 (rotation k % 4 x 90 deg, flipped when k >= 4)."""
-    out = torch.empty_like(x)
-    for t in range(8):
-        sel = k == t
-        if sel.any():
-            y = torch.rot90(x[sel], t % 4, dims=(-2, -1))
-            out[sel] = torch.flip(y, dims=(-1,)) if t >= 4 else y
-    return out
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each image of ``(N, 1, H, W)`` with its own ``sigma`` (px, at most 1)."""
+    t = torch.arange(-3, 4, dtype=x.dtype)
+    kernel = torch.exp(-t ** 2 / (2 * sigma.view(-1, 1) ** 2))
+    kernel = kernel / kernel.sum(1, keepdim=True)                      # (N, 7)
+    n = x.shape[0]
+    rows = F.conv2d(F.pad(x.transpose(0, 1), (3, 3, 0, 0), mode="replicate"),
+                    kernel.view(n, 1, 1, 7), groups=n)
+    return F.conv2d(F.pad(rows, (0, 0, 3, 3), mode="replicate"), kernel.view(n, 1, 7, 1),
+                    groups=n).transpose(0, 1)
 
 
 @torch.no_grad()
@@ -170,6 +201,34 @@ def batched(fn: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, devi
         x = torch.from_numpy(images[i: i + batch])[:, None].to(device)
         outs.append(fn(x).float().cpu().numpy())
     return np.concatenate(outs)
+
+
+def _initialise_backbone(model: torch.nn.Module, config: TriageConfig) -> str:
+    """Copy ``config.init_from``'s weights except its head and Gaussian; a line for the log."""
+    source = load_model(config.init_from)
+    src = source.card
+    if src.task != "triage" or src.architecture != config.model:
+        raise ConfigError(f"init_from {config.init_from!r} is a {src.task} {src.architecture} "
+                          f"model, not a triage {config.model}")
+    skip = ("head.", "feature_mean", "feature_precision")
+    state = {k: v for k, v in source.network.state_dict().items() if not k.startswith(skip)}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise ConfigError(f"init_from {config.init_from!r} does not fit {config.model} "
+                          f"{config.model_args or ''}: {str(exc).splitlines()[1].strip()}"
+                          ) from None
+    if unexpected or any(not k.startswith(skip) for k in missing):
+        raise ConfigError(f"init_from {config.init_from!r} does not fit {config.model} "
+                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    same_split = (src.config.get("data") == config.data and
+                  src.config.get("val_fraction") == config.val_fraction and
+                  TriageConfig(**{k: v for k, v in src.config.items()
+                                  if k in TriageConfig.__dataclass_fields__}
+                               ).patient_split_seed == config.patient_split_seed)
+    return (f"initialised from {src.name} ({source.path})" +
+            ("" if same_split else "; WARNING: it was trained on another split, so some "
+             "validation images may have been among its training images"))
 
 
 def fit_gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -210,7 +269,8 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
     data = load_labelled(config.data, config.normal_labels, config.size,
-                         patient_regex=config.patient_regex, progress=progress)
+                         patient_regex=config.patient_regex, equalize=config.equalize,
+                         progress=progress)
     if data.failures:
         log(f"{len(data.failures)} unreadable file(s) skipped, e.g. {data.failures[0]}")
     train_idx, val_idx = split_by_patient(data, config.val_fraction, config.patient_split_seed)
@@ -227,7 +287,10 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
     transforms = config.kind == "oneclass" and config.oneclass_method == "transforms"
     synthetic = config.kind == "oneclass" and config.oneclass_method == "synthetic"
     outputs = 8 if transforms else 1
-    model = create_model(config.model, num_outputs=outputs, **config.model_args).to(device)
+    model = create_model(config.model, num_outputs=outputs, **config.model_args)
+    if config.init_from:
+        log(_initialise_backbone(model, config))
+    model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * max(1, len(train.labels) // config.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps)
@@ -251,7 +314,7 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
         losses = []
         for i in range(0, len(order) - config.batch_size + 1, config.batch_size):
             idx = order[i: i + config.batch_size]
-            x = augment(images[idx], gen).to(device)
+            x = augment(images[idx], gen, config.augment).to(device)
             if transforms:
                 k = torch.randint(0, 8, (len(idx),), generator=gen)
                 loss = F.cross_entropy(model(transform8(x, k)), k.to(device))
@@ -303,11 +366,17 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
 
     # One-class: the training images are all normal. Supervised: the Gaussian describes
     # everything the classifier was trained on, for the out-of-distribution check.
-    mean, precision = fit_gaussian(batched(model.density_features, train.images, device))
+    view_average = transforms and config.view_average
+    embed = (lambda x: model.density_features(all_views(x))) if view_average else \
+        model.density_features
+    mean, precision = fit_gaussian(batched(embed, train.images, device, batch=16))
     model.feature_mean.copy_(torch.from_numpy(mean).float())
     model.feature_precision.copy_(torch.from_numpy(precision).float())
-    val_dist = batched(lambda x: model.mahalanobis(model.density_features(x)), val.images, device)
+    distance = model.view_distance if view_average else \
+        (lambda x: model.mahalanobis(model.density_features(x)))
+    val_dist = batched(distance, val.images, device)
     triage: dict[str, Any] = {"kind": config.kind, "size": config.size,
+                              "equalize": config.equalize,
                               "normal_labels": list(config.normal_labels),
                               "target_sensitivity": config.target_sensitivity,
                               "ood_distance": float(np.percentile(val_dist, 99))}
@@ -320,7 +389,8 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
         raw = batched(model.anomaly_logit, val.images, device) if synthetic else val_dist
         a, b = fit_platt(raw, val.labels)
         triage["platt"] = [a, b]
-        triage["score"] = "logit" if synthetic else "mahalanobis"
+        triage["score"] = ("logit" if synthetic else
+                           "mahalanobis-views" if view_average else "mahalanobis")
         prob = expit(a * (raw - b))
     threshold = threshold_for_sensitivity(val.labels, prob, config.target_sensitivity)
     triage["threshold"] = threshold
@@ -334,7 +404,8 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
         arguments={**config.model_args, "num_outputs": outputs}, task="triage",
         modality=config.modality, description=config.description,
         intensity="float32 in [0, 1] by the image's intensity window; middle frame resized to "
-                  f"{config.size}x{config.size}",
+                  f"{config.size}x{config.size}"
+                  + (", histogram-equalised" if config.equalize else ""),
         training_data={"root": str(config.data), "sources": [str(config.data)],
                        "images": {"train": int(len(train.labels)), "val": int(len(val.labels))},
                        "abnormal_in_training": int(train.labels.sum()),
