@@ -193,11 +193,17 @@ def test_supervised_model_can_start_from_a_oneclass_network(folders: Path, tmp_p
     assert torch.equal(state["stem.0.weight"], source["stem.0.weight"])
     assert torch.equal(state["stages.7.body.4.running_var"], source["stages.7.body.4.running_var"])
     assert state["head.1.weight"].shape == (1, 32) and source["head.1.weight"].shape == (8, 32)
-    # Another split is allowed but called out; another width is an error, not a traceback.
+    # Another split of the same data is allowed but called out; other data is not a concern;
+    # another width is an error, not a traceback.
     other = load_triage_config(_config(folders, "supervised", tmp_path),
                                ["init_from=tiny-oneclass", "split_seed=5"])
     assert "WARNING" in _initialise_backbone(create_model("small_resnet", widths=[8, 16, 16, 32]),
                                              other)
+    elsewhere = load_triage_config(_config(folders, "supervised", tmp_path),
+                                   ["init_from=tiny-oneclass", "split_seed=5",
+                                    f"data={folders / 'test'}"])
+    assert "WARNING" not in _initialise_backbone(
+        create_model("small_resnet", widths=[8, 16, 16, 32]), elsewhere)
     with pytest.raises(ConfigError, match="does not fit"):
         _initialise_backbone(create_model("small_resnet", widths=[8, 16, 16, 64]), config)
     result = runner.invoke(app, ["train-triage", "-c", str(_config(folders, "supervised",

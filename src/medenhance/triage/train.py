@@ -221,14 +221,15 @@ def _initialise_backbone(model: torch.nn.Module, config: TriageConfig) -> str:
     if unexpected or any(not k.startswith(skip) for k in missing):
         raise ConfigError(f"init_from {config.init_from!r} does not fit {config.model} "
                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    same_split = (src.config.get("data") == config.data and
-                  src.config.get("val_fraction") == config.val_fraction and
-                  TriageConfig(**{k: v for k, v in src.config.items()
-                                  if k in TriageConfig.__dataclass_fields__}
-                               ).patient_split_seed == config.patient_split_seed)
+    # Features learnt on other data are fine; on the same data, only with the same patient split.
+    other_split = (src.config.get("data") == config.data and
+                   (src.config.get("val_fraction") != config.val_fraction or
+                    TriageConfig(**{k: v for k, v in src.config.items()
+                                    if k in TriageConfig.__dataclass_fields__}
+                                 ).patient_split_seed != config.patient_split_seed))
     return (f"initialised from {src.name} ({source.path})" +
-            ("" if same_split else "; WARNING: it was trained on another split, so some "
-             "validation images may have been among its training images"))
+            ("; WARNING: it was trained on another split of the same data, so some validation "
+             "images may have been among its training images" if other_split else ""))
 
 
 def fit_gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
