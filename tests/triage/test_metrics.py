@@ -58,3 +58,23 @@ def test_worklist_perfect_scores_read_abnormal_first() -> None:
     w = worklist_waits(y, y.astype(float), minutes_per_study=5)
     assert w.triage_mean == pytest.approx(np.mean(np.arange(5) * 5))
     assert w.arrival_mean > w.triage_mean
+
+
+def test_nt_xent_matches_its_definition() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from medenhance.triage.train import nt_xent
+
+    z = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    u = F.normalize(z, dim=1)
+    expected = 0.0
+    for i in range(6):
+        j = (i + 3) % 6
+        others = [k for k in range(6) if k != i]
+        logits = torch.stack([u[i] @ u[k] / 0.2 for k in others])
+        expected += -(u[i] @ u[j] / 0.2 - torch.logsumexp(logits, 0))
+    torch.testing.assert_close(nt_xent(z), expected / 6)
+    # Identical pairs far from every other row: the loss is near 0.
+    basis = torch.eye(3) * 10
+    assert float(nt_xent(torch.cat([basis, basis]), temperature=0.05)) < 1e-6

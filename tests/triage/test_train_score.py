@@ -84,7 +84,7 @@ def test_supervised_triage_end_to_end(folders: Path, tmp_path: Path, monkeypatch
     assert (tmp_path / "ev" / "roc.png").stat().st_size > 5000
 
 
-@pytest.mark.parametrize("method", ["synthetic", "transforms"])
+@pytest.mark.parametrize("method", ["synthetic", "transforms", "contrastive"])
 def test_oneclass_never_trains_on_abnormal(folders: Path, tmp_path: Path, monkeypatch,
                                            method: str) -> None:
     monkeypatch.setenv("MEDENHANCE_MODELS", str(tmp_path / "models"))

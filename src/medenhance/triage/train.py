@@ -4,7 +4,7 @@
   cross-entropy (abnormal cases weigh ``n_normal / n_abnormal``) and geometric/intensity
   augmentation; the epoch with the best validation AUROC is kept; temperature scaling on
   validation logits.
-* ``oneclass``: trained on **normal images only**, in one of two ways (``oneclass_method``):
+* ``oneclass``: trained on **normal images only**, in one of three ways (``oneclass_method``):
 
   - ``synthetic``: normal images against the same kind of images with a synthetic local
     anomaly (:mod:`.synthetic`); every last-stage location learns whether it saw altered tissue,
@@ -14,6 +14,9 @@
     El-Yaniv, NeurIPS 2018); the score is the Mahalanobis distance of its pooled features to a
     Gaussian fitted on the normal training images (Rippel et al., ICPR 2020), averaged over the
     8 views of the image (``view_average``, as in GOAD, Bergman & Hoshen, ICLR 2020).
+  - ``contrastive``: as ``transforms``, plus SimCLR's loss (Chen et al., ICML 2020) on a
+    projection: two augmentations of an image, in the same view, should match each other and no
+    other image (close to CSI, Tack et al., NeurIPS 2020); scored the same way.
 
   Abnormal images are never used for training or model selection; a labelled validation split is
   used only to calibrate the score into a probability (Platt scaling) and to choose the operating
@@ -55,9 +58,11 @@ from .metrics import (auprc, auroc, fit_temperature, sens_spec, threshold_for_se
 KINDS = ("supervised", "oneclass")
 AUGMENTS = ("standard", "strong")
 #: How a one-class model learns from normal images: ``synthetic`` (normal vs synthetically
-#: altered normal, scored by the logit) or ``transforms`` (which rotation/flip, scored by the
-#: Mahalanobis distance of its features).
-ONECLASS_METHODS = ("synthetic", "transforms")
+#: altered normal, scored by the logit), ``transforms`` (which rotation/flip, scored by the
+#: Mahalanobis distance of its features) or ``contrastive`` (``transforms`` plus SimCLR).
+ONECLASS_METHODS = ("synthetic", "transforms", "contrastive")
+#: Size of the projection that the ``contrastive`` method compares.
+PROJECTION_DIM = 64
 
 
 @dataclass
@@ -104,7 +109,7 @@ class TriageConfig:
         if self.kind not in KINDS:
             raise ConfigError(f"kind must be supervised or oneclass, got {self.kind!r}")
         if self.oneclass_method not in ONECLASS_METHODS:
-            raise ConfigError(f"oneclass_method must be synthetic or transforms, got "
+            raise ConfigError(f"oneclass_method must be one of {', '.join(ONECLASS_METHODS)}, got "
                               f"{self.oneclass_method!r}")
         if not self.data:
             raise ConfigError("data is not set (a folder with one sub-folder per label)")
@@ -232,6 +237,16 @@ def _initialise_backbone(model: torch.nn.Module, config: TriageConfig) -> str:
              "images may have been among its training images" if other_split else ""))
 
 
+def nt_xent(z: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """SimCLR's loss for ``(2 B, D)`` projections whose rows ``i`` and ``i + B`` are a pair."""
+    z = F.normalize(z, dim=1)
+    sim = z @ z.T / temperature
+    sim = sim.masked_fill(torch.eye(len(z), dtype=torch.bool, device=z.device), -math.inf)
+    half = len(z) // 2
+    partner = torch.cat([torch.arange(half, len(z)), torch.arange(half)]).to(z.device)
+    return F.cross_entropy(sim, partner)
+
+
 def fit_gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and precision of ``(N, D)`` features.
 
@@ -285,9 +300,12 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
         f"({int(train.labels.sum())} abnormal), {len(val.labels)} validation images "
         f"({int(val.labels.sum())} abnormal), {len(set(data.patients))} patients")
 
-    transforms = config.kind == "oneclass" and config.oneclass_method == "transforms"
+    contrastive = config.kind == "oneclass" and config.oneclass_method == "contrastive"
+    # The contrastive method also recognises the views: its first 8 outputs, then a projection.
+    transforms = config.kind == "oneclass" and config.oneclass_method in ("transforms",
+                                                                          "contrastive")
     synthetic = config.kind == "oneclass" and config.oneclass_method == "synthetic"
-    outputs = 8 if transforms else 1
+    outputs = 8 + PROJECTION_DIM if contrastive else 8 if transforms else 1
     model = create_model(config.model, num_outputs=outputs, **config.model_args)
     if config.init_from:
         log(_initialise_backbone(model, config))
@@ -316,7 +334,15 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
         for i in range(0, len(order) - config.batch_size + 1, config.batch_size):
             idx = order[i: i + config.batch_size]
             x = augment(images[idx], gen, config.augment).to(device)
-            if transforms:
+            if contrastive:
+                # Two augmentations of each image, in the same view: they should match each
+                # other and no other image (SimCLR), and the view should be recognised.
+                x2 = augment(images[idx], gen, config.augment).to(device)
+                k = torch.randint(0, 8, (len(idx),), generator=gen)
+                out = model(torch.cat([transform8(x, k), transform8(x2, k)]))
+                loss = (F.cross_entropy(out[:, :8], k.repeat(2).to(device))
+                        + nt_xent(out[:, 8:]))
+            elif transforms:
                 k = torch.randint(0, 8, (len(idx),), generator=gen)
                 loss = F.cross_entropy(model(transform8(x, k)), k.to(device))
             elif synthetic:
@@ -351,7 +377,7 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
             # Model selection must not look at abnormal images: use the normal images' loss.
             normal = torch.from_numpy(val.images[val.labels == 0])[:, None]
             k = torch.arange(len(normal)) % 8
-            logits = batched(model, transform8(normal, k)[:, 0].numpy(), device)
+            logits = batched(model, transform8(normal, k)[:, 0].numpy(), device)[:, :8]
             val_score = -float(F.cross_entropy(torch.from_numpy(logits), k))
             note = f"val (normal) transformation loss {-val_score:.4f}"
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
