@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from pathlib import Path
 
@@ -186,10 +187,16 @@ def test_supervised_model_can_start_from_a_oneclass_network(folders: Path, tmp_p
     config = load_triage_config(_config(folders, "supervised", tmp_path),
                                 ["init_from=tiny-oneclass"])
     model = create_model("small_resnet", widths=[8, 16, 16, 32])
-    line = _initialise_backbone(model, config)
+    line, info = _initialise_backbone(model, config)
     assert "tiny-oneclass" in line and "WARNING" not in line
-    source = load_model("tiny-oneclass").network.state_dict()
+    loaded = load_model("tiny-oneclass")
+    assert info["sha256"] == hashlib.sha256(loaded.path.read_bytes()).hexdigest()
+    source = loaded.network.state_dict()
     state = model.state_dict()
+    # The source's Gaussian describes its own training data: it is not copied.
+    assert float(source["feature_precision"].abs().sum()) > 0
+    assert float(state["feature_precision"].abs().sum()) == 0
+    assert float(state["feature_mean"].abs().sum()) == 0
     assert torch.equal(state["stem.0.weight"], source["stem.0.weight"])
     assert torch.equal(state["stages.7.body.4.running_var"], source["stages.7.body.4.running_var"])
     assert state["head.1.weight"].shape == (1, 32) and source["head.1.weight"].shape == (8, 32)
@@ -198,15 +205,44 @@ def test_supervised_model_can_start_from_a_oneclass_network(folders: Path, tmp_p
     other = load_triage_config(_config(folders, "supervised", tmp_path),
                                ["init_from=tiny-oneclass", "split_seed=5"])
     assert "WARNING" in _initialise_backbone(create_model("small_resnet", widths=[8, 16, 16, 32]),
-                                             other)
+                                             other)[0]
     elsewhere = load_triage_config(_config(folders, "supervised", tmp_path),
                                    ["init_from=tiny-oneclass", "split_seed=5",
                                     f"data={folders / 'test'}"])
     assert "WARNING" not in _initialise_backbone(
-        create_model("small_resnet", widths=[8, 16, 16, 32]), elsewhere)
+        create_model("small_resnet", widths=[8, 16, 16, 32]), elsewhere)[0]
     with pytest.raises(ConfigError, match="does not fit"):
         _initialise_backbone(create_model("small_resnet", widths=[8, 16, 16, 64]), config)
     result = runner.invoke(app, ["train-triage", "-c", str(_config(folders, "supervised",
                                                                        tmp_path)),
                                  "--set", "init_from=tiny-oneclass"])
     assert result.exit_code == 0 and "initialised from tiny-oneclass" in result.output
+    card = TriageScorer("tiny-supervised").model.card
+    assert card.training_data["init_from"]["sha256"] == info["sha256"]
+    typo = runner.invoke(app, ["train-triage", "-c", str(_config(folders, "supervised",
+                                                                     tmp_path)),
+                               "--set", "init_from=tiny-onecalss"])
+    assert typo.exit_code == 1 and "unknown model 'tiny-onecalss'" in typo.output
+    assert "Traceback" not in typo.output
+
+
+def test_upright_only_model_scores_the_upright_distance(folders: Path, tmp_path: Path,
+                                                        monkeypatch) -> None:
+    """``view_average: false`` (and cards written before the view average) score one view."""
+    import torch
+
+    monkeypatch.setenv("MEDENHANCE_MODELS", str(tmp_path / "models"))
+    config = _config(folders, "oneclass", tmp_path, "view_average: false\n")
+    assert runner.invoke(app, ["train-triage", "-c", str(config)]).exit_code == 0
+    scorer = TriageScorer("tiny-oneclass")
+    assert scorer.model.card.extra["triage"]["score"] == "mahalanobis"
+    frames = np.stack([_study(np.random.default_rng(i), False) for i in range(4)]) / 255.0
+    frames = frames.astype(np.float32)
+    _, dist = scorer.score_frames(frames)
+    net = scorer.model.network
+    with torch.no_grad():
+        x = torch.from_numpy(frames)[:, None]
+        upright = net.mahalanobis(net.density_features(x)).numpy()
+        averaged = net.view_distance(x).numpy()
+    np.testing.assert_allclose(dist, upright, rtol=1e-5)
+    assert not np.allclose(dist, averaged, rtol=1e-3)

@@ -31,6 +31,7 @@ score one should trust.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -46,7 +47,7 @@ import yaml
 from scipy.optimize import minimize
 
 from ..errors import ConfigError
-from ..models.card import ModelCard, load_model, save_checkpoint, user_dir
+from ..models.card import ModelCard, load_model, resolve_model, save_checkpoint, user_dir
 from ..models.classifier import all_views, transform8
 from ..models.registry import create_model
 from ..train.config import _build
@@ -93,8 +94,9 @@ class TriageConfig:
     device: str = "auto"
     output_dir: str = ""
     register: bool = True
-    #: One-class ``transforms`` only: score the Mahalanobis distance averaged over the 8
-    #: rotated/flipped views, with one Gaussian fitted to all views of the normal images
+    #: One-class ``transforms`` and ``contrastive``: score the Mahalanobis distance averaged
+    #: over the 8 rotated/flipped views, with one Gaussian fitted to all views of the normal
+    #: images
     #: (``false``: the upright view only, as models trained before it was added).
     view_average: bool = True
     #: ``standard`` or ``strong`` (wider ranges, blur and noise): see :func:`augment`.
@@ -188,7 +190,7 @@ def augment(x: torch.Tensor, generator: torch.Generator, strength: str = "standa
 
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Blur each image of ``(N, 1, H, W)`` with its own ``sigma`` (px, at most 1)."""
-    t = torch.arange(-3, 4, dtype=x.dtype)
+    t = torch.arange(-3, 4, dtype=x.dtype, device=x.device)
     kernel = torch.exp(-t ** 2 / (2 * sigma.view(-1, 1) ** 2))
     kernel = kernel / kernel.sum(1, keepdim=True)                      # (N, 7)
     n = x.shape[0]
@@ -208,8 +210,13 @@ def batched(fn: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, devi
     return np.concatenate(outs)
 
 
-def _initialise_backbone(model: torch.nn.Module, config: TriageConfig) -> str:
-    """Copy ``config.init_from``'s weights except its head and Gaussian; a line for the log."""
+def _initialise_backbone(model: torch.nn.Module, config: TriageConfig
+                         ) -> tuple[str, dict[str, str]]:
+    """Copy ``config.init_from``'s weights except its head and Gaussian.
+
+    Returns a line for the log and what the card records: the source's name, file and sha256,
+    so that a model stays traceable after its source is retrained.
+    """
     source = load_model(config.init_from)
     src = source.card
     if src.task != "triage" or src.architecture != config.model:
@@ -227,14 +234,24 @@ def _initialise_backbone(model: torch.nn.Module, config: TriageConfig) -> str:
         raise ConfigError(f"init_from {config.init_from!r} does not fit {config.model} "
                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     # Features learnt on other data are fine; on the same data, only with the same patient split.
-    other_split = (src.config.get("data") == config.data and
-                   (src.config.get("val_fraction") != config.val_fraction or
-                    TriageConfig(**{k: v for k, v in src.config.items()
-                                    if k in TriageConfig.__dataclass_fields__}
-                                 ).patient_split_seed != config.patient_split_seed))
-    return (f"initialised from {src.name} ({source.path})" +
+    src_config = TriageConfig(**{k: v for k, v in src.config.items()
+                                 if k in TriageConfig.__dataclass_fields__})
+    other_split = (_same_folder(src_config.data, config.data) and
+                   (src_config.val_fraction, src_config.patient_split_seed,
+                    src_config.patient_regex) !=
+                   (config.val_fraction, config.patient_split_seed, config.patient_regex))
+    line = (f"initialised from {src.name} ({source.path})" +
             ("; WARNING: it was trained on another split of the same data, so some validation "
              "images may have been among its training images" if other_split else ""))
+    digest = hashlib.sha256(Path(source.path).read_bytes()).hexdigest()
+    return line, {"model": src.name, "path": str(source.path), "sha256": digest}
+
+
+def _same_folder(a: str, b: str) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return a == b
 
 
 def nt_xent(z: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
@@ -284,6 +301,8 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
     if config.threads:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
+    if config.init_from:  # a misspelt name fails now, not after minutes of reading images
+        resolve_model(config.init_from)
     data = load_labelled(config.data, config.normal_labels, config.size,
                          patient_regex=config.patient_regex, equalize=config.equalize,
                          progress=progress)
@@ -307,8 +326,10 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
     synthetic = config.kind == "oneclass" and config.oneclass_method == "synthetic"
     outputs = 8 + PROJECTION_DIM if contrastive else 8 if transforms else 1
     model = create_model(config.model, num_outputs=outputs, **config.model_args)
+    init_info = None
     if config.init_from:
-        log(_initialise_backbone(model, config))
+        line, init_info = _initialise_backbone(model, config)
+        log(line)
     model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * max(1, len(train.labels) // config.batch_size)
@@ -394,6 +415,9 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
     # One-class: the training images are all normal. Supervised: the Gaussian describes
     # everything the classifier was trained on, for the out-of-distribution check.
     view_average = transforms and config.view_average
+    # With views, each view counts as a sample in the covariance's shrinkage (n = 8 x images):
+    # the views of one image are not independent, but this is the variant measured and chosen
+    # on validation (0.966 against 0.960 with a Gaussian per view, X-ray one-class model).
     embed = (lambda x: model.density_features(all_views(x))) if view_average else \
         model.density_features
     mean, precision = fit_gaussian(batched(embed, train.images, device, batch=16))
@@ -436,7 +460,8 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
         training_data={"root": str(config.data), "sources": [str(config.data)],
                        "images": {"train": int(len(train.labels)), "val": int(len(val.labels))},
                        "abnormal_in_training": int(train.labels.sum()),
-                       "classes": sorted(set(data.classes))},
+                       "classes": sorted(set(data.classes)),
+                       **({"init_from": init_info} if init_info else {})},
         config=asdict(config), metrics=metrics, extra={"triage": triage, "history": history})
     path = save_checkpoint(model, card, run / "best.safetensors")
     if config.register:
