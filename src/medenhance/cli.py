@@ -710,8 +710,8 @@ def evaluate_triage(
                   f"(90th percentile {w['arrival_p90']:.0f}) in arrival order, "
                   f"{w['triage_mean']:.0f} min (90th percentile {w['triage_p90']:.0f}) in score "
                   f"order; {result['ood']} image(s) out of distribution. Written: "
-                  f"{output}/scores.csv, {output}/roc.png, {output}/summary.json "
-                  f"({RESEARCH_NOTE})")
+                  f"{output}/scores.csv, {output}/roc.png, {output}/scores.png, "
+                  f"{output}/summary.json ({RESEARCH_NOTE})")
 
 
 def main() -> None:

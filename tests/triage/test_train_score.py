@@ -83,6 +83,7 @@ def test_supervised_triage_end_to_end(folders: Path, tmp_path: Path, monkeypatch
     assert summary["auroc_ci"][0] <= summary["auroc"] <= summary["auroc_ci"][1]
     assert summary["waits"]["triage_mean"] < summary["waits"]["arrival_mean"]
     assert (tmp_path / "ev" / "roc.png").stat().st_size > 5000
+    assert (tmp_path / "ev" / "scores.png").stat().st_size > 5000
 
 
 @pytest.mark.parametrize("method", ["synthetic", "transforms", "contrastive"])

@@ -68,7 +68,33 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
             w.writerow([r.path, int(y), f"{r.score:.6f}", r.flag, r.ood, f"{r.distance:.3f}"])
     (out / "summary.json").write_text(json.dumps(result, indent=2))
     _plot_roc(labels, scores, t, result, out / "roc.png")
+    _plot_scores(labels, scores, t, result, out / "scores.png")
     return result
+
+
+def _plot_scores(labels: np.ndarray, scores: np.ndarray, threshold: float, result: dict,
+                 path: Path) -> None:
+    """Histograms of the normal and the abnormal studies' scores, with the operating point:
+    where the two overlap is where the worklist order is unsure."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bins = np.linspace(0, 1, 41)
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    for value, name, colour in ((0, "normal", "tab:blue"), (1, "abnormal", "tab:red")):
+        s = scores[labels == value]
+        flagged = int((s >= threshold).sum())
+        ax.hist(s, bins=bins, alpha=0.55, color=colour,
+                label=f"{name}: {flagged} of {len(s)} flagged")
+    ax.axvline(threshold, c="k", ls="--", lw=1, label=f"threshold {threshold:.3f}")
+    ax.set(xlabel="score (calibrated probability of abnormal)", ylabel="studies",
+           title=f"{result['model']} ({NOTE})")
+    ax.title.set_fontsize(8)
+    ax.legend(fontsize=8, loc="upper center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _plot_roc(labels: np.ndarray, scores: np.ndarray, threshold: float, result: dict,
