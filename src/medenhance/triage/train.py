@@ -228,7 +228,7 @@ def _initialise_backbone(model: torch.nn.Module, config: TriageConfig
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:
         raise ConfigError(f"init_from {config.init_from!r} does not fit {config.model} "
-                          f"{config.model_args or ''}: {str(exc).splitlines()[1].strip()}"
+                          f"{config.model_args or ''}: {str(exc).strip().splitlines()[-1].strip()}"
                           ) from None
     if unexpected or any(not k.startswith(skip) for k in missing):
         raise ConfigError(f"init_from {config.init_from!r} does not fit {config.model} "
