@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from medenhance.cli import app
@@ -170,7 +171,20 @@ def test_augment_ranges_and_reproducibility() -> None:
         ref = gaussian_filter(x[i, 0].numpy(), float(sigma[i]), mode="nearest",
                               truncate=3 / float(sigma[i]))
         np.testing.assert_allclose(blurred[i, 0].numpy(), ref, atol=1e-5)
+    # max_zoom only moves the top of the scale range: 1.1 is the standard range.
+    same = augment(x, torch.Generator().manual_seed(0), max_zoom=1.1)
+    torch.testing.assert_close(same, standard, atol=1e-5, rtol=0)
+    wider = augment(x, torch.Generator().manual_seed(0), max_zoom=1.6)
+    assert float((wider - standard).abs().max()) > 0.05
 
+
+@pytest.mark.parametrize("setting", ["fit_zoom=0.8", "fit_zoom=3", "max_zoom=0.5"])
+def test_zoom_settings_are_checked(folders: Path, tmp_path: Path, setting: str) -> None:
+    from medenhance.errors import ConfigError
+    from medenhance.triage.train import load_triage_config
+
+    with pytest.raises(ConfigError, match=setting.split("=")[0] + " must be in"):
+        load_triage_config(_config(folders, "supervised", tmp_path), [setting])
 
 
 def test_supervised_model_can_start_from_a_oneclass_network(folders: Path, tmp_path: Path,
@@ -247,3 +261,35 @@ def test_upright_only_model_scores_the_upright_distance(folders: Path, tmp_path:
         averaged = net.view_distance(x).numpy()
     np.testing.assert_allclose(dist, upright, rtol=1e-5)
     assert not np.allclose(dist, averaged, rtol=1e-3)
+
+
+def test_random_zoom_enlarges_within_the_image() -> None:
+    from medenhance.triage.train import random_zoom
+
+    ramp = torch.linspace(0, 1, 64).expand(64, 64)                # x grows left to right
+    x = ramp.repeat(200, 1, 1, 1)
+    gen = torch.Generator().manual_seed(0)
+    assert torch.allclose(random_zoom(x, 1.0, gen), x, atol=1e-6)
+    out = random_zoom(x, 1.5, gen)
+    slope = (out[:, 0, :, 40] - out[:, 0, :, 20]).mean(1) / (ramp[0, 40] - ramp[0, 20])
+    # Each image is enlarged by its own factor z in [1, 1.5]: a pixel step covers 1/z of the
+    # original's, so the ramp is flatter by that factor.
+    assert slope.min() >= 1 / 1.5 - 0.01 and slope.max() <= 1.01
+    assert slope.max() - slope.min() > 0.25
+    # The view stays inside the image: no flat run of repeated border values.
+    assert bool((out[:, 0, 0].diff(dim=-1) > 0).all())
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+    assert torch.allclose(out[:, 0, 0], out[:, 0, -1], atol=1e-6)   # rows still identical
+
+
+def test_gaussian_is_fitted_to_zoomed_copies_too() -> None:
+    from medenhance.triage.train import FIT_ZOOM_COPIES, gaussian_fit_images
+
+    images = np.random.default_rng(0).random((5, 32, 32), dtype=np.float32)
+    assert gaussian_fit_images(images, 1.0, 0) is images
+    fit = gaussian_fit_images(images, 1.3, 0)
+    assert fit.shape == ((1 + FIT_ZOOM_COPIES) * 5, 32, 32)
+    np.testing.assert_array_equal(fit[:5], images)
+    # The copies are new views (enlarged, so smoother), reproducible from the seed.
+    assert np.abs(np.diff(fit[5:], axis=-1)).mean() < 0.9 * np.abs(np.diff(images, axis=-1)).mean()
+    np.testing.assert_array_equal(fit, gaussian_fit_images(images, 1.3, 0))

@@ -87,11 +87,39 @@ def load_labelled(root: str | Path, normal_labels: Sequence[str], size: int, *,
     return LabelledImages(np.stack(images), np.asarray(labels), paths, patients, classes, failures)
 
 
-def split_by_patient(data: LabelledImages, val_fraction: float, seed: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of (train, validation), no patient on both sides."""
+#: How the validation patients are chosen: at random, or the lowest-numbered patients of each id
+#: series (a split in time where ids are given in order, as test splits often are).
+VAL_SPLITS = ("random", "lowest-ids")
+
+
+def _id_order(patient: str) -> tuple[str, tuple[int, ...]]:
+    """``(series, numbers)`` of a patient id: ``NORMAL2-IM-0383`` -> ``("NORMAL#-IM-#", (2, 383))``."""
+    return re.sub(r"\d+", "#", patient), tuple(int(n) for n in re.findall(r"\d+", patient))
+
+
+def split_by_patient(data: LabelledImages, val_fraction: float, seed: int,
+                     how: str = "random") -> tuple[np.ndarray, np.ndarray]:
+    """Indices of (train, validation), no patient on both sides.
+
+    ``how="lowest-ids"``: in each id series (the id with its digits masked, e.g. ``person#``,
+    ``IM-#``), the ``val_fraction`` of patients with the lowest numbers; ``seed`` is unused.
+    """
     ids = sorted(set(data.patients))
-    rng = np.random.default_rng(seed)
-    val_ids = set(rng.permutation(ids)[: max(1, round(val_fraction * len(ids)))].tolist())
+    if how == "random":
+        rng = np.random.default_rng(seed)
+        val_ids = set(rng.permutation(ids)[: max(1, round(val_fraction * len(ids)))].tolist())
+    elif how == "lowest-ids":
+        series: dict[str, list[str]] = {}
+        for p in ids:
+            series.setdefault(_id_order(p)[0], []).append(p)
+        val_ids = set()
+        for members in series.values():
+            members.sort(key=lambda p: _id_order(p)[1])
+            val_ids.update(members[: round(val_fraction * len(members))])
+        if not val_ids:
+            raise DatasetError(f"no patient id series has enough patients for a validation "
+                               f"fraction of {val_fraction}")
+    else:
+        raise ValueError(f"how must be one of {VAL_SPLITS}, got {how!r}")
     is_val = np.array([p in val_ids for p in data.patients])
     return np.nonzero(~is_val)[0], np.nonzero(is_val)[0]

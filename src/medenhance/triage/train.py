@@ -52,7 +52,7 @@ from ..models.classifier import all_views, transform8
 from ..models.registry import create_model
 from ..train.config import _build
 from ..train.loop import pick_device
-from .data import load_labelled, split_by_patient
+from .data import VAL_SPLITS, load_labelled, split_by_patient
 from .synthetic import add_anomalies
 from .metrics import (auprc, auroc, fit_temperature, sens_spec, threshold_for_sensitivity)
 
@@ -64,6 +64,8 @@ AUGMENTS = ("standard", "strong")
 ONECLASS_METHODS = ("synthetic", "transforms", "contrastive")
 #: Size of the projection that the ``contrastive`` method compares.
 PROJECTION_DIM = 64
+#: Zoomed copies of each training image in the feature Gaussian's fit (``fit_zoom``).
+FIT_ZOOM_COPIES = 2
 
 
 @dataclass
@@ -79,6 +81,9 @@ class TriageConfig:
     patient_regex: str | None = None
     size: int = 128
     val_fraction: float = 0.15
+    #: ``random`` patients, or ``lowest-ids``: the lowest-numbered patients of each id series
+    #: (a split in time where ids are given in order; see :func:`.data.split_by_patient`).
+    val_split: str = "random"
     model: str = "small_resnet"
     model_args: dict[str, Any] = field(default_factory=dict)
     epochs: int = 12
@@ -106,6 +111,12 @@ class TriageConfig:
     #: Start from another triage model's convolutions (name or path; same architecture and
     #: widths), e.g. a one-class network's self-supervised features; its head is not copied.
     init_from: str = ""
+    #: Fit the feature Gaussian also to ``FIT_ZOOM_COPIES`` copies of every training image
+    #: enlarged by a random factor in [1, ``fit_zoom``] (1: off), so that a tighter field of view
+    #: (another site's collimation or positioning) is not by itself abnormal.
+    fit_zoom: float = 1.0
+    #: Training augmentation's largest zoom (``null``: 1.1, or 1.2 when ``augment: strong``).
+    max_zoom: float | None = None
 
     def validate(self) -> None:
         if self.kind not in KINDS:
@@ -119,10 +130,16 @@ class TriageConfig:
             raise ConfigError(f"size must be a multiple of 16 and >= 32, got {self.size}")
         if not 0 < self.target_sensitivity <= 1 or not 0 < self.val_fraction < 1:
             raise ConfigError("target_sensitivity must be in (0, 1], val_fraction in (0, 1)")
+        if self.val_split not in VAL_SPLITS:
+            raise ConfigError(f"val_split must be random or lowest-ids, got {self.val_split!r}")
         if self.augment not in AUGMENTS:
             raise ConfigError(f"augment must be standard or strong, got {self.augment!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if not 1 <= self.fit_zoom <= 2:
+            raise ConfigError(f"fit_zoom must be in [1, 2], got {self.fit_zoom}")
+        if self.max_zoom is not None and not 1 <= self.max_zoom <= 2:
+            raise ConfigError(f"max_zoom must be in [1, 2], got {self.max_zoom}")
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
             raise ConfigError("epochs >= 1, batch_size >= 2 and lr > 0 are needed")
 
@@ -155,19 +172,24 @@ def load_triage_config(path: str | Path, overrides: list[str] | None = None) -> 
     return config
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, strength: str = "standard"
-            ) -> torch.Tensor:
+def augment(x: torch.Tensor, generator: torch.Generator, strength: str = "standard",
+            max_zoom: float | None = None) -> torch.Tensor:
     """Random rotation, scale, shift, gamma, contrast and brightness.
 
     ``standard``: +-8 deg, scale 0.9-1.1, shift +-6 %, gamma 0.78-1.28, contrast 0.85-1.15,
     brightness +-0.05. ``strong`` doubles every range and adds what differs between scanners
     and sites: blur (Gaussian, sigma 0-1 px) and noise (sigma 0-0.03), each on half the images.
+    ``max_zoom``: the scale is drawn from [``1 - 0.1 k``, ``max_zoom``] instead (k = 1, or 2
+    when strong), for fields of view tighter than the training images'.
     """
     n = x.shape[0]
     k = 2.0 if strength == "strong" else 1.0
     rnd = torch.rand(n, 7, generator=generator)
     angle = (rnd[:, 0] - 0.5) * math.radians(16) * k
-    scale = (1 - 0.1 * k) + 0.2 * k * rnd[:, 1]
+    if max_zoom is None:
+        scale = (1 - 0.1 * k) + 0.2 * k * rnd[:, 1]
+    else:
+        scale = (1 - 0.1 * k) + (max_zoom - (1 - 0.1 * k)) * rnd[:, 1]
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     shift = (rnd[:, 2:4] - 0.5) * 0.12 * k
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
@@ -186,6 +208,31 @@ def augment(x: torch.Tensor, generator: torch.Generator, strength: str = "standa
         sigma = (0.03 * extra[:, 2] * (extra[:, 3] < 0.5)).view(n, 1, 1, 1)
         out = out + sigma * torch.randn(out.shape, generator=generator)
     return out.clamp(0, 1)
+
+
+def random_zoom(x: torch.Tensor, max_zoom: float, generator: torch.Generator) -> torch.Tensor:
+    """Each image of ``(N, 1, H, W)`` enlarged by a random factor in [1, ``max_zoom``] about a
+    random point that keeps the view inside the image; same size, bilinear."""
+    n = x.shape[0]
+    rnd = torch.rand(n, 3, generator=generator)
+    half = 1 / (1 + (max_zoom - 1) * rnd[:, 0])          # half-width of the view, in [-1, 1] units
+    centre = (rnd[:, 1:] * 2 - 1) * (1 - half).unsqueeze(1)
+    zero = torch.zeros(n)
+    theta = torch.stack([torch.stack([half, zero, centre[:, 0]], 1),
+                         torch.stack([zero, half, centre[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def gaussian_fit_images(images: np.ndarray, fit_zoom: float, seed: int) -> np.ndarray:
+    """The ``(N, H, W)`` training images, followed by ``FIT_ZOOM_COPIES`` zoomed copies of them
+    when ``fit_zoom > 1``: what the feature Gaussian is fitted to."""
+    if fit_zoom <= 1:
+        return images
+    generator = torch.Generator().manual_seed(seed + 2)
+    originals = torch.from_numpy(images)[:, None]
+    return np.concatenate([images] + [random_zoom(originals, fit_zoom, generator)[:, 0].numpy()
+                                      for _ in range(FIT_ZOOM_COPIES)])
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -238,8 +285,9 @@ def _initialise_backbone(model: torch.nn.Module, config: TriageConfig
                                  if k in TriageConfig.__dataclass_fields__})
     other_split = (_same_folder(src_config.data, config.data) and
                    (src_config.val_fraction, src_config.patient_split_seed,
-                    src_config.patient_regex) !=
-                   (config.val_fraction, config.patient_split_seed, config.patient_regex))
+                    src_config.patient_regex, src_config.val_split) !=
+                   (config.val_fraction, config.patient_split_seed, config.patient_regex,
+                    config.val_split))
     line = (f"initialised from {src.name} ({source.path})" +
             ("; WARNING: it was trained on another split of the same data, so some validation "
              "images may have been among its training images" if other_split else ""))
@@ -308,7 +356,8 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
                          progress=progress)
     if data.failures:
         log(f"{len(data.failures)} unreadable file(s) skipped, e.g. {data.failures[0]}")
-    train_idx, val_idx = split_by_patient(data, config.val_fraction, config.patient_split_seed)
+    train_idx, val_idx = split_by_patient(data, config.val_fraction, config.patient_split_seed,
+                                          config.val_split)
     train, val = data.subset(train_idx), data.subset(val_idx)
     if config.kind == "oneclass":
         train = train.subset(np.nonzero(train.labels == 0)[0])  # normal images only
@@ -354,11 +403,11 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
         losses = []
         for i in range(0, len(order) - config.batch_size + 1, config.batch_size):
             idx = order[i: i + config.batch_size]
-            x = augment(images[idx], gen, config.augment).to(device)
+            x = augment(images[idx], gen, config.augment, config.max_zoom).to(device)
             if contrastive:
                 # Two augmentations of each image, in the same view: they should match each
                 # other and no other image (SimCLR), and the view should be recognised.
-                x2 = augment(images[idx], gen, config.augment).to(device)
+                x2 = augment(images[idx], gen, config.augment, config.max_zoom).to(device)
                 k = torch.randint(0, 8, (len(idx),), generator=gen)
                 out = model(torch.cat([transform8(x, k), transform8(x2, k)]))
                 loss = (F.cross_entropy(out[:, :8], k.repeat(2).to(device))
@@ -420,7 +469,8 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
     # on validation (0.966 against 0.960 with a Gaussian per view, X-ray one-class model).
     embed = (lambda x: model.density_features(all_views(x))) if view_average else \
         model.density_features
-    mean, precision = fit_gaussian(batched(embed, train.images, device, batch=16))
+    fit_images = gaussian_fit_images(train.images, config.fit_zoom, config.seed)
+    mean, precision = fit_gaussian(batched(embed, fit_images, device, batch=16))
     model.feature_mean.copy_(torch.from_numpy(mean).float())
     model.feature_precision.copy_(torch.from_numpy(precision).float())
     distance = model.view_distance if view_average else \
