@@ -93,7 +93,10 @@ VAL_SPLITS = ("random", "lowest-ids")
 
 
 def _id_order(patient: str) -> tuple[str, tuple[int, ...]]:
-    """``(series, numbers)`` of a patient id: ``NORMAL2-IM-0383`` -> ``("NORMAL#-IM-#", (2, 383))``."""
+    """``(series, numbers)`` of a patient id.
+
+    ``NORMAL2-IM-0383`` -> ``("NORMAL#-IM-#", (2, 383))``.
+    """
     return re.sub(r"\d+", "#", patient), tuple(int(n) for n in re.findall(r"\d+", patient))
 
 
