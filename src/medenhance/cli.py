@@ -684,10 +684,17 @@ def evaluate_triage(
                                                 "simulation.")] = 5.0,
     bootstrap: Annotated[int, typer.Option(min=100, help="Bootstrap resamples for the CIs.")
                          ] = 1000,
+    shifts: Annotated[bool, typer.Option(
+        "--shifts", help="Also measure AUROC under simulated acquisition changes (exposure, "
+                         "contrast, blur, noise, resolution, field of view), for all studies "
+                         "and for one class at a time; writes robustness.png.")] = False,
 ) -> None:
     """AUROC, AUPRC, sensitivity and specificity at the stored threshold (bootstrap 95 % CIs),
     a ROC curve, and the worklist effect: waiting time of abnormal studies read in score order
     versus arrival order.
+
+    With --shifts, also how the ranking holds up when another site or scanner acquires the
+    studies differently (a validation split from the training folder cannot show this).
 
     Example: `medenhance evaluate-triage ../shared/data/xray-chest-kermany-224/test -m xray-pneumonia`
     """
@@ -696,7 +703,8 @@ def evaluate_triage(
     try:
         result = evaluate_triage_folder(folder, model, output, normal_labels=normal,
                                         minutes_per_study=minutes, n_bootstrap=bootstrap,
-                                        progress=lambda f: track(f, "scoring"))
+                                        shifts=shifts, progress=lambda f: track(f, "scoring"),
+                                        shift_progress=lambda f: track(f, "acquisition changes"))
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
     table = Table("metric", "value", "95 % CI", title=f"{result['model']} on {folder} "
@@ -705,13 +713,23 @@ def evaluate_triage(
         lo, hi = result[f"{key}_ci"]
         table.add_row(key, f"{result[key]:.4f}", f"[{lo:.4f}, {hi:.4f}]")
     console.print(table)
+    if shifts:
+        rob = result["robustness"]
+        changes = Table("acquisition change", "all studies", "normal only", "abnormal only",
+                        title=f"AUROC under simulated acquisition changes (unchanged "
+                              f"{rob['clean']:.4f}, mean {rob['robust_auroc']:.4f})")
+        for name, row in rob["shifts"].items():
+            changes.add_row(name, *(f"{row[k]:.4f}" for k in ("all", "normal_only",
+                                                               "abnormal_only")))
+        console.print(changes)
     w = result["waits"]
     console.print(f"abnormal studies wait {w['arrival_mean']:.0f} min on average "
                   f"(90th percentile {w['arrival_p90']:.0f}) in arrival order, "
                   f"{w['triage_mean']:.0f} min (90th percentile {w['triage_p90']:.0f}) in score "
                   f"order; {result['ood']} image(s) out of distribution. Written: "
                   f"{output}/scores.csv, {output}/roc.png, {output}/scores.png, "
-                  f"{output}/summary.json ({RESEARCH_NOTE})")
+                  + (f"{output}/robustness.png, " if shifts else "")
+                  + f"{output}/summary.json ({RESEARCH_NOTE})")
 
 
 def main() -> None:

@@ -60,6 +60,12 @@ def test_supervised_triage_end_to_end(folders: Path, tmp_path: Path, monkeypatch
     info = scorer.model.card.extra["triage"]
     assert info["kind"] == "supervised" and info["temperature"] > 0
     assert scorer.model.card.metrics["val_sensitivity"] >= 0.95
+    # The validation split under simulated acquisition changes, recorded in the card.
+    from medenhance.triage.robustness import SHIFTS
+    robust = scorer.model.card.extra["robustness"]
+    assert set(robust["shifts"]) == set(SHIFTS) and "acquisition changes" in result.output
+    assert robust["clean"] == pytest.approx(scorer.model.card.metrics["val_auroc"])
+    assert scorer.model.card.metrics["val_robust_auroc"] == robust["robust_auroc"]
 
     worklist = tmp_path / "worklist.csv"
     bad = tmp_path / "bad" / "x.png"
@@ -77,9 +83,15 @@ def test_supervised_triage_end_to_end(folders: Path, tmp_path: Path, monkeypatch
     assert again.exit_code == 1 and "file exists" in again.output
 
     ev = runner.invoke(app, ["evaluate-triage", str(folders / "test"), "-m", "tiny-supervised",
-                             "-o", str(tmp_path / "ev"), "--bootstrap", "200"])
+                             "-o", str(tmp_path / "ev"), "--bootstrap", "200", "--shifts"])
     assert ev.exit_code == 0, ev.output
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    robustness = summary["robustness"]
+    assert robustness["clean"] == pytest.approx(summary["auroc"], abs=1e-9)
+    assert set(robustness["shifts"]) >= {"zoom 1.3", "gamma 0.6"} and "zoom 1.3" in ev.output
+    values = [v for row in robustness["shifts"].values() for v in row.values()]
+    assert robustness["robust_auroc"] == pytest.approx(np.mean(values))
+    assert (tmp_path / "ev" / "robustness.png").stat().st_size > 5000
     assert summary["auroc"] > 0.9 and summary["n_abnormal"] == 30
     assert summary["auroc_ci"][0] <= summary["auroc"] <= summary["auroc_ci"][1]
     assert summary["waits"]["triage_mean"] < summary["waits"]["arrival_mean"]

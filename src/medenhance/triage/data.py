@@ -32,9 +32,12 @@ def triage_frame(image: MedicalImage, size: int, equalize: bool = False) -> np.n
     if frame.shape != (size, size):
         frame = resize(frame, (size, size), "area" if min(frame.shape) > size else "bicubic")
     frame = np.clip(frame, 0.0, 1.0)
-    if equalize:
-        frame = exposure.equalize_hist(frame, nbins=1024)
-    return frame.astype(np.float32)
+    return equalize_frame(frame) if equalize else frame.astype(np.float32)
+
+
+def equalize_frame(frame: np.ndarray) -> np.ndarray:
+    """Histogram-equalised frame (scikit-image, 1024 bins), float32 in [0, 1]."""
+    return exposure.equalize_hist(frame, nbins=1024).astype(np.float32)
 
 
 @dataclass

@@ -23,7 +23,10 @@ def _accuracy(y: np.ndarray, s: np.ndarray, t: float) -> float:
 def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *,
                            normal_labels: Sequence[str] | None = None,
                            minutes_per_study: float = 5.0, n_bootstrap: int = 1000,
-                           progress: Callable | None = None) -> dict[str, Any]:
+                           shifts: bool = False, progress: Callable | None = None,
+                           shift_progress: Callable | None = None) -> dict[str, Any]:
+    """Evaluate ``model`` on ``folder``; ``shifts``: also the AUROC under simulated acquisition
+    changes (:mod:`.robustness`), written to ``robustness.png`` and the summary."""
     base, out = Path(folder), Path(output)
     scorer = TriageScorer(model)
     normal = {n.lower() for n in (normal_labels or scorer.info["normal_labels"])}
@@ -60,6 +63,11 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
     waits = worklist_waits(labels, scores, minutes_per_study=minutes_per_study)
     result["waits"] = vars(waits)
     result["minutes_per_study"] = minutes_per_study
+    if shifts:
+        from .robustness import model_robustness
+
+        result["robustness"] = model_robustness(scorer, [Path(r.path) for r in results], labels,
+                                                progress=shift_progress)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "scores.csv", "w", newline="") as fh:
         w = csv.writer(fh)
@@ -69,7 +77,37 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
     (out / "summary.json").write_text(json.dumps(result, indent=2))
     _plot_roc(labels, scores, t, result, out / "roc.png")
     _plot_scores(labels, scores, t, result, out / "scores.png")
+    if shifts:
+        _plot_robustness(result, out / "robustness.png")
     return result
+
+
+def _plot_robustness(result: dict, path: Path) -> None:
+    """AUROC per simulated acquisition change, all studies or one class changed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rob = result["robustness"]
+    names = list(rob["shifts"])
+    y = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(names) + 1.6))
+    for k, (mode, label) in enumerate((("all", "all studies changed"),
+                                       ("normal_only", "normal studies only"),
+                                       ("abnormal_only", "abnormal studies only"))):
+        ax.barh(y + (k - 1) * 0.27, [rob["shifts"][n][mode] for n in names], height=0.27,
+                label=label)
+    ax.axvline(rob["clean"], c="k", ls="--", lw=1, label=f"unchanged {rob['clean']:.3f}")
+    low = min(0.5, min(v for row in rob["shifts"].values() for v in row.values()) - 0.02)
+    ax.set(yticks=y, yticklabels=names, xlim=(max(0.0, low), 1.0), xlabel="AUROC",
+           title=f"{result['model']}: simulated acquisition changes, mean "
+                 f"{rob['robust_auroc']:.3f} ({NOTE})")
+    ax.title.set_fontsize(8)
+    ax.invert_yaxis()
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _plot_scores(labels: np.ndarray, scores: np.ndarray, threshold: float, result: dict,

@@ -52,7 +52,7 @@ from ..models.classifier import all_views, transform8
 from ..models.registry import create_model
 from ..train.config import _build
 from ..train.loop import pick_device
-from .data import VAL_SPLITS, load_labelled, split_by_patient
+from .data import VAL_SPLITS, equalize_frame, load_labelled, split_by_patient
 from .synthetic import add_anomalies
 from .metrics import (auprc, auroc, fit_temperature, sens_spec, threshold_for_sensitivity)
 
@@ -117,6 +117,9 @@ class TriageConfig:
     fit_zoom: float = 1.0
     #: Training augmentation's largest zoom (``null``: 1.1, or 1.2 when ``augment: strong``).
     max_zoom: float | None = None
+    #: After training, measure the validation AUROC under simulated acquisition changes
+    #: (:mod:`.robustness`) and record it in the card (``val_robust_auroc``).
+    robustness: bool = True
 
     def validate(self) -> None:
         if self.kind not in KINDS:
@@ -352,8 +355,10 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
     if config.init_from:  # a misspelt name fails now, not after minutes of reading images
         resolve_model(config.init_from)
     data = load_labelled(config.data, config.normal_labels, config.size,
-                         patient_regex=config.patient_regex, equalize=config.equalize,
-                         progress=progress)
+                         patient_regex=config.patient_regex, progress=progress)
+    raw_frames = data.images          # as read: the robustness check changes these
+    if config.equalize:
+        data.images = np.stack([equalize_frame(f) for f in data.images])
     if data.failures:
         log(f"{len(data.failures)} unreadable file(s) skipped, e.g. {data.failures[0]}")
     train_idx, val_idx = split_by_patient(data, config.val_fraction, config.patient_split_seed,
@@ -513,6 +518,19 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
                        "classes": sorted(set(data.classes)),
                        **({"init_from": init_info} if init_info else {})},
         config=asdict(config), metrics=metrics, extra={"triage": triage, "history": history})
+    if config.robustness:
+        from ..models.card import LoadedModel
+        from .robustness import frame_scores, shifted_aurocs
+        from .score import TriageScorer
+
+        scorer = TriageScorer(LoadedModel(model.cpu(), card, run / "best.safetensors"))
+        robust = shifted_aurocs(frame_scores(scorer), raw_frames[val_idx], val.labels)
+        metrics["val_robust_auroc"] = robust["robust_auroc"]
+        card.extra["robustness"] = robust
+        worst = min(((v, f"{name}, {mode.replace('_', ' ')}")
+                     for name, row in robust["shifts"].items() for mode, v in row.items()))
+        log(f"validation AUROC under simulated acquisition changes: mean "
+            f"{robust['robust_auroc']:.4f}, lowest {worst[0]:.4f} ({worst[1]})")
     path = save_checkpoint(model, card, run / "best.safetensors")
     if config.register:
         save_checkpoint(model, card, user_dir() / f"{config.name}.safetensors")
