@@ -30,6 +30,7 @@ import torch
 from medenhance.io import find_images
 from medenhance.models.card import load_model
 from medenhance.triage.evaluate import evaluate_triage_folder
+from medenhance.triage.robustness import validation_robustness
 from medenhance.triage.score import TriageScorer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -58,7 +59,8 @@ def main() -> None:
                   "them (`medenhance evaluate-triage --shifts`): gamma 0.6 and 1.6, contrast 0.7, "
                   "blur 1 px, noise 0.03, half resolution, zoom 1.15 and 1.3; each applied to all "
                   "studies, to the normal ones only and to the abnormal ones only. The validation "
-                  "column is the same measure on the model's validation split, from its card.", "",
+                  "column is the same measure on the model's validation split, rebuilt from the "
+                  "training config in its card.", "",
                   "| model | unchanged | mean under changes | lowest (change, studies changed) | "
                   "validation: unchanged / mean under changes |", "|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,12 +70,10 @@ def main() -> None:
             rob = r["robustness"]
             low = min((v, f"{name}, {mode.replace('_', ' ')}")
                       for name, row in rob["shifts"].items() for mode, v in row.items())
-            card = load_model(model).card
-            val = card.extra.get("robustness")
+            val = validation_robustness(TriageScorer(load_model(model)))
             robustness.append(
                 f"| {model} | {rob['clean']:.3f} | {rob['robust_auroc']:.3f} | {low[0]:.3f} "
-                f"({low[1]}) | " + (f"{val['clean']:.3f} / {val['robust_auroc']:.3f} |" if val
-                                    else "not recorded |"))
+                f"({low[1]}) | {val['clean']:.3f} / {val['robust_auroc']:.3f} |")
             cell = {k: f"{r[k]:.3f} [{r[k + '_ci'][0]:.3f}, {r[k + '_ci'][1]:.3f}]"
                     for k in ("auroc", "auprc", "sensitivity", "specificity", "accuracy")}
             w = r["waits"]

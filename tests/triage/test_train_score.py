@@ -305,3 +305,18 @@ def test_gaussian_is_fitted_to_zoomed_copies_too() -> None:
     # The copies are new views (enlarged, so smoother), reproducible from the seed.
     assert np.abs(np.diff(fit[5:], axis=-1)).mean() < 0.9 * np.abs(np.diff(images, axis=-1)).mean()
     np.testing.assert_array_equal(fit, gaussian_fit_images(images, 1.3, 0))
+
+
+def test_validation_robustness_rebuilds_the_training_split(folders: Path, tmp_path: Path,
+                                                           monkeypatch) -> None:
+    from medenhance.triage.robustness import validation_robustness
+
+    monkeypatch.setenv("MEDENHANCE_MODELS", str(tmp_path / "models"))
+    result = runner.invoke(app, ["train-triage", "-c", str(_config(folders, "supervised",
+                                                                       tmp_path))])
+    assert result.exit_code == 0, result.output
+    scorer = TriageScorer("tiny-supervised")
+    again = validation_robustness(scorer)
+    recorded = scorer.model.card.extra["robustness"]
+    assert again["clean"] == pytest.approx(recorded["clean"], abs=1e-6)
+    assert again["robust_auroc"] == pytest.approx(recorded["robust_auroc"], abs=1e-6)

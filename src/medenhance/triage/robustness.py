@@ -113,3 +113,18 @@ def model_robustness(scorer: TriageScorer, paths: Sequence[Path], labels: np.nda
         except MedEnhanceError as exc:
             raise MedEnhanceError(f"{path}: {exc}") from None
     return shifted_aurocs(frame_scores(scorer), np.stack(frames), labels, progress=progress)
+
+
+def validation_robustness(scorer: TriageScorer) -> dict[str, object]:
+    """:func:`shifted_aurocs` on the validation split the model was trained with, rebuilt from
+    the training config in its card (its training folder must be where the card says)."""
+    from .data import load_labelled, split_by_patient
+    from .train import TriageConfig
+
+    fields = TriageConfig.__dataclass_fields__
+    config = TriageConfig(**{k: v for k, v in scorer.model.card.config.items() if k in fields})
+    data = load_labelled(config.data, config.normal_labels, config.size,
+                         patient_regex=config.patient_regex)
+    _, val = split_by_patient(data, config.val_fraction, config.patient_split_seed,
+                              config.val_split)
+    return shifted_aurocs(frame_scores(scorer), data.images[val], data.labels[val])
