@@ -91,7 +91,7 @@ def _plot_robustness(result: dict, path: Path) -> None:
     rob = result["robustness"]
     names = list(rob["shifts"])
     y = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(names) + 1.6))
+    fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(names) + 2.2))
     for k, (mode, label) in enumerate((("all", "all studies changed"),
                                        ("normal_only", "normal studies only"),
                                        ("abnormal_only", "abnormal studies only"))):
@@ -100,11 +100,11 @@ def _plot_robustness(result: dict, path: Path) -> None:
     ax.axvline(rob["clean"], c="k", ls="--", lw=1, label=f"unchanged {rob['clean']:.3f}")
     low = min(0.5, min(v for row in rob["shifts"].values() for v in row.values()) - 0.02)
     ax.set(yticks=y, yticklabels=names, xlim=(max(0.0, low), 1.0), xlabel="AUROC",
-           title=f"{result['model']}: simulated acquisition changes, mean "
-                 f"{rob['robust_auroc']:.3f} ({NOTE})")
+           title=f"{result['model']}: AUROC under simulated acquisition changes, mean "
+                 f"{rob['robust_auroc']:.3f}\n({NOTE})")
     ax.title.set_fontsize(8)
     ax.invert_yaxis()
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
