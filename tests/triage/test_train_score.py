@@ -233,6 +233,10 @@ def test_supervised_model_can_start_from_a_oneclass_network(folders: Path, tmp_p
                                ["init_from=tiny-oneclass", "split_seed=5"])
     assert "WARNING" in _initialise_backbone(create_model("small_resnet", widths=[8, 16, 16, 32]),
                                              other)[0]
+    lowest = load_triage_config(_config(folders, "supervised", tmp_path),
+                                ["init_from=tiny-oneclass", "val_split=lowest-ids"])
+    assert "WARNING" in _initialise_backbone(create_model("small_resnet", widths=[8, 16, 16, 32]),
+                                             lowest)[0]
     elsewhere = load_triage_config(_config(folders, "supervised", tmp_path),
                                    ["init_from=tiny-oneclass", "split_seed=5",
                                     f"data={folders / 'test'}"])

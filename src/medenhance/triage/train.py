@@ -286,11 +286,12 @@ def _initialise_backbone(model: torch.nn.Module, config: TriageConfig
     # Features learnt on other data are fine; on the same data, only with the same patient split.
     src_config = TriageConfig(**{k: v for k, v in src.config.items()
                                  if k in TriageConfig.__dataclass_fields__})
-    other_split = (_same_folder(src_config.data, config.data) and
-                   (src_config.val_fraction, src_config.patient_split_seed,
-                    src_config.patient_regex, src_config.val_split) !=
-                   (config.val_fraction, config.patient_split_seed, config.patient_regex,
-                    config.val_split))
+    def split_of(c: TriageConfig) -> tuple:
+        seed = c.patient_split_seed if c.val_split == "random" else None  # lowest-ids: no seed
+        return c.val_fraction, seed, c.patient_regex, c.val_split
+
+    other_split = (_same_folder(src_config.data, config.data)
+                   and split_of(src_config) != split_of(config))
     line = (f"initialised from {src.name} ({source.path})" +
             ("; WARNING: it was trained on another split of the same data, so some validation "
              "images may have been among its training images" if other_split else ""))
