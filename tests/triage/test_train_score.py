@@ -324,3 +324,23 @@ def test_validation_robustness_rebuilds_the_training_split(folders: Path, tmp_pa
     recorded = scorer.model.card.extra["robustness"]
     assert again["clean"] == pytest.approx(recorded["clean"], abs=1e-6)
     assert again["robust_auroc"] == pytest.approx(recorded["robust_auroc"], abs=1e-6)
+
+
+def test_fit_zoom_changes_only_the_gaussian(folders: Path, tmp_path: Path) -> None:
+    from medenhance.models.card import load_model
+    from medenhance.triage.train import load_triage_config, train_triage
+
+    states = {}
+    for zoom in (1.0, 1.5):
+        out = tmp_path / str(zoom)
+        out.mkdir()
+        config = load_triage_config(_config(folders, "oneclass", out),
+                                    ["epochs=1", f"fit_zoom={zoom}", "register=false",
+                                     "robustness=false"])
+        path, _ = train_triage(config, log=lambda line: None)
+        loaded = load_model(path)
+        assert loaded.card.config["fit_zoom"] == zoom
+        states[zoom] = loaded.network.state_dict()
+    plain, zoomed = states[1.0], states[1.5]
+    assert torch.equal(plain["stem.0.weight"], zoomed["stem.0.weight"])   # same training
+    assert not torch.allclose(plain["feature_mean"], zoomed["feature_mean"])

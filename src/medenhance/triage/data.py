@@ -56,7 +56,7 @@ class LabelledImages:
 
 
 def load_labelled(root: str | Path, normal_labels: Sequence[str], size: int, *,
-                  patient_regex: str | None = None, equalize: bool = False,
+                  patient_regex: str | None = None,
                   progress: Callable[[list[Path]], Iterable[Path]] | None = None
                   ) -> LabelledImages:
     """Read ``root/<label>/**`` images; the label is the first folder below ``root``."""
@@ -72,7 +72,7 @@ def load_labelled(root: str | Path, normal_labels: Sequence[str], size: int, *,
     for f in (progress(files) if progress else files):
         label = f.relative_to(base).parts[0]
         try:
-            images.append(triage_frame(read_image(f), size, equalize))
+            images.append(triage_frame(read_image(f), size))
         except MedEnhanceError as exc:
             failures.append(str(exc))
             continue

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter, zoom as nd_zoom
 
-from ..errors import MedEnhanceError
 from ..io import read_image
 from .data import equalize_frame, triage_frame
 from .metrics import auroc
@@ -106,13 +105,8 @@ def model_robustness(scorer: TriageScorer, paths: Sequence[Path], labels: np.nda
     """:func:`shifted_aurocs` of a triage model on image files; the changes come before any
     histogram equalisation the model does, as a scanner's would."""
     size = int(scorer.info["size"])
-    frames = []
-    for path in paths:
-        try:
-            frames.append(triage_frame(read_image(path), size))
-        except MedEnhanceError as exc:
-            raise MedEnhanceError(f"{path}: {exc}") from None
-    return shifted_aurocs(frame_scores(scorer), np.stack(frames), labels, progress=progress)
+    frames = np.stack([triage_frame(read_image(path), size) for path in paths])
+    return shifted_aurocs(frame_scores(scorer), frames, labels, progress=progress)
 
 
 def validation_robustness(scorer: TriageScorer) -> dict[str, object]:
