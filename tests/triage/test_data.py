@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from medenhance.errors import ConfigError
-from medenhance.triage.data import LabelledImages, split_by_patient
+from medenhance.triage.data import (CROP_MARGIN, LabelledImages, crop_to_content, model_inputs,
+                                    split_by_patient)
 
 
 def _images(patients: list[str]) -> LabelledImages:
@@ -49,3 +50,55 @@ def test_unknown_val_split_is_a_config_error(tmp_path: Path) -> None:
     config.write_text(f"data: {tmp_path}\nval_split: newest\n")
     with pytest.raises(ConfigError, match="val_split must be random or lowest-ids"):
         load_triage_config(config)
+
+
+def _disk(size: int, centre: tuple[float, float], radius: float) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    inside = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius ** 2
+    return np.where(inside, 0.8, 0.05).astype(np.float32)
+
+
+def _extent(frame: np.ndarray) -> tuple[int, int, int, int]:
+    rows = np.nonzero((frame > 0.4).any(axis=1))[0]
+    cols = np.nonzero((frame > 0.4).any(axis=0))[0]
+    return rows[0], rows[-1], cols[0], cols[-1]
+
+
+def test_crop_to_content_centres_the_anatomy_and_fills_the_frame() -> None:
+    small_off_centre = _disk(128, (40, 80), 20)
+    out = crop_to_content(small_off_centre)
+    assert out.shape == (128, 128) and out.dtype == np.float32
+    top, bottom, left, right = _extent(out)
+    # The disk's 41-pixel extent spans the frame less the margin on each side (and less a few
+    # pixels: the region is found on the smoothed frame, whose edge reaches a little further).
+    largest = 128 / (1 + 2 * CROP_MARGIN) + 1
+    assert 0.85 * 128 < bottom - top + 1 < largest
+    assert 0.85 * 128 < right - left + 1 < largest
+    assert (top + bottom) / 2 == pytest.approx(63.5, abs=1.5)
+    assert (left + right) / 2 == pytest.approx(63.5, abs=1.5)
+    # The same disk framed at another scale and place gives nearly the same network input
+    # (the difference left: the smoothed edge's reach, a pixel or two at either scale).
+    large = _disk(128, (66, 60), 50)
+    before = np.mean(np.abs(large - small_off_centre))
+    assert np.mean(np.abs(crop_to_content(large) - out)) < 0.15 * before
+
+
+def test_crop_to_content_pads_with_the_background_and_keeps_blank_frames() -> None:
+    # A wide body: the square around it leaves the frame above and below.
+    wide = np.full((64, 64), 0.1, np.float32)
+    wide[24:40, 2:62] = 0.9
+    out = crop_to_content(wide)
+    assert out[:8].max() == pytest.approx(0.1, abs=1e-3)   # padding: the background grey
+    assert out[32, 32] == pytest.approx(0.9, abs=1e-3)
+    blank = np.full((32, 32), 0.3, np.float32)
+    np.testing.assert_array_equal(crop_to_content(blank), blank)
+
+
+def test_model_inputs_crop_before_equalising() -> None:
+    frames = np.stack([_disk(64, (20, 40), 10), _disk(64, (32, 32), 28)])
+    np.testing.assert_array_equal(model_inputs(frames, {}), frames)
+    cropped = model_inputs(frames, {"crop": True})
+    np.testing.assert_array_equal(cropped[0], crop_to_content(frames[0]))
+    both = model_inputs(frames, {"crop": True, "equalize": True})
+    from skimage import exposure
+    np.testing.assert_allclose(both[0], exposure.equalize_hist(cropped[0], nbins=1024), atol=1e-6)

@@ -136,24 +136,27 @@ def test_split_seed_fixes_the_patient_split(folders: Path, tmp_path: Path) -> No
                               ["seed=3"]).patient_split_seed == 3
 
 
-def test_equalized_model_scores_equalized_frames(folders: Path, tmp_path: Path,
-                                                 monkeypatch) -> None:
-    """A model trained on histogram-equalised frames gets them again when it scores files."""
+def test_equalized_cropped_model_scores_frames_prepared_alike(folders: Path, tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """A model trained on cropped, histogram-equalised frames gets them again when it scores
+    files."""
     from skimage import exposure
 
     from medenhance.io import read_image
-    from medenhance.triage.data import triage_frame
+    from medenhance.triage.data import crop_to_content, model_inputs, triage_frame
 
     monkeypatch.setenv("MEDENHANCE_MODELS", str(tmp_path / "models"))
-    config = _config(folders, "oneclass", tmp_path, "equalize: true\naugment: strong\n")
+    config = _config(folders, "oneclass", tmp_path,
+                     "equalize: true\ncrop: true\naugment: strong\n")
     result = runner.invoke(app, ["train-triage", "-c", str(config)])
     assert result.exit_code == 0, result.output
     scorer = TriageScorer("tiny-oneclass")
-    assert scorer.model.card.extra["triage"]["equalize"] is True
+    info = scorer.model.card.extra["triage"]
+    assert info["equalize"] is True and info["crop"] is True
     files = sorted((folders / "test" / "NORMAL").iterdir())[:5]
-    frames = np.stack([triage_frame(read_image(f), 64, equalize=True) for f in files])
-    np.testing.assert_allclose(frames[0], exposure.equalize_hist(
-        np.clip(read_image(files[0]).frames()[0], 0, 1), nbins=1024), atol=1e-6)
+    frames = model_inputs(np.stack([triage_frame(read_image(f), 64) for f in files]), info)
+    np.testing.assert_allclose(frames[0], exposure.equalize_hist(crop_to_content(
+        np.clip(read_image(files[0]).frames()[0], 0, 1)), nbins=1024), atol=1e-6)
     # Equalised grey levels are spread evenly: the mean is near 0.5, the quartiles near 1/4, 3/4.
     assert np.quantile(frames, [0.25, 0.5, 0.75]) == pytest.approx([0.25, 0.5, 0.75], abs=0.03)
     expected, _ = scorer.score_frames(frames)
@@ -344,3 +347,45 @@ def test_fit_zoom_changes_only_the_gaussian(folders: Path, tmp_path: Path) -> No
     plain, zoomed = states[1.0], states[1.5]
     assert torch.equal(plain["stem.0.weight"], zoomed["stem.0.weight"])   # same training
     assert not torch.allclose(plain["feature_mean"], zoomed["feature_mean"])
+
+
+def test_patch_nn_model_refits_an_existing_network(folders: Path, tmp_path: Path) -> None:
+    """``epochs: 0`` keeps the ``init_from`` network and fits only the normal model; the
+    ``patch-nn`` score then comes from the stored patch memory, through files as through frames."""
+    from scipy.special import expit
+
+    from medenhance.errors import ConfigError
+    from medenhance.io import read_image
+    from medenhance.models.card import load_model
+    from medenhance.triage.data import model_inputs, triage_frame
+    from medenhance.triage.train import load_triage_config, train_triage
+
+    quiet = ["register=false", "robustness=false"]
+    base, _ = train_triage(load_triage_config(_config(folders, "oneclass", tmp_path),
+                                              ["epochs=1", *quiet]), log=lambda line: None)
+    (tmp_path / "refit").mkdir()
+    refit = load_triage_config(_config(folders, "oneclass", tmp_path / "refit"),
+                               ["epochs=0", f"init_from={base}", "oneclass_score=patch-nn",
+                                "memory_size=50", "crop=true", *quiet])
+    path, metrics = train_triage(refit, log=lambda line: None)
+    network, patched = load_model(base).network, load_model(path)
+    for key, value in network.state_dict().items():
+        if not key.startswith(("head.", "feature_")):
+            assert torch.equal(patched.network.state_dict()[key], value), key
+    assert patched.network.patch_memory.shape == (50, 16 + 16 + 32)
+    assert patched.card.arguments["memory_size"] == 50
+    scorer = TriageScorer(patched)
+    assert scorer.info["score"] == "patch-nn" and scorer.info["crop"] is True
+    assert patched.card.extra["history"] == []       # no epoch was trained
+    files = sorted((folders / "test" / "PNEUMONIA").iterdir())[:4]
+    frames = model_inputs(np.stack([triage_frame(read_image(f), 64) for f in files]), scorer.info)
+    expected, _ = scorer.score_frames(frames)
+    a, b = scorer.info["platt"]
+    raw = patched.network.patch_distance(torch.from_numpy(frames)[:, None]).detach().numpy()
+    np.testing.assert_allclose(expected, expit(a * (raw.astype(np.float64) - b)), atol=1e-6)
+    np.testing.assert_allclose([r.score for r in scorer.score_files(files)], expected, rtol=1e-5)
+    assert 0.5 <= metrics["val_auroc"] <= 1.0
+    for bad in (["epochs=0"], ["oneclass_score=patch-nn", "kind=supervised"],
+                ["oneclass_score=nearest"]):
+        with pytest.raises(ConfigError):
+            load_triage_config(_config(folders, "oneclass", tmp_path), bad).validate()

@@ -103,12 +103,14 @@ def save_checkpoint(model: nn.Module, card: ModelCard, path: str | Path,
     """Write ``path`` (``.safetensors``) and the card beside it, each atomically.
 
     Parameters are stored in ``dtype`` (float16 halves the file); buffers (batch-norm statistics,
-    fitted feature Gaussians) stay float32, where half precision would cost accuracy for few bytes.
+    fitted feature Gaussians) stay float32, where half precision would cost accuracy for few bytes,
+    except those a network names in ``bulky_buffers`` (e.g. a memory of feature vectors).
     """
     path = Path(path).with_suffix(".safetensors")
     card.created = card.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     card.versions = card.versions or library_versions()
-    params = {name for name, _ in model.named_parameters()}
+    params = {name for name, _ in model.named_parameters()} | set(getattr(model, "bulky_buffers",
+                                                                          ()))
     state = {k: v.detach().to("cpu", dtype if k in params and v.is_floating_point()
                                else v.dtype).contiguous()
              for k, v in model.state_dict().items()}

@@ -3,12 +3,14 @@
 Four stages of two residual blocks (3x3 conv, batch norm, ReLU), stride-2 between stages, global
 average pooling and a linear head: ~0.3 M parameters with the default widths, trainable on a CPU
 at 128x128 in minutes. ``features(x)`` returns the pooled feature vector that the out-of-
-distribution check and the one-class scorer use.
+distribution check and the one-class scorer use; ``patch_distance(x)`` scores an image by its
+least familiar place against a memory of normal patch features (PatchCore-style).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .registry import register_model
@@ -57,16 +59,20 @@ class SmallResNet(nn.Module):
 
     ``feature_mean`` / ``feature_precision`` are buffers for a Gaussian fitted to the features of
     the training images (saved with the weights): the Mahalanobis distance to it is the one-class
-    anomaly score and the out-of-distribution check.
+    anomaly score and the out-of-distribution check. ``patch_memory`` (``memory_size`` rows, 0:
+    none) holds patch features of normal images for :meth:`patch_distance`.
     """
 
     scale = 1
     size_multiple = 16
     uses_sigma = False
     task = "classify"
+    #: Stored in the checkpoint's parameter precision (float16 when bundled): thousands of
+    #: feature vectors, compared by distance, where half precision costs little.
+    bulky_buffers = ("patch_memory",)
 
     def __init__(self, in_channels: int = 1, widths: tuple[int, ...] = (16, 32, 64, 128),
-                 dropout: float = 0.2, num_outputs: int = 1) -> None:
+                 dropout: float = 0.2, num_outputs: int = 1, memory_size: int = 0) -> None:
         super().__init__()
         widths = tuple(widths)
         self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, stride=2, padding=1,
@@ -84,6 +90,14 @@ class SmallResNet(nn.Module):
         self.density_dim = widths[-1] + (widths[-2] if len(widths) > 1 else 0)
         self.register_buffer("feature_mean", torch.zeros(self.density_dim))
         self.register_buffer("feature_precision", torch.zeros(self.density_dim, self.density_dim))
+        # Patches: every stage after the first (the first is too close to the pixels), at the
+        # second stage's resolution (1/4 of the input).
+        self.patch_dim = sum(widths[1:])
+        if memory_size and not self.patch_dim:
+            raise ValueError("a patch memory needs at least two stages")
+        # None (not in the state dict) without one, so networks saved before it load as they were.
+        self.register_buffer("patch_memory", torch.zeros(memory_size, self.patch_dim)
+                             if memory_size else None)
 
     def _stage_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         # Centre the [0, 1] input so that batch norm starts from a sensible scale.
@@ -127,6 +141,24 @@ class SmallResNet(nn.Module):
         """
         d = self.mahalanobis(self.density_features(all_views(x)))
         return d.view(N_VIEWS, len(x)).mean(0)
+
+    def patch_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, locations, patch_dim)``: at every location of the second stage, the features of
+        the later stages there (upsampled), averaged over the 3x3 neighbourhood (as PatchCore,
+        Roth et al., CVPR 2022, so that a patch feature describes a little more than one cell)."""
+        outs = self._stage_outputs(x)[1:]
+        size = outs[0].shape[-2:]
+        f = torch.cat([F.interpolate(o, size=size, mode="bilinear", align_corners=False)
+                       for o in outs], dim=1)
+        return F.avg_pool2d(f, 3, stride=1, padding=1).flatten(2).transpose(1, 2)
+
+    def patch_distance(self, x: torch.Tensor) -> torch.Tensor:
+        """Distance of each image's least familiar patch to its nearest patch in
+        ``patch_memory``, ``(N,)``: a tumour is one unfamiliar place in a familiar image."""
+        if self.patch_memory is None:
+            raise RuntimeError("this network has no patch memory")
+        return torch.stack([torch.cdist(p, self.patch_memory).amin(1).amax()
+                            for p in self.patch_features(x)])
 
     def mahalanobis(self, features: torch.Tensor) -> torch.Tensor:
         """Distance of ``(N, D)`` features to the fitted Gaussian, ``(N,)``."""

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 from skimage import exposure
+from skimage.filters import threshold_otsu
 
 from ..degrade.resolution import resize
 from ..errors import DatasetError, MedEnhanceError
@@ -21,23 +23,66 @@ from ..image import MedicalImage
 from ..io import find_images, read_image
 
 
-def triage_frame(image: MedicalImage, size: int, equalize: bool = False) -> np.ndarray:
-    """The frame a triage model looks at, as float32 ``(size, size)`` in [0, 1].
-
-    ``equalize``: histogram-equalise it (scikit-image), so that exposure and windowing, which
-    differ between sites and scanners, no longer set the grey levels.
-    """
+def triage_frame(image: MedicalImage, size: int) -> np.ndarray:
+    """The frame a triage model reads, as float32 ``(size, size)`` in [0, 1]; the model's own
+    preprocessing (:func:`model_inputs`) comes after."""
     frames = image.frames()
     frame = frames[len(frames) // 2]
     if frame.shape != (size, size):
         frame = resize(frame, (size, size), "area" if min(frame.shape) > size else "bicubic")
-    frame = np.clip(frame, 0.0, 1.0)
-    return equalize_frame(frame) if equalize else frame.astype(np.float32)
+    return np.clip(frame, 0.0, 1.0).astype(np.float32)
 
 
 def equalize_frame(frame: np.ndarray) -> np.ndarray:
-    """Histogram-equalised frame (scikit-image, 1024 bins), float32 in [0, 1]."""
+    """Histogram-equalised frame (scikit-image, 1024 bins), float32 in [0, 1]: exposure and
+    windowing, which differ between sites and scanners, no longer set the grey levels."""
     return exposure.equalize_hist(frame, nbins=1024).astype(np.float32)
+
+
+#: Border kept around the content by :func:`crop_to_content`, as a fraction of its extent.
+CROP_MARGIN = 0.04
+
+
+def crop_to_content(frame: np.ndarray, margin: float = CROP_MARGIN) -> np.ndarray:
+    """The square around the largest bright region (the head, the body), resized to the frame's
+    size: how much of the frame the anatomy fills then no longer depends on the scanner's field
+    of view or the collimation.
+
+    The region: the largest connected part of the lightly smoothed frame above half its Otsu
+    threshold (half, so that dim tissue at the edge counts too). Where the square leaves the
+    frame it is filled with the frame's 1st-percentile grey (the background). A frame with no
+    such region (blank) is returned unchanged.
+    """
+    smooth = ndimage.gaussian_filter(frame.astype(np.float64), 1.5)
+    if np.ptp(smooth) < 1e-6:
+        return frame.astype(np.float32)
+    labels, count = ndimage.label(smooth > 0.5 * threshold_otsu(smooth))
+    if count == 0:
+        return frame.astype(np.float32)
+    largest = 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    rows = np.nonzero((labels == largest).any(axis=1))[0]
+    cols = np.nonzero((labels == largest).any(axis=0))[0]
+    side = int(round(max(rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]) * (1 + 2 * margin)))
+    top = int(round((rows[0] + rows[-1] + 1 - side) / 2))
+    left = int(round((cols[0] + cols[-1] + 1 - side) / 2))
+    h, w = frame.shape
+    square = np.full((side, side), np.percentile(frame, 1), np.float32)
+    y0, y1, x0, x1 = max(top, 0), min(top + side, h), max(left, 0), min(left + side, w)
+    square[y0 - top: y1 - top, x0 - left: x1 - left] = frame[y0:y1, x0:x1]
+    if square.shape == frame.shape:
+        return square
+    method = "area" if side > max(h, w) else "bicubic"
+    return np.clip(resize(square, (h, w), method), 0.0, 1.0).astype(np.float32)
+
+
+def model_inputs(frames: np.ndarray, info: dict) -> np.ndarray:
+    """Frames as read (:func:`triage_frame`) -> what the network sees, by the preprocessing
+    recorded in a triage model's card (``crop``, then ``equalize``)."""
+    if info.get("crop"):
+        frames = np.stack([crop_to_content(f) for f in frames])
+    if info.get("equalize"):
+        frames = np.stack([equalize_frame(f) for f in frames])
+    return np.asarray(frames, dtype=np.float32)
 
 
 @dataclass

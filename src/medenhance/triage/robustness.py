@@ -24,7 +24,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter, zoom as nd_zoom
 
 from ..io import read_image
-from .data import equalize_frame, triage_frame
+from .data import model_inputs, triage_frame
 from .metrics import auroc
 from .score import TriageScorer
 
@@ -87,12 +87,10 @@ def shifted_aurocs(score: Callable[[np.ndarray], np.ndarray], frames: np.ndarray
 
 
 def frame_scores(scorer: TriageScorer) -> Callable[[np.ndarray], np.ndarray]:
-    """Frames as read (before any histogram equalisation the model does) -> calibrated scores."""
-    equalize = bool(scorer.info.get("equalize", False))
+    """Frames as read (before the model's own cropping or equalisation) -> calibrated scores."""
 
     def score(frames: np.ndarray) -> np.ndarray:
-        if equalize:
-            frames = np.stack([equalize_frame(f) for f in frames])
+        frames = model_inputs(frames, scorer.info)
         return np.concatenate([scorer.score_frames(frames[i: i + 64])[0]
                                for i in range(0, len(frames), 64)])
 
@@ -102,8 +100,8 @@ def frame_scores(scorer: TriageScorer) -> Callable[[np.ndarray], np.ndarray]:
 def model_robustness(scorer: TriageScorer, paths: Sequence[Path], labels: np.ndarray,
                      progress: Callable[[list[str]], Iterable[str]] | None = None
                      ) -> dict[str, object]:
-    """:func:`shifted_aurocs` of a triage model on image files; the changes come before any
-    histogram equalisation the model does, as a scanner's would."""
+    """:func:`shifted_aurocs` of a triage model on image files; the changes come before the
+    model's own cropping or equalisation, as a scanner's would."""
     size = int(scorer.info["size"])
     frames = np.stack([triage_frame(read_image(path), size) for path in paths])
     return shifted_aurocs(frame_scores(scorer), frames, labels, progress=progress)

@@ -18,7 +18,7 @@ from scipy.special import expit
 from ..errors import ConfigError, MedEnhanceError
 from ..io import read_image
 from ..models.card import LoadedModel, load_model
-from .data import triage_frame
+from .data import model_inputs, triage_frame
 
 NOTE = "research use only, not for diagnosis"
 
@@ -46,7 +46,8 @@ class TriageScorer:
 
     @torch.no_grad()
     def score_frames(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated scores and feature distances of ``(N, size, size)`` frames."""
+        """Calibrated scores and feature distances of ``(N, size, size)`` network inputs
+        (frames as read after :func:`.data.model_inputs`)."""
         net = self.model.network
         x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))[:, None]
         views = self.info.get("score") == "mahalanobis-views"
@@ -56,10 +57,12 @@ class TriageScorer:
             logits = net(x).numpy().astype(np.float64)
             prob = expit(logits / float(self.info["temperature"]))
         else:
-            # One-class: the logit of "altered" (synthetic-anomaly training) or the distance
-            # (averaged over the 8 views for models that learnt to tell them apart).
-            raw = (net.anomaly_logit(x).numpy().astype(np.float64)
-                   if self.info.get("score") == "logit" else dist)
+            # One-class: the logit of "altered" (synthetic-anomaly training), the least familiar
+            # patch's distance to the normal patch memory, or the feature distance (averaged
+            # over the 8 views for models that learnt to tell them apart).
+            how = self.info.get("score")
+            raw = (net.patch_distance(x).numpy().astype(np.float64) if how == "patch-nn" else
+                   net.anomaly_logit(x).numpy().astype(np.float64) if how == "logit" else dist)
             a, b = self.info["platt"]
             prob = expit(a * (raw - b))
         return prob, dist
@@ -67,14 +70,14 @@ class TriageScorer:
     def score_files(self, paths: list[Path], failures: list[str] | None = None,
                     progress=None, batch: int = 32) -> list[TriageResult]:
         size = int(self.info["size"])
-        equalize = bool(self.info.get("equalize", False))
         results: list[TriageResult] = []
         pending: list[tuple[Path, np.ndarray]] = []
 
         def flush() -> None:
             if not pending:
                 return
-            prob, dist = self.score_frames(np.stack([f for _, f in pending]))
+            prob, dist = self.score_frames(model_inputs(np.stack([f for _, f in pending]),
+                                                        self.info))
             for (p, _), s, d in zip(pending, prob, dist, strict=True):
                 results.append(TriageResult(str(p), float(s), int(s >= self.threshold),
                                             int(d > float(self.info["ood_distance"])), float(d)))
@@ -82,7 +85,7 @@ class TriageScorer:
 
         for path in (progress(paths) if progress else paths):
             try:
-                pending.append((path, triage_frame(read_image(path), size, equalize)))
+                pending.append((path, triage_frame(read_image(path), size)))
             except MedEnhanceError as exc:
                 if failures is None:
                     raise

@@ -52,7 +52,8 @@ from ..models.classifier import all_views, transform8
 from ..models.registry import create_model
 from ..train.config import _build
 from ..train.loop import pick_device
-from .data import VAL_SPLITS, equalize_frame, load_labelled, split_by_patient
+from .data import VAL_SPLITS, load_labelled, model_inputs, split_by_patient
+from .patch_memory import candidate_patches, greedy_coreset
 from .synthetic import add_anomalies
 from .metrics import (auprc, auroc, fit_temperature, sens_spec, threshold_for_sensitivity)
 
@@ -64,6 +65,9 @@ AUGMENTS = ("standard", "strong")
 ONECLASS_METHODS = ("synthetic", "transforms", "contrastive")
 #: Size of the projection that the ``contrastive`` method compares.
 PROJECTION_DIM = 64
+#: What a one-class model scores: the ``gaussian`` distance of the image's pooled features, or
+#: ``patch-nn``, its least familiar patch against a memory of normal patches (:mod:`.patch_memory`).
+ONECLASS_SCORES = ("gaussian", "patch-nn")
 #: Zoomed copies of each training image in the feature Gaussian's fit (``fit_zoom``).
 FIT_ZOOM_COPIES = 2
 
@@ -108,6 +112,10 @@ class TriageConfig:
     augment: str = "standard"
     #: Histogram-equalise every frame before the network sees it (training and scoring).
     equalize: bool = False
+    #: Crop every frame to the square around its content (the head, the body) before the network
+    #: sees it, training and scoring (:func:`.data.crop_to_content`): the anatomy's share of the
+    #: frame, which follows the scanner's field of view, stops being a feature.
+    crop: bool = False
     #: Start from another triage model's convolutions (name or path; same architecture and
     #: widths), e.g. a one-class network's self-supervised features; its head is not copied.
     init_from: str = ""
@@ -117,6 +125,10 @@ class TriageConfig:
     fit_zoom: float = 1.0
     #: Training augmentation's largest zoom (``null``: 1.1, or 1.2 when ``augment: strong``).
     max_zoom: float | None = None
+    #: One-class: ``gaussian`` or ``patch-nn`` (see :data:`ONECLASS_SCORES`).
+    oneclass_score: str = "gaussian"
+    #: ``patch-nn``: patch features kept in the model (a greedy coreset of the normal patches).
+    memory_size: int = 4096
     #: After training, measure the validation AUROC under simulated acquisition changes
     #: (:mod:`.robustness`) and record it in the card (``val_robust_auroc``).
     robustness: bool = True
@@ -143,8 +155,17 @@ class TriageConfig:
             raise ConfigError(f"fit_zoom must be in [1, 2], got {self.fit_zoom}")
         if self.max_zoom is not None and not 1 <= self.max_zoom <= 2:
             raise ConfigError(f"max_zoom must be in [1, 2], got {self.max_zoom}")
-        if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
-            raise ConfigError("epochs >= 1, batch_size >= 2 and lr > 0 are needed")
+        if self.oneclass_score not in ONECLASS_SCORES:
+            raise ConfigError(f"oneclass_score must be gaussian or patch-nn, got "
+                              f"{self.oneclass_score!r}")
+        if self.oneclass_score == "patch-nn" and (self.kind != "oneclass"
+                                                  or self.memory_size < 1):
+            raise ConfigError("oneclass_score: patch-nn needs kind: oneclass and memory_size >= 1")
+        if self.epochs == 0 and not self.init_from:
+            raise ConfigError("epochs: 0 (fit only the normal model and calibration) needs "
+                              "init_from, the network to use")
+        if self.epochs < 0 or self.batch_size < 2 or self.lr <= 0:
+            raise ConfigError("epochs >= 0, batch_size >= 2 and lr > 0 are needed")
 
     @property
     def run_dir(self) -> Path:
@@ -262,7 +283,7 @@ def batched(fn: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, devi
 
 def _initialise_backbone(model: torch.nn.Module, config: TriageConfig
                          ) -> tuple[str, dict[str, str]]:
-    """Copy ``config.init_from``'s weights except its head and Gaussian.
+    """Copy ``config.init_from``'s weights except its head, Gaussian and patch memory.
 
     Returns a line for the log and what the card records: the source's name, file and sha256,
     so that a model stays traceable after its source is retrained.
@@ -272,7 +293,7 @@ def _initialise_backbone(model: torch.nn.Module, config: TriageConfig
     if src.task != "triage" or src.architecture != config.model:
         raise ConfigError(f"init_from {config.init_from!r} is a {src.task} {src.architecture} "
                           f"model, not a triage {config.model}")
-    skip = ("head.", "feature_mean", "feature_precision")
+    skip = ("head.", "feature_mean", "feature_precision", "patch_memory")
     state = {k: v for k, v in source.network.state_dict().items() if not k.startswith(skip)}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -358,8 +379,7 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
     data = load_labelled(config.data, config.normal_labels, config.size,
                          patient_regex=config.patient_regex, progress=progress)
     raw_frames = data.images          # as read: the robustness check changes these
-    if config.equalize:
-        data.images = np.stack([equalize_frame(f) for f in data.images])
+    data.images = model_inputs(data.images, {"crop": config.crop, "equalize": config.equalize})
     if data.failures:
         log(f"{len(data.failures)} unreadable file(s) skipped, e.g. {data.failures[0]}")
     train_idx, val_idx = split_by_patient(data, config.val_fraction, config.patient_split_seed,
@@ -380,7 +400,9 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
                                                                           "contrastive")
     synthetic = config.kind == "oneclass" and config.oneclass_method == "synthetic"
     outputs = 8 + PROJECTION_DIM if contrastive else 8 if transforms else 1
-    model = create_model(config.model, num_outputs=outputs, **config.model_args)
+    patch_nn = config.kind == "oneclass" and config.oneclass_score == "patch-nn"
+    extra_args = {"memory_size": config.memory_size} if patch_nn else {}
+    model = create_model(config.model, num_outputs=outputs, **extra_args, **config.model_args)
     init_info = None
     if config.init_from:
         line, init_info = _initialise_backbone(model, config)
@@ -388,7 +410,7 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
     model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * max(1, len(train.labels) // config.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=max(steps, 1))
     gen = torch.Generator().manual_seed(config.seed)
     n_pos, n_neg = int(train.labels.sum()), int((1 - train.labels).sum())
     pos_weight = torch.tensor(n_neg / max(n_pos, 1), device=device)
@@ -463,8 +485,8 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
         if val_score > best_val:
             best_val = val_score
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    assert best_state is not None
-    model.load_state_dict(best_state)
+    if best_state is not None:  # None: epochs 0, the init_from network as it is
+        model.load_state_dict(best_state)
     model.eval()
 
     # One-class: the training images are all normal. Supervised: the Gaussian describes
@@ -479,11 +501,18 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
     mean, precision = fit_gaussian(batched(embed, fit_images, device, batch=16))
     model.feature_mean.copy_(torch.from_numpy(mean).float())
     model.feature_precision.copy_(torch.from_numpy(precision).float())
+    if patch_nn:
+        patches = candidate_patches(lambda x: model.patch_features(x.to(device)), train.images,
+                                    config.seed)
+        kept = greedy_coreset(patches.to(device), config.memory_size, config.seed).cpu()
+        model.patch_memory = patches[kept].to(device)
+        extra_args["memory_size"] = len(kept)   # fewer than asked when there are fewer patches
+        log(f"patch memory: {len(kept)} of {len(patches)} normal patch features")
     distance = model.view_distance if view_average else \
         (lambda x: model.mahalanobis(model.density_features(x)))
     val_dist = batched(distance, val.images, device)
     triage: dict[str, Any] = {"kind": config.kind, "size": config.size,
-                              "equalize": config.equalize,
+                              "equalize": config.equalize, "crop": config.crop,
                               "normal_labels": list(config.normal_labels),
                               "target_sensitivity": config.target_sensitivity,
                               "ood_distance": float(np.percentile(val_dist, 99))}
@@ -493,10 +522,11 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
         triage["temperature"] = temperature
         prob = expit(logits / temperature)
     else:
-        raw = batched(model.anomaly_logit, val.images, device) if synthetic else val_dist
+        raw = (batched(model.patch_distance, val.images, device) if patch_nn else
+               batched(model.anomaly_logit, val.images, device) if synthetic else val_dist)
         a, b = fit_platt(raw, val.labels)
         triage["platt"] = [a, b]
-        triage["score"] = ("logit" if synthetic else
+        triage["score"] = ("patch-nn" if patch_nn else "logit" if synthetic else
                            "mahalanobis-views" if view_average else "mahalanobis")
         prob = expit(a * (raw - b))
     threshold = threshold_for_sensitivity(val.labels, prob, config.target_sensitivity)
@@ -508,10 +538,11 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
                round((time.perf_counter() - start) / 60, 1)}
     card = ModelCard(
         name=config.name, architecture=config.model,
-        arguments={**config.model_args, "num_outputs": outputs}, task="triage",
+        arguments={**config.model_args, **extra_args, "num_outputs": outputs}, task="triage",
         modality=config.modality, description=config.description,
         intensity="float32 in [0, 1] by the image's intensity window; middle frame resized to "
                   f"{config.size}x{config.size}"
+                  + (", cropped to its content" if config.crop else "")
                   + (", histogram-equalised" if config.equalize else ""),
         training_data={"root": str(config.data), "sources": [str(config.data)],
                        "images": {"train": int(len(train.labels)), "val": int(len(val.labels))},
