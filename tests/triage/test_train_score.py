@@ -360,13 +360,15 @@ def test_patch_nn_model_refits_an_existing_network(folders: Path, tmp_path: Path
     from medenhance.triage.data import model_inputs, triage_frame
     from medenhance.triage.train import load_triage_config, train_triage
 
-    quiet = ["register=false", "robustness=false"]
+    from medenhance.triage.robustness import validation_robustness
+
     base, _ = train_triage(load_triage_config(_config(folders, "oneclass", tmp_path),
-                                              ["epochs=1", *quiet]), log=lambda line: None)
+                                              ["epochs=1", "register=false", "robustness=false"]),
+                           log=lambda line: None)
     (tmp_path / "refit").mkdir()
     refit = load_triage_config(_config(folders, "oneclass", tmp_path / "refit"),
                                ["epochs=0", f"init_from={base}", "oneclass_score=patch-nn",
-                                "memory_size=50", "crop=true", *quiet])
+                                "memory_size=50", "crop=true", "register=false"])
     path, metrics = train_triage(refit, log=lambda line: None)
     network, patched = load_model(base).network, load_model(path)
     for key, value in network.state_dict().items():
@@ -384,8 +386,24 @@ def test_patch_nn_model_refits_an_existing_network(folders: Path, tmp_path: Path
     raw = patched.network.patch_distance(torch.from_numpy(frames)[:, None]).detach().numpy()
     np.testing.assert_allclose(expected, expit(a * (raw.astype(np.float64) - b)), atol=1e-6)
     np.testing.assert_allclose([r.score for r in scorer.score_files(files)], expected, rtol=1e-5)
-    assert 0.5 <= metrics["val_auroc"] <= 1.0
-    for bad in (["epochs=0"], ["oneclass_score=patch-nn", "kind=supervised"],
-                ["oneclass_score=nearest"]):
+    # The robustness recorded in training (crop and patch score on the changed frames) is what
+    # the validation split, rebuilt from the card, gives again.
+    assert validation_robustness(scorer)["robust_auroc"] == pytest.approx(
+        metrics["val_robust_auroc"], abs=1e-9)
+    # Asked for more than there are: every normal patch is kept, and the model still loads.
+    (tmp_path / "all").mkdir()
+    everything = load_triage_config(_config(folders, "oneclass", tmp_path / "all"),
+                                     ["epochs=0", f"init_from={base}", "oneclass_score=patch-nn",
+                                      "memory_size=1000000", "register=false",
+                                      "robustness=false"])
+    whole = load_model(train_triage(everything, log=lambda line: None)[0])
+    n_normal = len(whole.network.patch_memory)
+    assert whole.card.arguments["memory_size"] == n_normal < 1000000
+    assert n_normal % (16 * 16) == 0          # all 16x16 patches of each training normal
+    for bad in (["epochs=0"], ["epochs=0", f"init_from={base}", "kind=supervised"],
+                ["epochs=0", f"init_from={base}", "oneclass_method=synthetic"],
+                ["oneclass_score=patch-nn", "kind=supervised"], ["oneclass_score=nearest"],
+                ["oneclass_score=patch-nn", "memory_size=0"],
+                ["oneclass_score=patch-nn", "model_args={memory_size: 5}"]):
         with pytest.raises(ConfigError):
-            load_triage_config(_config(folders, "oneclass", tmp_path), bad).validate()
+            load_triage_config(_config(folders, "oneclass", tmp_path), bad)

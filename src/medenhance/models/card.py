@@ -109,8 +109,8 @@ def save_checkpoint(model: nn.Module, card: ModelCard, path: str | Path,
     path = Path(path).with_suffix(".safetensors")
     card.created = card.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     card.versions = card.versions or library_versions()
-    params = {name for name, _ in model.named_parameters()} | set(getattr(model, "bulky_buffers",
-                                                                          ()))
+    bulky = set(getattr(model, "bulky_buffers", ()))
+    params = {name for name, _ in model.named_parameters()} | bulky
     state = {k: v.detach().to("cpu", dtype if k in params and v.is_floating_point()
                                else v.dtype).contiguous()
              for k, v in model.state_dict().items()}

@@ -41,6 +41,9 @@ def equalize_frame(frame: np.ndarray) -> np.ndarray:
 
 #: Border kept around the content by :func:`crop_to_content`, as a fraction of its extent.
 CROP_MARGIN = 0.04
+#: A bright region smaller than this share of the frame's side is not the anatomy (a marker, a
+#: hot pixel on a blank frame): :func:`crop_to_content` leaves such a frame as it is.
+CROP_MIN_SIDE = 0.25
 
 
 def crop_to_content(frame: np.ndarray, margin: float = CROP_MARGIN) -> np.ndarray:
@@ -50,8 +53,11 @@ def crop_to_content(frame: np.ndarray, margin: float = CROP_MARGIN) -> np.ndarra
 
     The region: the largest connected part of the lightly smoothed frame above half its Otsu
     threshold (half, so that dim tissue at the edge counts too). Where the square leaves the
-    frame it is filled with the frame's 1st-percentile grey (the background). A frame with no
-    such region (blank) is returned unchanged.
+    frame it is filled with the frame's 1st-percentile grey (the background), so anatomy that
+    fills the frame is shrunk by the margin like any other: the anatomy always spans the same
+    share of the output. A frame without such a region (blank, or only a small bright spot, see
+    :data:`CROP_MIN_SIDE`) is returned unchanged. Frames are square in triage; another shape
+    would be stretched to its own.
     """
     smooth = ndimage.gaussian_filter(frame.astype(np.float64), 1.5)
     if np.ptp(smooth) < 1e-6:
@@ -62,10 +68,13 @@ def crop_to_content(frame: np.ndarray, margin: float = CROP_MARGIN) -> np.ndarra
     largest = 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
     rows = np.nonzero((labels == largest).any(axis=1))[0]
     cols = np.nonzero((labels == largest).any(axis=0))[0]
-    side = int(round(max(rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]) * (1 + 2 * margin)))
+    extent = max(rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0])
+    h, w = frame.shape
+    if extent < CROP_MIN_SIDE * max(h, w):
+        return frame.astype(np.float32)
+    side = int(round(extent * (1 + 2 * margin)))
     top = int(round((rows[0] + rows[-1] + 1 - side) / 2))
     left = int(round((cols[0] + cols[-1] + 1 - side) / 2))
-    h, w = frame.shape
     square = np.full((side, side), np.percentile(frame, 1), np.float32)
     y0, y1, x0, x1 = max(top, 0), min(top + side, h), max(left, 0), min(left + side, w)
     square[y0 - top: y1 - top, x0 - left: x1 - left] = frame[y0:y1, x0:x1]

@@ -14,14 +14,15 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-#: Patch features that the coreset is chosen from, at most (a random subset, the same number per
-#: image, beyond it): the greedy search costs this many distances per kept feature.
+#: Patch features that the coreset is chosen from (a random subset, the same number per image,
+#: beyond it; at least one per image): the greedy search costs this many distances per kept one.
 MAX_CANDIDATES = 65536
 
 
 def candidate_patches(patch_features: Callable[[torch.Tensor], torch.Tensor],
                       images: np.ndarray, seed: int, batch: int = 16) -> torch.Tensor:
-    """``(M, D)`` patch features of ``(N, H, W)`` images, at most :data:`MAX_CANDIDATES`."""
+    """``(M, D)`` patch features of ``(N, H, W)`` images, at most :data:`MAX_CANDIDATES` (or
+    one per image, where there are more images)."""
     gen = torch.Generator().manual_seed(seed)
     kept = []
     with torch.no_grad():
@@ -36,7 +37,8 @@ def candidate_patches(patch_features: Callable[[torch.Tensor], torch.Tensor],
 
 
 def greedy_coreset(features: torch.Tensor, size: int, seed: int) -> torch.Tensor:
-    """Indices of ``size`` rows of ``features`` chosen by greedy k-centre (all when fewer)."""
+    """Indices of ``size`` rows of ``features`` chosen by greedy k-centre (all when there are
+    fewer rows; fewer when the rest would only repeat features already kept)."""
     n = len(features)
     if size >= n:
         return torch.arange(n)
@@ -45,6 +47,8 @@ def greedy_coreset(features: torch.Tensor, size: int, seed: int) -> torch.Tensor
     nearest = (features - features[first]).square().sum(1)   # squared distance to the kept set
     for _ in range(size - 1):
         i = int(torch.argmax(nearest))
+        if nearest[i] == 0:      # every feature is already kept
+            break
         chosen.append(i)
         nearest = torch.minimum(nearest, (features - features[i]).square().sum(1))
     return torch.tensor(chosen)

@@ -161,9 +161,14 @@ class TriageConfig:
         if self.oneclass_score == "patch-nn" and (self.kind != "oneclass"
                                                   or self.memory_size < 1):
             raise ConfigError("oneclass_score: patch-nn needs kind: oneclass and memory_size >= 1")
-        if self.epochs == 0 and not self.init_from:
+        if self.epochs == 0 and (not self.init_from or self.kind != "oneclass"
+                                 or self.oneclass_method == "synthetic"):
+            # The head is not copied from init_from: only the feature scores work untrained.
             raise ConfigError("epochs: 0 (fit only the normal model and calibration) needs "
-                              "init_from, the network to use")
+                              "init_from, the network to use, and a one-class feature score "
+                              "(kind: oneclass, oneclass_method: transforms or contrastive)")
+        if "memory_size" in self.model_args:
+            raise ConfigError("memory_size is a setting of its own, not of model_args")
         if self.epochs < 0 or self.batch_size < 2 or self.lr <= 0:
             raise ConfigError("epochs >= 0, batch_size >= 2 and lr > 0 are needed")
 
@@ -379,7 +384,8 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
     data = load_labelled(config.data, config.normal_labels, config.size,
                          patient_regex=config.patient_regex, progress=progress)
     raw_frames = data.images          # as read: the robustness check changes these
-    data.images = model_inputs(data.images, {"crop": config.crop, "equalize": config.equalize})
+    preprocessing = {"crop": config.crop, "equalize": config.equalize}   # stored in the card
+    data.images = model_inputs(data.images, preprocessing)
     if data.failures:
         log(f"{len(data.failures)} unreadable file(s) skipped, e.g. {data.failures[0]}")
     train_idx, val_idx = split_by_patient(data, config.val_fraction, config.patient_split_seed,
@@ -512,7 +518,7 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
         (lambda x: model.mahalanobis(model.density_features(x)))
     val_dist = batched(distance, val.images, device)
     triage: dict[str, Any] = {"kind": config.kind, "size": config.size,
-                              "equalize": config.equalize, "crop": config.crop,
+                              **preprocessing,
                               "normal_labels": list(config.normal_labels),
                               "target_sensitivity": config.target_sensitivity,
                               "ood_distance": float(np.percentile(val_dist, 99))}
