@@ -622,7 +622,11 @@ def triage(
                      ] = "xray-pneumonia",
     output: Annotated[Path, typer.Option("--output", "-o", help="Worklist CSV to write.")] = Path(
         "worklist.csv"),
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing worklist.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing worklist (and heatmaps).")
+                         ] = False,
+    heatmaps: Annotated[Path | None, typer.Option(
+        help="Also write, for every flagged study, a PNG of where its score comes from (models "
+             "with a patch-nn score, and supervised ones) into this folder.")] = None,
 ) -> None:
     """Score every image for "likely abnormal" and write a worklist, most urgent first.
 
@@ -631,6 +635,9 @@ def triage(
     the score) and `note`. Unreadable files are listed, not fatal.
 
     Example: `medenhance triage ../shared/data/xray-chest-kermany-224/test -o worklist.csv`
+
+    Example: `medenhance triage ../shared/data/mri-brain-nickparvar/Testing -m mri-triage
+    --heatmaps heatmaps/`
     """
     import csv as _csv
 
@@ -642,7 +649,14 @@ def triage(
     try:
         if output.exists() and not overwrite:
             raise MedEnhanceError(f"{output}: file exists (pass --overwrite to replace it)")
+        if heatmaps is not None and any(heatmaps.glob("*.png")) and not overwrite:
+            raise MedEnhanceError(f"{heatmaps}: already holds PNG files (pass --overwrite to "
+                                  "replace them)")
         scorer = TriageScorer(model)
+        if heatmaps is not None and not scorer.has_evidence_maps:
+            raise MedEnhanceError(f"--heatmaps: model {scorer.model.card.name!r} scores the "
+                                  "pooled features of the whole image and has no map of where "
+                                  "its score comes from (use a patch-nn or supervised model)")
         files = find_images(inputs, errors=failures)
         results = worklist(scorer.score_files(files, failures,
                                               progress=lambda f: track(f, "scoring")))
@@ -664,6 +678,17 @@ def triage(
     console.print(f"{len(results)} studies scored with {scorer.model.card.name}: {flagged} "
                   f"flagged (threshold {scorer.threshold:.3f}), {ood} out of distribution; "
                   f"worklist {output} ({NOTE})")
+    if heatmaps is not None:
+        from .triage.heatmap import write_heatmaps
+
+        ranked = [(i, r) for i, r in enumerate(results, 1) if r.flag]
+        try:
+            written = write_heatmaps(scorer, ranked, heatmaps,
+                                     progress=lambda f: track(f, "heatmaps"))
+        except MedEnhanceError as exc:
+            raise fail(str(exc)) from None
+        console.print(f"{len(written)} heatmap(s) of flagged studies in {heatmaps}/ (left: what "
+                      "the model saw; right: where it looked most abnormal, scaled per image)")
     if ood:
         err_console.print(f"[yellow]warning:[/yellow] {ood} image(s) do not look like the "
                           f"{scorer.model.card.modality} images the model was trained on; their "

@@ -80,3 +80,18 @@ def test_bundled_precision_halves_the_patch_memory_only(tmp_path) -> None:
     loaded = load_model(path).network
     assert loaded.patch_memory.dtype == torch.float32
     torch.testing.assert_close(loaded.patch_memory, net.patch_memory, atol=2e-3, rtol=1e-3)
+
+
+def test_heatmap_overlay_colours_only_where_the_evidence_is_high() -> None:
+    from medenhance.triage.heatmap import overlay
+
+    frame = np.full((16, 16), 0.5, np.float32)
+    evidence = np.zeros((16, 16), np.float32)
+    evidence[4:6, 10:12] = 3.0
+    picture = overlay(frame, evidence)
+    assert picture.shape == (16, 32, 3) and picture.dtype == np.uint8
+    np.testing.assert_array_equal(picture[:, :16], 128)                  # the frame, grey
+    np.testing.assert_array_equal(picture[:, 16:][evidence == 0], 128)   # untouched elsewhere
+    hot = picture[4, 26].astype(int)
+    assert hot.max() - hot.min() > 40                                     # coloured at the peak
+    np.testing.assert_array_equal(overlay(frame, np.ones_like(frame))[:, 16:], 128)  # flat map

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from medenhance.cli import app
 from medenhance.image import from_array
-from medenhance.io import write_image
+from medenhance.io import read_image, write_image
 from medenhance.triage.score import TriageScorer
 
 runner = CliRunner()
@@ -81,6 +81,16 @@ def test_supervised_triage_end_to_end(folders: Path, tmp_path: Path, monkeypatch
     again = runner.invoke(app, ["triage", str(folders / "test"), "-m", "tiny-supervised",
                                 "-o", str(worklist)])
     assert again.exit_code == 1 and "file exists" in again.output
+    # The classifier's evidence map: its head at every location, whose mean is the logit (the
+    # head is linear and the features are average-pooled).
+    frames = np.stack([np.asarray(read_image(f).frames()[0], np.float32)
+                       for f in sorted((folders / "test" / "PNEUMONIA").iterdir())[:6]])
+    net = scorer.model.network
+    with torch.no_grad():
+        x = torch.from_numpy(frames)[:, None]
+        torch.testing.assert_close(net.location_logits(x).mean((1, 2)), net(x), atol=1e-4,
+                                   rtol=1e-4)
+    assert scorer.evidence_maps(frames).shape == (6, 64, 64)
 
     ev = runner.invoke(app, ["evaluate-triage", str(folders / "test"), "-m", "tiny-supervised",
                              "-o", str(tmp_path / "ev"), "--bootstrap", "200", "--shifts"])
@@ -142,7 +152,6 @@ def test_equalized_cropped_model_scores_frames_prepared_alike(folders: Path, tmp
     files."""
     from skimage import exposure
 
-    from medenhance.io import read_image
     from medenhance.triage.data import crop_to_content, model_inputs, triage_frame
 
     monkeypatch.setenv("MEDENHANCE_MODELS", str(tmp_path / "models"))
@@ -355,7 +364,6 @@ def test_patch_nn_model_refits_an_existing_network(folders: Path, tmp_path: Path
     from scipy.special import expit
 
     from medenhance.errors import ConfigError
-    from medenhance.io import read_image
     from medenhance.models.card import load_model
     from medenhance.triage.data import model_inputs, triage_frame
     from medenhance.triage.train import load_triage_config, train_triage
@@ -390,6 +398,33 @@ def test_patch_nn_model_refits_an_existing_network(folders: Path, tmp_path: Path
     # the validation split, rebuilt from the card, gives again.
     assert validation_robustness(scorer)["robust_auroc"] == pytest.approx(
         metrics["val_robust_auroc"], abs=1e-9)
+    # Heatmaps of the flagged studies: the left half is the network's input.
+    from PIL import Image
+
+    heat, worklist_csv = tmp_path / "heat", tmp_path / "w.csv"
+    args = ["triage", str(folders / "test"), "-m", str(path), "-o", str(worklist_csv),
+            "--heatmaps", str(heat)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    with open(worklist_csv, newline="") as fh:
+        flagged = [row for row in csv.DictReader(fh) if row["flag"] == "1"]
+    pngs = sorted(heat.glob("*.png"))
+    assert len(pngs) == len(flagged) > 0
+    first = flagged[0]
+    assert pngs[0].name == f"{int(first['rank']):04d}_{Path(first['path']).stem}.png"
+    picture = np.asarray(Image.open(pngs[0]))
+    assert picture.shape == (64, 128, 3)
+    seen = model_inputs(triage_frame(read_image(first["path"]), 64)[None], scorer.info)[0]
+    np.testing.assert_allclose(picture[:, :64, 0], np.round(seen * 255), atol=1)
+    again = runner.invoke(app, args + ["--overwrite"])      # the worklist exists as well
+    assert again.exit_code == 0
+    refused = runner.invoke(app, ["triage", str(folders / "test"), "-m", str(path), "-o",
+                                  str(tmp_path / "x.csv"), "--heatmaps", str(heat)])
+    assert refused.exit_code == 1 and "already holds PNG files" in refused.output
+    gaussian = runner.invoke(app, ["triage", str(folders / "test"), "-m", str(base), "-o",
+                                   str(tmp_path / "g.csv"), "--heatmaps", str(tmp_path / "g")])
+    assert gaussian.exit_code == 1 and "no map of where its score comes from" in gaussian.output
+    assert not (tmp_path / "g.csv").exists()
     # Asked for more than there are: every normal patch is kept, and the model still loads.
     (tmp_path / "all").mkdir()
     everything = load_triage_config(_config(folders, "oneclass", tmp_path / "all"),

@@ -146,19 +146,29 @@ class SmallResNet(nn.Module):
         """``(N, locations, patch_dim)``: at every location of the second stage, the features of
         the later stages there (upsampled), averaged over the 3x3 neighbourhood (as PatchCore,
         Roth et al., CVPR 2022, so that a patch feature describes a little more than one cell)."""
+        return self._patch_grid(x).flatten(2).transpose(1, 2)
+
+    def _patch_grid(self, x: torch.Tensor) -> torch.Tensor:
         outs = self._stage_outputs(x)[1:]
         size = outs[0].shape[-2:]
         f = torch.cat([F.interpolate(o, size=size, mode="bilinear", align_corners=False)
                        for o in outs], dim=1)
-        return F.avg_pool2d(f, 3, stride=1, padding=1).flatten(2).transpose(1, 2)
+        return F.avg_pool2d(f, 3, stride=1, padding=1)
+
+    def patch_distance_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Distance of every patch to its nearest patch in ``patch_memory``, ``(N, h, w)`` on
+        the second stage's grid: where an image looks unlike the normal ones."""
+        if self.patch_memory is None:
+            raise RuntimeError("this network has no patch memory")
+        grid = self._patch_grid(x)
+        patches = grid.flatten(2).transpose(1, 2)
+        return torch.stack([torch.cdist(p, self.patch_memory).amin(1) for p in patches]
+                           ).view(len(x), *grid.shape[-2:])
 
     def patch_distance(self, x: torch.Tensor) -> torch.Tensor:
         """Distance of each image's least familiar patch to its nearest patch in
         ``patch_memory``, ``(N,)``: a tumour is one unfamiliar place in a familiar image."""
-        if self.patch_memory is None:
-            raise RuntimeError("this network has no patch memory")
-        return torch.stack([torch.cdist(p, self.patch_memory).amin(1).amax()
-                            for p in self.patch_features(x)])
+        return self.patch_distance_map(x).flatten(1).amax(1)
 
     def mahalanobis(self, features: torch.Tensor) -> torch.Tensor:
         """Distance of ``(N, D)`` features to the fitted Gaussian, ``(N,)``."""

@@ -67,6 +67,28 @@ class TriageScorer:
             prob = expit(a * (raw - b))
         return prob, dist
 
+    @property
+    def has_evidence_maps(self) -> bool:
+        return self.info.get("score") in ("patch-nn", "logit") or self.info["kind"] == "supervised"
+
+    @torch.no_grad()
+    def evidence_maps(self, frames: np.ndarray) -> np.ndarray:
+        """Where in each network input (``(N, size, size)``, after :func:`.data.model_inputs`)
+        the score comes from, ``(N, size, size)``, higher = more abnormal: the distance of each
+        patch to the normal patch memory (``patch-nn``), or the classifier's head applied at
+        every location (supervised, synthetic anomalies). Models that score the pooled features
+        of the whole image have none."""
+        net, how = self.model.network, self.info.get("score")
+        x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))[:, None]
+        if not self.has_evidence_maps:
+            raise ConfigError(f"model {self.model.card.name!r} scores the pooled features of the "
+                              "whole image, so it has no map of where its score comes from "
+                              "(patch-nn and supervised models have one)")
+        grid = net.patch_distance_map(x) if how == "patch-nn" else net.location_logits(x)
+        return torch.nn.functional.interpolate(grid[:, None], size=x.shape[-2:],
+                                               mode="bilinear", align_corners=False
+                                               )[:, 0].numpy()
+
     def score_files(self, paths: list[Path], failures: list[str] | None = None,
                     progress=None, batch: int = 32) -> list[TriageResult]:
         size = int(self.info["size"])

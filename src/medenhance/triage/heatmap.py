@@ -1,0 +1,51 @@
+"""Pictures of where a triage model's score comes from, for the studies it flags.
+
+Each picture is the frame the network saw (after its own cropping or equalisation), beside the
+same frame with the model's evidence map (:meth:`.score.TriageScorer.evidence_maps`) laid over it
+in colour. The colour scale is per image, from the map's median (transparent) to its maximum:
+it shows where the model looked most abnormal, not how abnormal; the score says that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from PIL import Image
+
+from ..io import read_image
+from ..io._files import atomic_write
+from .data import model_inputs, triage_frame
+from .score import TriageResult, TriageScorer
+
+
+def overlay(frame: np.ndarray, evidence: np.ndarray) -> np.ndarray:
+    """``(H, 2W, 3)`` uint8: the grey frame, then the frame with ``evidence`` in colour."""
+    grey = np.repeat(np.clip(frame, 0, 1)[..., None], 3, axis=2)
+    low, high = float(np.median(evidence)), float(evidence.max())
+    weight = np.clip((evidence - low) / (high - low), 0, 1) if high > low else \
+        np.zeros_like(evidence)
+    colour = colormaps["inferno"](weight)[..., :3]
+    alpha = 0.6 * weight[..., None]
+    blended = (1 - alpha) * grey + alpha * colour
+    return (np.concatenate([grey, blended], axis=1) * 255 + 0.5).astype(np.uint8)
+
+
+def write_heatmaps(scorer: TriageScorer, ranked: Sequence[tuple[int, TriageResult]],
+                   folder: Path, progress: Callable[[list], Iterable] | None = None
+                   ) -> list[Path]:
+    """One PNG per ``(rank, result)`` in ``folder``, named ``RANK_STEM.png``."""
+    size = int(scorer.info["size"])
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    items = list(ranked)
+    for rank, result in (progress(items) if progress else items):
+        frame = model_inputs(triage_frame(read_image(result.path), size)[None], scorer.info)
+        picture = overlay(frame[0], scorer.evidence_maps(frame)[0])
+        target = folder / f"{rank:04d}_{Path(result.path).stem}.png"
+        atomic_write(target, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"),
+                     overwrite=True)
+        written.append(target)
+    return written
