@@ -510,6 +510,8 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
     if patch_nn:
         patches = candidate_patches(lambda x: model.patch_features(x.to(device)), train.images,
                                     config.seed)
+        log(f"choosing up to {config.memory_size} of {len(patches)} normal patch features "
+            "(greedy coreset; minutes on a CPU)")
         kept = greedy_coreset(patches.to(device), config.memory_size, config.seed).cpu()
         model.patch_memory = patches[kept].to(device)
         extra_args["memory_size"] = len(kept)   # fewer than asked when there are fewer patches
