@@ -643,7 +643,7 @@ def triage(
 
     from .io import find_images
     from .io._files import atomic_write
-    from .triage.score import NOTE, TriageScorer, worklist
+    from .triage.score import NOTE, TriageScorer, population_shift, worklist
 
     failures: list[str] = []
     try:
@@ -693,6 +693,13 @@ def triage(
         err_console.print(f"[yellow]warning:[/yellow] {ood} image(s) do not look like the "
                           f"{scorer.model.card.modality} images the model was trained on; their "
                           "scores are not reliable", highlight=False)
+    shifted = population_shift(results, scorer.info)
+    if shifted is not None:
+        err_console.print(f"[yellow]warning:[/yellow] {shifted:.0%} of these studies lie farther "
+                          "from the training images than 90 % of the validation studies did: as "
+                          "a group they do not look like the population the model was trained "
+                          "on (another hospital, age group or protocol?), so its scores and "
+                          "threshold may not hold for them", highlight=False)
     report_failures(failures, len(results) + len(failures))
 
 

@@ -95,3 +95,16 @@ def test_heatmap_overlay_colours_only_where_the_evidence_is_high() -> None:
     hot = picture[4, 26].astype(int)
     assert hot.max() - hot.min() > 40                                     # coloured at the peak
     np.testing.assert_array_equal(overlay(frame, np.ones_like(frame))[:, 16:], 128)  # flat map
+
+
+def test_population_shift_needs_half_a_batch_beyond_the_90th_percentile() -> None:
+    from medenhance.triage.score import SHIFT_MIN_STUDIES, TriageResult, population_shift
+
+    def batch(far: int, n: int = SHIFT_MIN_STUDIES) -> list[TriageResult]:
+        return [TriageResult(f"s{i}", 0.5, 0, 0, 5.0 if i < far else 1.0) for i in range(n)]
+
+    info = {"distance_p90": 3.0}
+    assert population_shift(batch(11), info) == pytest.approx(11 / 20)
+    assert population_shift(batch(10), info) is None            # half is not more than half
+    assert population_shift(batch(19, n=19), info) is None      # too few studies to judge
+    assert population_shift(batch(20), {}) is None              # card without the percentile

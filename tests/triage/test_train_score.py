@@ -425,6 +425,28 @@ def test_patch_nn_model_refits_an_existing_network(folders: Path, tmp_path: Path
                                    str(tmp_path / "g.csv"), "--heatmaps", str(tmp_path / "g")])
     assert gaussian.exit_code == 1 and "no map of where its score comes from" in gaussian.output
     assert not (tmp_path / "g.csv").exists()
+    # The feature distance (out-of-distribution check) is measured as in training, over the 8
+    # views; 10 % of the validation studies lie beyond the recorded 90th percentile.
+    from medenhance.triage.robustness import validation_split
+
+    assert scorer.info["distance"] == "views"
+    with torch.no_grad():
+        views = patched.network.view_distance(torch.from_numpy(frames)[:, None]).numpy()
+    np.testing.assert_allclose(scorer.score_frames(frames)[1], views, rtol=1e-5)
+    val_frames, _ = validation_split(scorer)
+    val_dist = scorer.score_frames(model_inputs(val_frames, scorer.info))[1]
+    assert np.mean(val_dist > scorer.info["distance_p90"]) == pytest.approx(0.1,
+                                                                             abs=1 / len(val_dist))
+    # A batch unlike the training population (coarse noise) gets the population warning; the
+    # test folder, drawn like the training folder, does not.
+    rng = np.random.default_rng(1)
+    for i in range(20):
+        noise = np.kron(rng.random((16, 16)), np.ones((4, 4)))
+        write_image(from_array((noise * 255).astype(np.uint8)), tmp_path / "noise" / f"{i}.png")
+    odd = runner.invoke(app, ["triage", str(tmp_path / "noise"), "-m", str(path), "-o",
+                              str(tmp_path / "noise.csv")])
+    assert odd.exit_code == 0 and "do not look like the population" in odd.output
+    assert "do not look like the population" not in result.output
     # Asked for more than there are: every normal patch is kept, and the model still loads.
     (tmp_path / "all").mkdir()
     everything = load_triage_config(_config(folders, "oneclass", tmp_path / "all"),

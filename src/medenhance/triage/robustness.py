@@ -107,9 +107,9 @@ def model_robustness(scorer: TriageScorer, paths: Sequence[Path], labels: np.nda
     return shifted_aurocs(frame_scores(scorer), frames, labels, progress=progress)
 
 
-def validation_robustness(scorer: TriageScorer) -> dict[str, object]:
-    """:func:`shifted_aurocs` on the validation split the model was trained with, rebuilt from
-    the training config in its card (its training folder must be where the card says)."""
+def validation_split(scorer: TriageScorer) -> tuple[np.ndarray, np.ndarray]:
+    """Frames as read and labels of the validation split the model was trained with, rebuilt
+    from the training config in its card (its training folder must be where the card says)."""
     from .data import load_labelled, split_by_patient
     from .train import TriageConfig
 
@@ -119,4 +119,9 @@ def validation_robustness(scorer: TriageScorer) -> dict[str, object]:
                          patient_regex=config.patient_regex)
     _, val = split_by_patient(data, config.val_fraction, config.patient_split_seed,
                               config.val_split)
-    return shifted_aurocs(frame_scores(scorer), data.images[val], data.labels[val])
+    return data.images[val], data.labels[val]
+
+
+def validation_robustness(scorer: TriageScorer) -> dict[str, object]:
+    """:func:`shifted_aurocs` on the model's validation split (:func:`validation_split`)."""
+    return shifted_aurocs(frame_scores(scorer), *validation_split(scorer))

@@ -523,7 +523,9 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
                               **preprocessing,
                               "normal_labels": list(config.normal_labels),
                               "target_sensitivity": config.target_sensitivity,
-                              "ood_distance": float(np.percentile(val_dist, 99))}
+                              "ood_distance": float(np.percentile(val_dist, 99)),
+                              "distance_p90": float(np.percentile(val_dist, 90)),
+                              "distance": "views" if view_average else "upright"}
     if config.kind == "supervised":
         logits = batched(model, val.images, device)
         temperature = fit_temperature(logits, val.labels)
