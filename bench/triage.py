@@ -33,7 +33,7 @@ from medenhance.io import find_images
 from medenhance.models.card import load_model
 from medenhance.triage.evaluate import evaluate_triage_folder
 from medenhance.triage.robustness import validation_robustness
-from medenhance.triage.score import TriageScorer
+from medenhance.triage.score import TriageScorer, population_shift
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 KERMANY = SHARED / "xray-chest-kermany-224" / "test"
@@ -57,6 +57,13 @@ def nih_label_folders(root: Path) -> Path:
         (root / label).mkdir(parents=True, exist_ok=True)
         (root / label / row[0]).symlink_to(NIH / "images" / row[0])
     return root
+
+
+def beyond_p90(results: list, info: dict) -> str:
+    """Share of a batch beyond the validation's 90th distance percentile, and whether
+    ``medenhance triage`` warns of a population shift for it."""
+    share = sum(r.distance > info["distance_p90"] for r in results) / len(results)
+    return f"{share:.0%}" + (" (warning)" if population_shift(results, info) else "")
 
 
 def main() -> None:
@@ -107,7 +114,8 @@ def main() -> None:
     lines += robustness
     lines += ["", "## Out-of-distribution input", "",
               "| model | given | images | flagged out of distribution | flagged abnormal or out of "
-              "distribution (no confident normal) |", "|---|---|---|---|---|"]
+              "distribution (no confident normal) | batch beyond the validation's 90th distance "
+              "percentile (warning above 50 %) |", "|---|---|---|---|---|---|"]
     for model, own in (("xray-pneumonia", "xray"), ("xray-triage", "xray"),
                        ("mri-triage", "mri")):
         scorer = TriageScorer(load_model(model))
@@ -118,7 +126,8 @@ def main() -> None:
             either = sum(max(r.ood, r.flag) for r in res)
             label = "own modality" if name == own else "other modality"
             lines.append(f"| {model} | {folder.relative_to(SHARED)} ({label}) | {len(res)} | "
-                         f"{ood} ({ood / len(res):.1%}) | {either} ({either / len(res):.1%}) |")
+                         f"{ood} ({ood / len(res):.1%}) | {either} ({either / len(res):.1%}) | "
+                         f"{beyond_p90(res, scorer.info)} |")
     lines += ["", "## Another hospital: NIH ChestX-ray14, adults", "",
               "The X-ray models were trained on paediatric radiographs from one centre "
               "(Kermany); here they score 64 adult radiographs from the NIH Clinical Center "
@@ -126,19 +135,21 @@ def main() -> None:
               "(pneumonia among them, but mostly others: a test of the one-class model's task, "
               "outside the pneumonia classifier's).", "",
               "| model | images (abnormal / normal) | AUROC | sensitivity | specificity | "
-              "flagged out of distribution |", "|---|---|---|---|---|---|"]
+              "flagged out of distribution | batch beyond the 90th distance percentile |",
+              "|---|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         folder = nih_label_folders(Path(tmp) / "nih")
         for model in ("xray-pneumonia", "xray-triage"):
             r = evaluate_triage_folder(folder, model, Path(tmp) / f"nih-{model}",
                                        normal_labels=["NORMAL"])
-            res = TriageScorer(load_model(model)).score_files(find_images([folder]))
+            scorer = TriageScorer(load_model(model))
+            res = scorer.score_files(find_images([folder]))
             ood = sum(x.ood for x in res)
             cell = {k: f"{r[k]:.3f} [{r[k + '_ci'][0]:.3f}, {r[k + '_ci'][1]:.3f}]"
                     for k in ("auroc", "sensitivity", "specificity")}
             lines.append(f"| {model} | {r['n_abnormal']} / {r['n_normal']} | {cell['auroc']} | "
                          f"{cell['sensitivity']} | {cell['specificity']} | {ood} "
-                         f"({ood / len(res):.1%}) |")
+                         f"({ood / len(res):.1%}) | {beyond_p90(res, scorer.info)} |")
             print(lines[-1], file=sys.stderr, flush=True)
     lines += ["", f"Total time {time.perf_counter() - started:.0f} s.", ""]
     out = Path(__file__).with_suffix(".md")
