@@ -56,6 +56,10 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 def report_failures(failures: list[str], total: int) -> None:
     """List bad files at the end of a batch and exit non-zero if there were any."""
     if not failures:
@@ -627,12 +631,18 @@ def triage(
     heatmaps: Annotated[Path | None, typer.Option(
         help="Also write, for every flagged study, a PNG of where its score comes from (models "
              "with a patch-nn score, and supervised ones) into this folder.")] = None,
+    by_file: Annotated[bool, typer.Option(
+        "--by-file", help="One row per file, also for DICOM files of one study.")] = False,
 ) -> None:
-    """Score every image for "likely abnormal" and write a worklist, most urgent first.
+    """Score every study for "likely abnormal" and write a worklist, most urgent first.
 
-    Columns: `path, score` (calibrated probability, higher = more likely abnormal), `flag` (1 at
-    or above the model's stored threshold), `ood` (1 = unlike the training images: do not trust
-    the score) and `note`. Unreadable files are listed, not fatal.
+    A study is a file, or all DICOM files with the same Study Instance UID; one of several frames
+    or slices scores by its most abnormal frame among those that show the anatomy. Columns:
+    `path` and `frame` (where that frame is), `score` (calibrated probability, higher = more
+    likely abnormal), `flag` (1 at or above the model's stored threshold, set for one image: a
+    study of many frames is flagged more often), `ood` (1 = unlike the training images: do not
+    trust the score), `frames` (how many were scored), `files`, `study` (the UID) and `note`.
+    Unreadable files are listed, not fatal.
 
     Example: `medenhance triage ../shared/data/xray-chest-kermany-224/test -o worklist.csv`
 
@@ -658,7 +668,7 @@ def triage(
                                   "pooled features of the whole image and has no map of where "
                                   "its score comes from (use a patch-nn or supervised model)")
         files = find_images(inputs, errors=failures)
-        results = worklist(scorer.score_files(files, failures,
+        results = worklist(scorer.score_files(files, failures, by_study=not by_file,
                                               progress=lambda f: track(f, "scoring")))
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
@@ -666,18 +676,23 @@ def triage(
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as fh:
             w = _csv.writer(fh)
-            w.writerow(["rank", "path", "score", "flag", "ood", "note"])
+            w.writerow(["rank", "path", "frame", "score", "flag", "ood", "frames", "files",
+                        "study", "note"])
             for i, r in enumerate(results, 1):
                 note = ("out of distribution: read as flagged" if r.ood else
                         "likely abnormal" if r.flag else "")
-                w.writerow([i, r.path, f"{r.score:.4f}", r.flag, r.ood, note])
+                w.writerow([i, r.path, r.frame, f"{r.score:.4f}", r.flag, r.ood, r.frames,
+                            r.files, r.study, note])
 
     if results:
         atomic_write(output, write, overwrite=overwrite)
     flagged, ood = sum(r.flag for r in results), sum(r.ood for r in results)
-    console.print(f"{len(results)} studies scored with {scorer.model.card.name}: {flagged} "
-                  f"flagged (threshold {scorer.threshold:.3f}), {ood} out of distribution; "
-                  f"worklist {output} ({NOTE})")
+    n_files = sum(r.files for r in results)
+    grouped = f" ({n_files} files)" if n_files != len(results) else ""
+    console.print(f"{_count(len(results), 'study', 'studies')}{grouped} scored with "
+                  f"{scorer.model.card.name}: {flagged} flagged (threshold "
+                  f"{scorer.threshold:.3f}), {ood} out of distribution; worklist {output} "
+                  f"({NOTE})")
     if heatmaps is not None:
         from .triage.heatmap import write_heatmaps
 
@@ -690,9 +705,9 @@ def triage(
         console.print(f"{len(written)} heatmap(s) of flagged studies in {heatmaps}/ (left: what "
                       "the model saw; right: where it looked most abnormal, scaled per image)")
     if ood:
-        err_console.print(f"[yellow]warning:[/yellow] {ood} image(s) do not look like the "
-                          f"{scorer.model.card.modality} images the model was trained on; their "
-                          "scores are not reliable", highlight=False)
+        err_console.print(f"[yellow]warning:[/yellow] {_count(ood, 'study does', 'studies do')} "
+                          f"not look like the {scorer.model.card.modality} images the model was "
+                          "trained on; their scores are not reliable", highlight=False)
     shifted = population_shift(results, scorer.info)
     if shifted is not None:
         err_console.print(f"[yellow]warning:[/yellow] {shifted:.0%} of these studies lie farther "
@@ -700,7 +715,7 @@ def triage(
                           "a group they do not look like the population the model was trained "
                           "on (another hospital, age group or protocol?), so its scores and "
                           "threshold may not hold for them", highlight=False)
-    report_failures(failures, len(results) + len(failures))
+    report_failures(failures, n_files + len(failures))
 
 
 @app.command("evaluate-triage")

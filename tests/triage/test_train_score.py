@@ -75,7 +75,9 @@ def test_supervised_triage_end_to_end(folders: Path, tmp_path: Path, monkeypatch
                               "-o", str(worklist)])
     assert out.exit_code == 1 and "x.png" in out.output and "Traceback" not in out.output
     rows = list(csv.DictReader(open(worklist)))
-    assert len(rows) == 60 and set(rows[0]) >= {"path", "score", "flag"}
+    assert len(rows) == 60 and set(rows[0]) >= {"path", "score", "flag", "frame", "frames",
+                                                 "files", "study"}
+    assert {(r["frame"], r["frames"], r["files"], r["study"]) for r in rows} == {("0", "1", "1", "")}
     keys = [(-max(int(r["flag"]), int(r["ood"])), -float(r["score"])) for r in rows]
     assert keys == sorted(keys)
     again = runner.invoke(app, ["triage", str(folders / "test"), "-m", "tiny-supervised",

@@ -1,8 +1,8 @@
 """Labelled image folders for triage: ``ROOT/<label>/...``, normal labels -> 0, others -> 1.
 
-Every image is read with the foundation's readers (any format), its first frame (the middle slice
-of a volume) resized to ``size`` x ``size`` on the [0, 1] scale. Patient ids, for splits that keep
-a patient's images together, come from a regular expression on the file name.
+Every image is read with the foundation's readers (any format), its middle frame (a volume's in
+display orientation) resized to ``size`` x ``size`` on the [0, 1] scale. Patient ids, for splits
+that keep a patient's images together, come from a regular expression on the file name.
 """
 
 from __future__ import annotations
@@ -23,14 +23,68 @@ from ..image import MedicalImage
 from ..io import find_images, read_image
 
 
-def triage_frame(image: MedicalImage, size: int) -> np.ndarray:
-    """The frame a triage model reads, as float32 ``(size, size)`` in [0, 1]; the model's own
-    preprocessing (:func:`model_inputs`) comes after."""
+#: Most frames of one file that triage scores (a cine loop or a long series is sampled evenly).
+MAX_FRAMES = 256
+
+
+def display_frames(image: MedicalImage) -> np.ndarray:
+    """``(N, H, W)`` frames as a radiologist views them, which is how the training images look.
+
+    DICOM and raster frames are stored that way. A NIfTI volume's frames follow its voxel axes
+    (:mod:`..io.nifti`), so they are turned by its affine so that anterior (axial slices) or
+    superior (coronal, sagittal) is up and the patient's right is on the left (anterior for
+    sagittal slices), whatever order the voxels were stored in.
+    """
     frames = image.frames()
-    frame = frames[len(frames) // 2]
+    affine = image.meta.extra.get("affine") if image.meta.source_format == "nifti" else None
+    if affine is None:
+        return frames
+    import nibabel as nib
+
+    # ornt[i] = (world axis R=0 / A=1 / S=2, +1 if voxel axis i runs towards R, A or S).
+    ornt = nib.orientations.io_orientation(np.asarray(affine, dtype=np.float64))
+    if np.isnan(ornt).any():            # a degenerate affine says nothing about orientation
+        return frames
+    # Frames are (Z, Y, X): rows run along voxel axis 1, columns along voxel axis 0.
+    row_world, col_world = int(ornt[1, 0]), int(ornt[0, 0])
+    want_row = {2: 1, 1: 2, 0: 2}[int(ornt[2, 0])]     # axial: A-P rows; otherwise S-I rows
+    row_dir, col_dir = ornt[1, 1], ornt[0, 1]
+    if row_world != want_row:
+        frames = frames.transpose(0, 2, 1)
+        row_world, col_world, row_dir, col_dir = col_world, row_world, col_dir, row_dir
+    # Display rows run towards posterior or inferior, columns towards the patient's left or
+    # posterior: against the world axis in every case.
+    if row_dir > 0:
+        frames = frames[:, ::-1]
+    if col_dir > 0:
+        frames = frames[:, :, ::-1]
+    return frames
+
+
+def _sized(frame: np.ndarray, size: int) -> np.ndarray:
     if frame.shape != (size, size):
         frame = resize(frame, (size, size), "area" if min(frame.shape) > size else "bicubic")
     return np.clip(frame, 0.0, 1.0).astype(np.float32)
+
+
+def triage_frame(image: MedicalImage, size: int) -> np.ndarray:
+    """The frame a triage model is trained on, as float32 ``(size, size)`` in [0, 1]: the middle
+    one (of a volume, in display orientation); the model's own preprocessing
+    (:func:`model_inputs`) comes after."""
+    frames = display_frames(image)
+    return _sized(np.ascontiguousarray(frames[len(frames) // 2]), size)
+
+
+def triage_frames(image: MedicalImage, size: int,
+                  index: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(indices, frames)``: every frame a triage model scores in ``image`` (all, or
+    :data:`MAX_FRAMES` evenly spaced), or those at ``index``, each as :func:`triage_frame`."""
+    frames = display_frames(image)
+    if index is None:
+        index = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), MAX_FRAMES)
+                                      ).round().astype(int))
+    index = np.asarray(index, dtype=int)
+    return index, np.stack([_sized(np.ascontiguousarray(frames[k]), size) for k in index])
 
 
 def equalize_frame(frame: np.ndarray) -> np.ndarray:

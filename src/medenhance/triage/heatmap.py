@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..io import read_image
 from ..io._files import atomic_write
-from .data import model_inputs, triage_frame
+from .data import model_inputs, triage_frames
 from .score import TriageResult, TriageScorer
 
 
@@ -36,13 +36,15 @@ def overlay(frame: np.ndarray, evidence: np.ndarray) -> np.ndarray:
 def write_heatmaps(scorer: TriageScorer, ranked: Sequence[tuple[int, TriageResult]],
                    folder: Path, progress: Callable[[list], Iterable] | None = None
                    ) -> list[Path]:
-    """One PNG per ``(rank, result)`` in ``folder``, named ``RANK_STEM.png``."""
+    """One PNG per ``(rank, result)`` in ``folder``, named ``RANK_STEM.png``, of the study's
+    most abnormal frame."""
     size = int(scorer.info["size"])
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     items = list(ranked)
     for rank, result in (progress(items) if progress else items):
-        frame = model_inputs(triage_frame(read_image(result.path), size)[None], scorer.info)
+        _, frame = triage_frames(read_image(result.path), size, index=[result.frame])
+        frame = model_inputs(frame, scorer.info)
         picture = overlay(frame[0], scorer.evidence_maps(frame)[0])
         target = folder / f"{rank:04d}_{Path(result.path).stem}.png"
         atomic_write(target, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"),

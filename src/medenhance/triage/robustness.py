@@ -101,7 +101,8 @@ def model_robustness(scorer: TriageScorer, paths: Sequence[Path], labels: np.nda
                      progress: Callable[[list[str]], Iterable[str]] | None = None
                      ) -> dict[str, object]:
     """:func:`shifted_aurocs` of a triage model on image files; the changes come before the
-    model's own cropping or equalisation, as a scanner's would."""
+    model's own cropping or equalisation, as a scanner's would. Each file is one frame here, its
+    middle one (as in training), not its most abnormal as in :meth:`TriageScorer.score_files`."""
     size = int(scorer.info["size"])
     frames = np.stack([triage_frame(read_image(path), size) for path in paths])
     return shifted_aurocs(frame_scores(scorer), frames, labels, progress=progress)

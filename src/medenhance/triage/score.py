@@ -18,18 +18,25 @@ from scipy.special import expit
 from ..errors import ConfigError, MedEnhanceError
 from ..io import read_image
 from ..models.card import LoadedModel, load_model
-from .data import model_inputs, triage_frame
+from .data import model_inputs, triage_frames
+from .study import FrameScore, study_key, summarise, thumbnail
 
 NOTE = "research use only, not for diagnosis"
 
 
 @dataclass
 class TriageResult:
+    """One study of the worklist. ``path`` and ``frame``: where its most abnormal frame is;
+    ``distance``: the median feature distance of its frames (:mod:`.study`)."""
     path: str
     score: float
     flag: int
     ood: int
     distance: float
+    frame: int = 0
+    frames: int = 1         # frames that took part in the score
+    files: int = 1
+    study: str = ""         # DICOM Study Instance UID, where the files have one
 
 
 class TriageScorer:
@@ -93,31 +100,50 @@ class TriageScorer:
                                                )[:, 0].numpy()
 
     def score_files(self, paths: list[Path], failures: list[str] | None = None,
-                    progress=None, batch: int = 32) -> list[TriageResult]:
+                    progress=None, batch: int = 32, by_study: bool = False
+                    ) -> list[TriageResult]:
+        """One result per file, or per DICOM study with ``by_study`` (files without a Study
+        Instance UID stay studies of their own), in the order first read. A file of several
+        frames scores by its most abnormal frame that shows the anatomy (:mod:`.study`)."""
         size = int(self.info["size"])
-        results: list[TriageResult] = []
-        pending: list[tuple[Path, np.ndarray]] = []
+        studies: dict[str, list[FrameScore]] = {}
+        uids: dict[str, str] = {}
+        pending: list[tuple[str, str, int, np.ndarray]] = []
 
         def flush() -> None:
             if not pending:
                 return
-            prob, dist = self.score_frames(model_inputs(np.stack([f for _, f in pending]),
-                                                        self.info))
-            for (p, _), s, d in zip(pending, prob, dist, strict=True):
-                results.append(TriageResult(str(p), float(s), int(s >= self.threshold),
-                                            int(d > float(self.info["ood_distance"])), float(d)))
+            frames = np.stack([f for *_, f in pending])
+            prob, dist = self.score_frames(model_inputs(frames, self.info))
+            for (key, path, k, frame), s, d in zip(pending, prob, dist, strict=True):
+                studies[key].append(FrameScore(path, k, float(s), float(d), thumbnail(frame)))
             pending.clear()
 
         for path in (progress(paths) if progress else paths):
             try:
-                pending.append((path, triage_frame(read_image(path), size)))
+                image = read_image(path)
+                index, frames = triage_frames(image, size)
             except MedEnhanceError as exc:
                 if failures is None:
                     raise
                 failures.append(str(exc))
-            if len(pending) >= batch:
-                flush()
+                continue
+            uid = study_key(image)
+            key = f"uid:{uid}" if uid and by_study else f"file:{path}"
+            studies.setdefault(key, [])
+            uids[key] = uid or ""
+            for k, frame in zip(index, frames, strict=True):
+                pending.append((key, str(path), int(k), frame))
+                if len(pending) >= batch:
+                    flush()
         flush()
+        results = []
+        for key, frames in studies.items():
+            worst, distance, counted = summarise(frames)
+            results.append(TriageResult(
+                worst.path, worst.score, int(worst.score >= self.threshold),
+                int(distance > float(self.info["ood_distance"])), distance, worst.index,
+                counted, len({f.path for f in frames}), uids[key]))
         return results
 
 

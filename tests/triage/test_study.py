@@ -1,0 +1,178 @@
+"""Studies of several frames or files: display orientation, frames with anatomy, grouping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from medenhance.io import read_image
+from medenhance.triage.data import MAX_FRAMES, display_frames, triage_frame, triage_frames
+from medenhance.triage.score import TriageScorer
+from medenhance.triage.study import frames_with_anatomy, thumbnail
+
+
+def _nifti(path: Path, volume: np.ndarray, affine: np.ndarray) -> Path:
+    nib.save(nib.Nifti1Image(volume.astype(np.int16), affine), path)
+    return path
+
+
+@pytest.mark.parametrize("axes, marker", [
+    # Voxel axes run towards R, A, S (RAS; axial slices): the right anterior corner is the last
+    # voxel along both in-plane axes.
+    (np.eye(3), (-1, -1)),
+    # L, P, S (how DICOM orders them; axial): the right anterior corner is the first voxel.
+    (np.diag([-1.0, -1.0, 1.0]), (0, 0)),
+    # A, S, R (sagittal slices): the anterior superior corner is the last voxel of both.
+    (np.array([[0.0, 0, 1], [1, 0, 0], [0, 1, 0]]), (-1, -1)),
+    # S, R, A (coronal slices, in-plane axes swapped): superior is the first voxel axis,
+    # right the second.
+    (np.array([[0.0, 1, 0], [0, 0, 1], [1, 0, 0]]), (-1, -1)),
+])
+def test_nifti_frames_are_turned_to_the_radiological_view(tmp_path: Path, axes: np.ndarray,
+                                                          marker: tuple[int, int]) -> None:
+    """Axial and coronal: the patient's right on the left, anterior (axial) or superior
+    (coronal) up; sagittal: anterior on the left, superior up. So the marker at the right
+    (or anterior) and anterior (or superior) corner shows at the top left, however the voxels
+    were stored."""
+    volume = np.zeros((20, 24, 5))
+    volume[marker[0], marker[1], :] = 1000
+    affine = np.eye(4)
+    affine[:3, :3] = axes
+    frames = display_frames(read_image(_nifti(tmp_path / "v.nii.gz", volume, affine)))
+    assert frames.shape[0] == 5
+    for frame in frames:
+        assert frame[0, 0] == 1.0 and frame.sum() == 1.0
+
+
+def test_raster_frames_are_kept_as_stored(samples: Path) -> None:
+    image = read_image(samples / "xray_chest_nih_00009128_000.png")
+    np.testing.assert_array_equal(display_frames(image), image.frames())
+
+
+def _head(n_slices: int = 41, size: int = 64) -> np.ndarray:
+    """A ball (the head) in dark noise: slices (Z, Y, X)."""
+    rng = np.random.default_rng(0)
+    z, y, x = np.mgrid[0:n_slices, 0:size, 0:size]
+    radius = 0.45 * size
+    inside = ((z - n_slices // 2) * size / n_slices) ** 2 + (y - size / 2) ** 2 + \
+        (x - size / 2) ** 2 < radius ** 2
+    return 0.05 * rng.random(z.shape) + 0.7 * inside
+
+
+def test_the_slices_that_show_the_anatomy_are_the_middle_ones() -> None:
+    """Of a ball, the slices whose disc covers at least half the largest one's area: those
+    within radius / sqrt(2) of the centre (give or take a slice, the discs being pixelated)."""
+    volume = _head()
+    kept = frames_with_anatomy(np.stack([thumbnail(f) for f in volume]))
+    distance = np.abs(np.arange(41) - 20) * 64 / 41               # from the centre, in pixels
+    expected = np.nonzero(distance <= 0.45 * 64 / np.sqrt(2))[0]
+    assert abs(len(kept) - len(expected)) <= 2
+    assert set(kept) >= set(expected[1:-1]) and set(kept) <= set(range(expected[0] - 1,
+                                                                       expected[-1] + 2))
+    # One frame: always scored; only noise: every frame.
+    assert list(frames_with_anatomy(volume[:1])) == [0]
+    assert len(frames_with_anatomy(np.zeros((3, 32, 32)))) == 3
+
+
+class _MeanScorer(TriageScorer):
+    """Scores a frame by how dark its centre is (so that empty end slices would win if they
+    counted); every frame is at distance 1 from the training images, except all-dark ones at 9."""
+
+    def __init__(self) -> None:
+        self.info = {"kind": "oneclass", "size": 32, "threshold": 0.6, "ood_distance": 5.0}
+
+    def score_frames(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        dark = 1.0 - frames[:, 12:20, 12:20].mean(axis=(1, 2))
+        return dark, np.where(frames.max(axis=(1, 2)) < 0.2, 9.0, 1.0)
+
+
+def test_a_volume_scores_by_its_most_abnormal_slice_with_anatomy(tmp_path: Path) -> None:
+    volume = _head()
+    volume[23, 24:40, 24:40] = 0.3        # a dark lesion in a slice just off the middle
+    path = _nifti(tmp_path / "head.nii.gz", np.transpose(volume, (2, 1, 0)) * 1000, np.eye(4))
+    scorer = _MeanScorer()
+    (result,) = scorer.score_files([path])
+    _, frames = triage_frames(read_image(path), 32)
+    kept = frames_with_anatomy(np.stack([thumbnail(f) for f in frames]))
+    scores, _ = scorer.score_frames(frames[kept])
+    assert result.frame == 23 and result.frames == len(kept) < 41 and result.files == 1
+    assert result.score == pytest.approx(scores.max()) and result.flag == int(scores.max() >= 0.6)
+    # The dark end slices (distance 9) are not counted: the median distance is in the head.
+    assert result.distance == 1.0 and result.ood == 0
+    # A one-frame file is what it was: the middle slice alone.
+    assert triage_frame(read_image(path), 32).shape == (32, 32)
+
+
+def test_long_series_are_sampled_evenly(tmp_path: Path) -> None:
+    volume = np.zeros((8, 8, MAX_FRAMES + 100))
+    path = _nifti(tmp_path / "long.nii", volume, np.eye(4))
+    index, frames = triage_frames(read_image(path), 16)
+    assert len(index) == MAX_FRAMES == len(frames) and index[0] == 0
+    assert index[-1] == MAX_FRAMES + 99 and np.all(np.diff(index) >= 1)
+
+
+def _dicom(path: Path, pixels: np.ndarray, study: str) -> Path:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"        # Secondary Capture
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
+    ds.Modality, ds.PatientID = "OT", "P1"
+    ds.set_pixel_data((pixels * 4095).astype(np.uint16), "MONOCHROME2", 12)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_dicom_files_of_one_study_make_one_worklist_row(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    study_a, study_b = generate_uid(), generate_uid()
+    body = 0.2 + 0.6 * (np.hypot(*np.mgrid[-16:16, -16:16]) < 14)
+    dark = body.copy()
+    dark[10:20, 10:20] = 0.25
+    files = [_dicom(tmp_path / "a1.dcm", body + 0.01 * rng.random(body.shape), study_a),
+             _dicom(tmp_path / "b1.dcm", body, study_b),
+             _dicom(tmp_path / "a2.dcm", dark, study_a)]
+    assert pydicom.dcmread(files[2]).StudyInstanceUID == study_a
+    scorer = _MeanScorer()
+    by_file = scorer.score_files(files)
+    by_study = scorer.score_files(files, by_study=True)
+    assert [r.path for r in by_file] == [str(f) for f in files]
+    assert [(r.study, r.files, r.frames) for r in by_study] == [(study_a, 2, 2), (study_b, 1, 1)]
+    # Study a scores by its darker file, a2.
+    assert by_study[0].path == str(files[2])
+    assert by_study[0].score == max(by_file[0].score, by_file[2].score) == by_file[2].score
+    assert by_study[1].score == by_file[1].score
+
+
+def test_triage_cli_groups_a_study_unless_told_otherwise(tmp_path: Path) -> None:
+    import csv
+
+    from typer.testing import CliRunner
+
+    from medenhance.cli import app
+
+    study = generate_uid()
+    body = 0.2 + 0.6 * (np.hypot(*np.mgrid[-32:32, -32:32]) < 28)
+    files = [str(_dicom(tmp_path / f"s{i}.dcm", np.roll(body, 3 * i, axis=1), study))
+             for i in range(3)]
+    runner = CliRunner()
+    out = runner.invoke(app, ["triage", *files, "-m", "mri-triage", "-o",
+                              str(tmp_path / "studies.csv")])
+    assert out.exit_code == 0, out.output
+    assert "1 study (3 files) scored with mri-triage" in out.output
+    (row,) = list(csv.DictReader(open(tmp_path / "studies.csv")))
+    assert row["study"] == study and row["files"] == "3" and row["path"] in files
+    out = runner.invoke(app, ["triage", *files, "-m", "mri-triage", "--by-file", "-o",
+                              str(tmp_path / "files.csv")])
+    assert out.exit_code == 0 and "3 studies scored" in out.output
+    rows = list(csv.DictReader(open(tmp_path / "files.csv")))
+    assert sorted(r["path"] for r in rows) == files and {r["study"] for r in rows} == {study}
+    # The study's score is that of its highest-scored file.
+    assert float(row["score"]) == max(float(r["score"]) for r in rows)
