@@ -601,12 +601,17 @@ def train_triage_cmd(
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a config value, e.g. `--set epochs=3` (repeatable).")] = None,
 ) -> None:
-    """Train a triage model (supervised or one-class) from a folder of label sub-folders.
+    """Train a triage model (supervised or one-class) from a folder of label sub-folders, or from
+    a dataset made by `medenhance prepare` (config `data:` its folder or manifest.csv; its train
+    and val splits are used as they are, the test split is left for evaluate-triage).
 
-    One-class models train on the normal folder only; the labelled validation split (by patient)
+    One-class models train on the normal images only; the labelled validation split (by patient)
     calibrates the score and picks the threshold for the target sensitivity.
 
     Example: `medenhance train-triage -c configs/xray-pneumonia.yaml`
+
+    Example: `medenhance train-triage -c configs/xray-pneumonia.yaml --set data=data/cxr --set
+    name=my-model --set output_dir=runs/my-model`
     """
     from .triage.train import load_triage_config, train_triage
 
@@ -720,11 +725,14 @@ def triage(
 
 @app.command("evaluate-triage")
 def evaluate_triage(
-    folder: Annotated[Path, typer.Argument(help="Folder with one sub-folder per label.")],
+    folder: Annotated[Path, typer.Argument(
+        help="Folder with one sub-folder per label, or a dataset made by `medenhance prepare`.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Triage model name or checkpoint.")
                      ] = "xray-pneumonia",
     normal: Annotated[list[str] | None, typer.Option(
         help="Label folder(s) that are normal (default: the model card's).")] = None,
+    split: Annotated[str, typer.Option(
+        help="Of a prepared dataset, the split to evaluate.")] = "test",
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for CSV and ROC PNG.")
                       ] = Path("triage-eval"),
     minutes: Annotated[float, typer.Option(help="Reading time per study for the worklist "
@@ -744,6 +752,9 @@ def evaluate_triage(
     studies differently (a validation split from the training folder cannot show this).
 
     Example: `medenhance evaluate-triage ../shared/data/xray-chest-kermany-224/test -m xray-pneumonia`
+
+    Example: `medenhance evaluate-triage data/cxr -m my-model` (the test split of a dataset made by
+    `medenhance prepare`)
     """
     from .triage.evaluate import evaluate_triage_folder
 
@@ -751,10 +762,12 @@ def evaluate_triage(
         result = evaluate_triage_folder(folder, model, output, normal_labels=normal,
                                         minutes_per_study=minutes, n_bootstrap=bootstrap,
                                         shifts=shifts, progress=lambda f: track(f, "scoring"),
-                                        shift_progress=lambda f: track(f, "acquisition changes"))
+                                        shift_progress=lambda f: track(f, "acquisition changes"),
+                                        split=split)
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
-    table = Table("metric", "value", "95 % CI", title=f"{result['model']} on {folder} "
+    part = f", its {result['split']} split" if result["split"] else ""
+    table = Table("metric", "value", "95 % CI", title=f"{result['model']} on {folder}{part} "
                   f"({result['n_abnormal']} abnormal, {result['n_normal']} normal)")
     for key in ("auroc", "auprc", "sensitivity", "specificity", "accuracy"):
         lo, hi = result[f"{key}_ci"]

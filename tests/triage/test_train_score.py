@@ -77,7 +77,8 @@ def test_supervised_triage_end_to_end(folders: Path, tmp_path: Path, monkeypatch
     rows = list(csv.DictReader(open(worklist)))
     assert len(rows) == 60 and set(rows[0]) >= {"path", "score", "flag", "frame", "frames",
                                                  "files", "study"}
-    assert {(r["frame"], r["frames"], r["files"], r["study"]) for r in rows} == {("0", "1", "1", "")}
+    columns = ("frame", "frames", "files", "study")
+    assert {tuple(r[c] for c in columns) for r in rows} == {("0", "1", "1", "")}
     keys = [(-max(int(r["flag"]), int(r["ood"])), -float(r["score"])) for r in rows]
     assert keys == sorted(keys)
     again = runner.invoke(app, ["triage", str(folders / "test"), "-m", "tiny-supervised",
@@ -466,3 +467,49 @@ def test_patch_nn_model_refits_an_existing_network(folders: Path, tmp_path: Path
                 ["oneclass_score=patch-nn", "model_args={memory_size: 5}"]):
         with pytest.raises(ConfigError):
             load_triage_config(_config(folders, "oneclass", tmp_path), bad)
+
+
+def test_a_prepared_dataset_trains_and_evaluates_by_its_own_split(folders: Path, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """`prepare` -> `train-triage` -> `evaluate-triage`: training reads the manifest's train and
+    val rows only, and the evaluation its test rows."""
+    from medenhance.triage.robustness import validation_split
+
+    monkeypatch.setenv("MEDENHANCE_MODELS", str(tmp_path / "models"))
+    prepared = tmp_path / "prepared"
+    out = runner.invoke(app, ["prepare", str(folders / "train"), "-o", str(prepared), "--split",
+                              "0.6,0.2,0.2", "--patient-regex", r"^(p\d+)_"])
+    assert out.exit_code == 0, out.output
+    rows = list(csv.DictReader(open(prepared / "manifest.csv")))
+    count = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
+    assert min(count.values()) > 0 and {r["label"] for r in rows} == {"NORMAL", "PNEUMONIA"}
+    result = runner.invoke(app, ["train-triage", "-c", str(_config(folders, "supervised",
+                                                                   tmp_path)),
+                                 "--set", f"data={prepared / 'manifest.csv'}"])
+    assert result.exit_code == 0, result.output
+    assert "train/val split of the manifest" in result.output
+    scorer = TriageScorer("tiny-supervised")
+    assert scorer.model.card.training_data["images"] == {"train": count["train"],
+                                                         "val": count["val"]}
+    _, labels = validation_split(scorer)
+    val_rows = [r for r in rows if r["split"] == "val"]
+    assert list(labels) == [int(r["label"] == "PNEUMONIA") for r in val_rows]
+    ev = runner.invoke(app, ["evaluate-triage", str(prepared), "-m", "tiny-supervised", "-o",
+                             str(tmp_path / "eval")])
+    assert ev.exit_code == 0, ev.output
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["n_normal"] + summary["n_abnormal"] == count["test"]
+    scored = {Path(r["path"]).name for r in csv.DictReader(open(tmp_path / "eval" / "scores.csv"))}
+    assert scored == {Path(r["path"]).name for r in rows if r["split"] == "test"}
+
+    # Images prepared from a folder without label sub-folders have no label to learn from.
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in sorted((folders / "train" / "NORMAL").iterdir())[:6]:
+        (flat / f.name).write_bytes(f.read_bytes())
+    assert runner.invoke(app, ["prepare", str(flat), "-o", str(tmp_path / "flat-prep")]
+                         ).exit_code == 0
+    bad = runner.invoke(app, ["train-triage", "-c", str(_config(folders, "supervised", tmp_path)),
+                              "--set", f"data={tmp_path / 'flat-prep'}"])
+    assert bad.exit_code == 1 and "6 of 6 rows have no label" in bad.output
+    assert "Traceback" not in bad.output

@@ -1,4 +1,6 @@
-"""Labelled image folders for triage: ``ROOT/<label>/...``, normal labels -> 0, others -> 1.
+"""Labelled images for triage: folders ``ROOT/<label>/...``, or a dataset made by ``medenhance
+prepare`` (its ``manifest.csv``: path, label, patient and split of every image); normal labels -> 0,
+others -> 1.
 
 Every image is read with the foundation's readers (any format), its middle frame (a volume's in
 display orientation) resized to ``size`` x ``size`` on the [0, 1] scale. Patient ids, for splits
@@ -156,46 +158,103 @@ class LabelledImages:
     patients: list[str]
     classes: list[str]                      # the folder label of each image
     failures: list[str] = field(default_factory=list)
+    #: The split of each image given by a prepared dataset's manifest (None for folders).
+    splits: list[str] | None = None
 
     def subset(self, index: np.ndarray) -> LabelledImages:
         return LabelledImages(self.images[index], self.labels[index],
                               [self.paths[i] for i in index], [self.patients[i] for i in index],
-                              [self.classes[i] for i in index])
+                              [self.classes[i] for i in index],
+                              splits=None if self.splits is None else
+                              [self.splits[i] for i in index])
+
+
+@dataclass
+class LabelledFile:
+    path: Path
+    label: str
+    patient: str | None = None              # from the manifest; folders: from the file name
+    split: str | None = None                # from the manifest
+
+
+def manifest_of(source: str | Path) -> Path | None:
+    """The manifest of a prepared dataset, when ``source`` is one (a ``.csv`` file, or a folder
+    holding ``manifest.csv``); None for a folder of label sub-folders."""
+    p = Path(source)
+    if p.is_dir():
+        return p / "manifest.csv" if (p / "manifest.csv").is_file() else None
+    return p if p.suffix.lower() == ".csv" else None
+
+
+def labelled_files(source: str | Path, splits: Sequence[str] | None = None
+                   ) -> list[LabelledFile]:
+    """The labelled images of ``source``: ``ROOT/<label>/...`` (the label is the first folder
+    below ``ROOT``), or the rows of a prepared dataset's manifest (``splits``: only these)."""
+    base = Path(source)
+    manifest = manifest_of(base)
+    if manifest is None:
+        if not base.is_dir():
+            raise DatasetError(f"{base}: not a folder of label sub-folders nor a prepared "
+                               "dataset (manifest.csv)")
+        files = [LabelledFile(f, f.relative_to(base).parts[0]) for f in find_images([base])
+                 if len(f.relative_to(base).parts) >= 2]
+        if not files:
+            raise DatasetError(f"{base}: no images in label sub-folders (expected "
+                               "ROOT/LABEL/image)")
+        return files
+    from ..data.prepare import read_manifest
+
+    rows = read_manifest(manifest)
+    if rows and "label" not in rows[0]:
+        raise DatasetError(f"{manifest}: no 'label' column (a manifest of `medenhance prepare` "
+                           "has one)")
+    unlabelled = sum(1 for r in rows if not r["label"])
+    if unlabelled:
+        raise DatasetError(f"{manifest}: {unlabelled} of {len(rows)} rows have no label (prepare "
+                           "a folder whose images lie in one sub-folder per label)")
+    files = [LabelledFile(manifest.parent / r["path"], r["label"], r.get("patient_id") or None,
+                          r.get("split") or None)
+             for r in rows if splits is None or r.get("split") in splits]
+    if not files:
+        raise DatasetError(f"{manifest}: no rows in the {'/'.join(splits or [])} split")
+    return files
 
 
 def load_labelled(root: str | Path, normal_labels: Sequence[str], size: int, *,
                   patient_regex: str | None = None,
                   progress: Callable[[list[Path]], Iterable[Path]] | None = None
                   ) -> LabelledImages:
-    """Read ``root/<label>/**`` images; the label is the first folder below ``root``."""
+    """Read the labelled images of ``root`` (:func:`labelled_files`; of a prepared dataset, its
+    train and val splits only: its test split is for evaluation)."""
     base = Path(root)
-    if not base.is_dir():
-        raise DatasetError(f"{base}: not a folder of label sub-folders")
-    files = [f for f in find_images([base]) if len(f.relative_to(base).parts) >= 2]
-    if not files:
-        raise DatasetError(f"{base}: no images in label sub-folders (expected ROOT/LABEL/image)")
+    manifest = manifest_of(base)
+    entries = labelled_files(base, splits=("train", "val") if manifest else None)
     pattern = re.compile(patient_regex) if patient_regex else None
     normal = {n.lower() for n in normal_labels}
-    images, labels, paths, patients, classes, failures = [], [], [], [], [], []
-    for f in (progress(files) if progress else files):
-        label = f.relative_to(base).parts[0]
+    images, labels, paths, patients, classes, splits, failures = [], [], [], [], [], [], []
+    by_path = {e.path: e for e in entries}
+    for f in (progress(list(by_path)) if progress else list(by_path)):
+        entry = by_path[f]
         try:
             images.append(triage_frame(read_image(f), size))
         except MedEnhanceError as exc:
             failures.append(str(exc))
             continue
-        labels.append(0 if label.lower() in normal else 1)
+        labels.append(0 if entry.label.lower() in normal else 1)
         paths.append(f)
-        classes.append(label)
-        match = pattern.search(f.name) if pattern else None
-        patients.append(match.group(1) if match else f.stem)
+        classes.append(entry.label)
+        splits.append(entry.split or "")
+        match = pattern.search(f.name) if pattern and not entry.patient else None
+        patients.append(entry.patient or (match.group(1) if match else f.stem))
     if not images:
         raise DatasetError(f"{base}: no readable image")
     found = {c.lower() for c in classes}
     if not normal & found:
         raise DatasetError(f"{base}: none of the normal labels {list(normal_labels)} is a "
-                           f"sub-folder (found {sorted(set(classes))})")
-    return LabelledImages(np.stack(images), np.asarray(labels), paths, patients, classes, failures)
+                           f"{'label in the manifest' if manifest else 'sub-folder'} (found "
+                           f"{sorted(set(classes))})")
+    return LabelledImages(np.stack(images), np.asarray(labels), paths, patients, classes, failures,
+                          splits=splits if manifest else None)
 
 
 #: How the validation patients are chosen: at random, or the lowest-numbered patients of each id
@@ -237,3 +296,13 @@ def split_by_patient(data: LabelledImages, val_fraction: float, seed: int,
         raise ValueError(f"how must be one of {VAL_SPLITS}, got {how!r}")
     is_val = np.array([p in val_ids for p in data.patients])
     return np.nonzero(~is_val)[0], np.nonzero(is_val)[0]
+
+
+def train_val_split(data: LabelledImages, val_fraction: float, seed: int,
+                    how: str = "random") -> tuple[np.ndarray, np.ndarray]:
+    """Indices of (train, validation): the manifest's own split for a prepared dataset (made by
+    patient there), otherwise :func:`split_by_patient`."""
+    if data.splits is None:
+        return split_by_patient(data, val_fraction, seed, how)
+    splits = np.asarray(data.splits)
+    return np.nonzero(splits == "train")[0], np.nonzero(splits == "val")[0]

@@ -1,4 +1,4 @@
-"""Evaluate a triage model on a labelled folder: discrimination, operating point, worklist effect."""
+"""Evaluate a triage model on labelled images: discrimination, operating point, worklist effect."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DatasetError
-from ..io import find_images
+from .data import labelled_files, manifest_of
 from .metrics import (auprc, auroc, bootstrap_ci, roc_curve, sens_spec, worklist_waits)
 from .score import NOTE, TriageScorer
 
@@ -24,23 +24,21 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
                            normal_labels: Sequence[str] | None = None,
                            minutes_per_study: float = 5.0, n_bootstrap: int = 1000,
                            shifts: bool = False, progress: Callable | None = None,
-                           shift_progress: Callable | None = None) -> dict[str, Any]:
-    """Evaluate ``model`` on ``folder``; ``shifts``: also the AUROC under simulated acquisition
-    changes (:mod:`.robustness`), written to ``robustness.png`` and the summary."""
+                           shift_progress: Callable | None = None, split: str = "test"
+                           ) -> dict[str, Any]:
+    """Evaluate ``model`` on ``folder`` (label sub-folders, or a prepared dataset: its ``split``
+    rows); ``shifts``: also the AUROC under simulated acquisition changes (:mod:`.robustness`),
+    written to ``robustness.png`` and the summary."""
     base, out = Path(folder), Path(output)
     scorer = TriageScorer(model)
     normal = {n.lower() for n in (normal_labels or scorer.info["normal_labels"])}
-    if not base.is_dir():
-        raise DatasetError(f"{base}: not a folder of label sub-folders")
-    files = [f for f in find_images([base]) if len(f.relative_to(base).parts) >= 2]
-    if not files:
-        raise DatasetError(f"{base}: no images in label sub-folders")
+    entries = labelled_files(base, splits=[split] if manifest_of(base) else None)
+    label_of = {str(e.path): e.label for e in entries}
     failures: list[str] = []
-    results = scorer.score_files(files, failures, progress=progress)
-    labels = np.array([0 if Path(r.path).relative_to(base).parts[0].lower() in normal else 1
-                       for r in results])
+    results = scorer.score_files([e.path for e in entries], failures, progress=progress)
+    labels = np.array([0 if label_of[r.path].lower() in normal else 1 for r in results])
     if len(set(labels.tolist())) < 2:
-        raise DatasetError(f"{base}: need both normal ({sorted(normal)}) and abnormal folders")
+        raise DatasetError(f"{base}: need both normal ({sorted(normal)}) and abnormal images")
     scores = np.array([r.score for r in results])
     t = scorer.threshold
 
@@ -53,6 +51,7 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
     stats = {"auroc": auroc, "auprc": auprc, "sensitivity": sens, "specificity": spec,
              "accuracy": lambda y, s: _accuracy(y, s, t)}
     result: dict[str, Any] = {"model": scorer.model.card.name, "folder": str(base),
+                              "split": split if manifest_of(base) else None,
                               "threshold": t, "n_normal": int((labels == 0).sum()),
                               "n_abnormal": int(labels.sum()),
                               "ood": int(sum(r.ood for r in results)), "note": NOTE,

@@ -111,15 +111,15 @@ def model_robustness(scorer: TriageScorer, paths: Sequence[Path], labels: np.nda
 def validation_split(scorer: TriageScorer) -> tuple[np.ndarray, np.ndarray]:
     """Frames as read and labels of the validation split the model was trained with, rebuilt
     from the training config in its card (its training folder must be where the card says)."""
-    from .data import load_labelled, split_by_patient
+    from .data import load_labelled, train_val_split
     from .train import TriageConfig
 
     fields = TriageConfig.__dataclass_fields__
     config = TriageConfig(**{k: v for k, v in scorer.model.card.config.items() if k in fields})
     data = load_labelled(config.data, config.normal_labels, config.size,
                          patient_regex=config.patient_regex)
-    _, val = split_by_patient(data, config.val_fraction, config.patient_split_seed,
-                              config.val_split)
+    _, val = train_val_split(data, config.val_fraction, config.patient_split_seed,
+                             config.val_split)
     return data.images[val], data.labels[val]
 
 

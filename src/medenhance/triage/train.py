@@ -52,7 +52,7 @@ from ..models.classifier import all_views, transform8
 from ..models.registry import create_model
 from ..train.config import _build
 from ..train.loop import pick_device
-from .data import VAL_SPLITS, load_labelled, model_inputs, split_by_patient
+from .data import VAL_SPLITS, load_labelled, model_inputs, train_val_split
 from .patch_memory import candidate_patches, greedy_coreset
 from .synthetic import add_anomalies
 from .metrics import (auprc, auroc, fit_temperature, sens_spec, threshold_for_sensitivity)
@@ -79,7 +79,8 @@ class TriageConfig:
     oneclass_method: str = "transforms"
     modality: str = "any"
     description: str = ""
-    #: Training folder with one sub-folder per label.
+    #: Training folder with one sub-folder per label, or a prepared dataset (``medenhance
+    #: prepare``: its folder or manifest.csv), whose train/val split replaces the options below.
     data: str = ""
     normal_labels: list[str] = field(default_factory=lambda: ["NORMAL"])
     patient_regex: str | None = None
@@ -388,8 +389,8 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
     data.images = model_inputs(data.images, preprocessing)
     if data.failures:
         log(f"{len(data.failures)} unreadable file(s) skipped, e.g. {data.failures[0]}")
-    train_idx, val_idx = split_by_patient(data, config.val_fraction, config.patient_split_seed,
-                                          config.val_split)
+    train_idx, val_idx = train_val_split(data, config.val_fraction, config.patient_split_seed,
+                                         config.val_split)
     train, val = data.subset(train_idx), data.subset(val_idx)
     if config.kind == "oneclass":
         train = train.subset(np.nonzero(train.labels == 0)[0])  # normal images only
@@ -398,7 +399,8 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
                           "operating point")
     log(f"{config.kind}: {len(train.labels)} training images "
         f"({int(train.labels.sum())} abnormal), {len(val.labels)} validation images "
-        f"({int(val.labels.sum())} abnormal), {len(set(data.patients))} patients")
+        f"({int(val.labels.sum())} abnormal), {len(set(data.patients))} patients"
+        + ("; train/val split of the manifest" if data.splits is not None else ""))
 
     contrastive = config.kind == "oneclass" and config.oneclass_method == "contrastive"
     # The contrastive method also recognises the views: its first 8 outputs, then a projection.
