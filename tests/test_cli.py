@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pydicom
@@ -30,6 +33,23 @@ def test_info_bad_file_is_one_line_and_nonzero(tmp_path: Path, samples: Path) ->
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     assert "bad.dcm" in result.output and "MR" in result.output
+
+
+def test_a_warning_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    colour = tmp_path / "colour.png"
+    Image.fromarray(np.full((8, 8, 3), (200, 30, 30), np.uint8)).save(colour)
+    # In a process of its own: pytest would catch the warning before the CLI's logging does.
+    result = subprocess.run([sys.executable, "-c", "from medenhance.cli import app; app()",
+                             "triage", str(colour), "-o", str(tmp_path / "w.csv")],
+                            capture_output=True, text=True, check=False,
+                            env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "converted to gray" in line]
+    assert len(lines) == 1 and "colour.png" in lines[0]
+    assert "read_pil" not in result.stderr and "UserWarning" not in result.stderr
 
 
 def test_degrade_then_evaluate(samples: Path, tmp_path: Path) -> None:

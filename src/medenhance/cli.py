@@ -83,8 +83,12 @@ def main_options(
                                           help="Print the version and exit.")] = False,
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=err_console, show_path=False)], force=True)
+                        handlers=[RichHandler(console=err_console, show_path=False,
+                                              show_time=False)], force=True)
     logging.captureWarnings(True)
+    # A warning names its file and reason, like an error; the line of our code that raised it
+    # says nothing to the user.
+    warnings.formatwarning = lambda message, *_args, **_kwargs: str(message)
     # pydicom logs decoder exceptions with tracebacks; our own one-line errors say the same.
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
 
@@ -712,7 +716,8 @@ def triage(
     if ood:
         err_console.print(f"[yellow]warning:[/yellow] {_count(ood, 'study does', 'studies do')} "
                           f"not look like the {scorer.model.card.modality} images the model was "
-                          "trained on; their scores are not reliable", highlight=False)
+                          f"trained on; {'its score is' if ood == 1 else 'their scores are'} not "
+                          "reliable", highlight=False)
     shifted = population_shift(results, scorer.info)
     if shifted is not None:
         err_console.print(f"[yellow]warning:[/yellow] {shifted:.0%} of these studies lie farther "
