@@ -10,6 +10,7 @@ import pytest
 
 import medenhance as me
 from medenhance.errors import ImageReadError
+from medenhance.io import display_frames
 
 
 def test_nifti_int16_with_scaling_roundtrip(tmp_path: Path) -> None:
@@ -63,3 +64,52 @@ def test_npy_bad_arrays(tmp_path: Path, arr: np.ndarray, match: str) -> None:
     np.save(tmp_path / "bad.npy", arr)
     with pytest.raises(ImageReadError, match=match):
         me.read_image(tmp_path / "bad.npy")
+
+
+@pytest.mark.parametrize("axes, marker", [
+    # Voxel axes run towards R, A, S (RAS; axial slices): the right anterior corner is the last
+    # voxel along both in-plane axes.
+    (np.eye(3), (-1, -1)),
+    # L, P, S (how DICOM orders them; axial): the right anterior corner is the first voxel.
+    (np.diag([-1.0, -1.0, 1.0]), (0, 0)),
+    # A, S, R (sagittal slices): the anterior superior corner is the last voxel of both.
+    (np.array([[0.0, 0, 1], [1, 0, 0], [0, 1, 0]]), (-1, -1)),
+    # S, R, A (coronal slices, in-plane axes swapped): superior is the first voxel axis,
+    # right the second.
+    (np.array([[0.0, 1, 0], [0, 0, 1], [1, 0, 0]]), (-1, -1)),
+])
+def test_nifti_frames_are_turned_to_the_radiological_view(tmp_path: Path, axes: np.ndarray,
+                                                          marker: tuple[int, int]) -> None:
+    """Axial and coronal: the patient's right on the left, anterior (axial) or superior
+    (coronal) up; sagittal: anterior on the left, superior up. So the marker at the right
+    (or anterior) and anterior (or superior) corner shows at the top left, however the voxels
+    were stored."""
+    volume = np.zeros((20, 24, 5))
+    volume[marker[0], marker[1], :] = 1000
+    affine = np.eye(4)
+    affine[:3, :3] = axes
+    nib.save(nib.Nifti1Image(volume.astype(np.int16), affine), tmp_path / "v.nii.gz")
+    frames = display_frames(me.read_image(tmp_path / "v.nii.gz"))
+    assert frames.shape[0] == 5
+    for frame in frames:
+        assert frame[0, 0] == 1.0 and frame.sum() == 1.0
+
+
+def test_raster_frames_are_kept_as_stored(samples: Path) -> None:
+    image = me.read_image(samples / "xray_chest_nih_00009128_000.png")
+    np.testing.assert_array_equal(display_frames(image), image.frames())
+
+
+def test_prepare_writes_nifti_slices_as_viewers_show_them(tmp_path: Path) -> None:
+    """An axial volume stored R, A, S: the right anterior corner is its last voxel in-plane (the
+    bottom right in voxel order); prepared slices have it at the top left."""
+    from medenhance.data.prepare import PrepareOptions, prepare_dataset
+
+    volume = np.full((20, 24, 2), 100)
+    volume[-1, -1, :] = 1000
+    nib.save(nib.Nifti1Image(volume.astype(np.int16), np.eye(4)), tmp_path / "v.nii.gz")
+    result = prepare_dataset([tmp_path / "v.nii.gz"], tmp_path / "out",
+                             PrepareOptions(min_foreground=0.0))
+    for row in result.kept:
+        frame = me.read_image(tmp_path / "out" / row["path"]).frames()[0]
+        assert frame.shape == (24, 20) and frame[0, 0] == frame.max() > frame[-1, -1]

@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from medenhance.io import read_image
-from medenhance.triage.data import MAX_FRAMES, display_frames, triage_frame, triage_frames
+from medenhance.triage.data import MAX_FRAMES, triage_frame, triage_frames
 from medenhance.triage.score import TriageScorer
 from medenhance.triage.study import frames_with_anatomy, thumbnail
 
@@ -20,39 +20,6 @@ from medenhance.triage.study import frames_with_anatomy, thumbnail
 def _nifti(path: Path, volume: np.ndarray, affine: np.ndarray) -> Path:
     nib.save(nib.Nifti1Image(volume.astype(np.int16), affine), path)
     return path
-
-
-@pytest.mark.parametrize("axes, marker", [
-    # Voxel axes run towards R, A, S (RAS; axial slices): the right anterior corner is the last
-    # voxel along both in-plane axes.
-    (np.eye(3), (-1, -1)),
-    # L, P, S (how DICOM orders them; axial): the right anterior corner is the first voxel.
-    (np.diag([-1.0, -1.0, 1.0]), (0, 0)),
-    # A, S, R (sagittal slices): the anterior superior corner is the last voxel of both.
-    (np.array([[0.0, 0, 1], [1, 0, 0], [0, 1, 0]]), (-1, -1)),
-    # S, R, A (coronal slices, in-plane axes swapped): superior is the first voxel axis,
-    # right the second.
-    (np.array([[0.0, 1, 0], [0, 0, 1], [1, 0, 0]]), (-1, -1)),
-])
-def test_nifti_frames_are_turned_to_the_radiological_view(tmp_path: Path, axes: np.ndarray,
-                                                          marker: tuple[int, int]) -> None:
-    """Axial and coronal: the patient's right on the left, anterior (axial) or superior
-    (coronal) up; sagittal: anterior on the left, superior up. So the marker at the right
-    (or anterior) and anterior (or superior) corner shows at the top left, however the voxels
-    were stored."""
-    volume = np.zeros((20, 24, 5))
-    volume[marker[0], marker[1], :] = 1000
-    affine = np.eye(4)
-    affine[:3, :3] = axes
-    frames = display_frames(read_image(_nifti(tmp_path / "v.nii.gz", volume, affine)))
-    assert frames.shape[0] == 5
-    for frame in frames:
-        assert frame[0, 0] == 1.0 and frame.sum() == 1.0
-
-
-def test_raster_frames_are_kept_as_stored(samples: Path) -> None:
-    image = read_image(samples / "xray_chest_nih_00009128_000.png")
-    np.testing.assert_array_equal(display_frames(image), image.frames())
 
 
 def _head(n_slices: int = 41, size: int = 64) -> np.ndarray:

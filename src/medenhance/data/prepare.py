@@ -1,6 +1,7 @@
 """Turn a folder tree of images into a training-ready dataset: filter, orient, resize, split.
 
-Steps, per image (each frame of a multi-frame file or volume counts as one image):
+Steps, per image (each frame of a multi-frame file or volume counts as one image; a NIfTI volume's
+slices as viewers show them, see :func:`..io.display_frames`):
 
 1. read it (any supported format) and map it to [0, 1] by the intensity contract;
 2. drop it if its *foreground fraction* (pixels brighter than ``background_level``) is below
@@ -31,7 +32,7 @@ import numpy as np
 from ..degrade.resolution import resize
 from ..errors import DatasetError, MedEnhanceError
 from ..image import ImageMeta, IntensityWindow, MedicalImage
-from ..io import find_images, read_image, stem, write_image
+from ..io import display_frames, find_images, read_image, stem, write_image
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +199,7 @@ def prepare_dataset(sources: Iterable[str | Path], output: str | Path,
             excluded.append({"source": str(path), "frame": "", "reason": str(exc)})
             continue
         pid = _patient_id(path, image, opts, table)
-        frames = image.frames()
+        frames = display_frames(image)
         for k, frame in enumerate(frames):
             fg = foreground_fraction(frame, opts.background_level)
             if fg < opts.min_foreground:

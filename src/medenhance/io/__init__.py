@@ -15,12 +15,12 @@ from ..errors import ImageReadError, ImageWriteError, MedEnhanceError
 from ..image import MedicalImage
 from ._files import SUFFIX_FORMATS, atomic_write, detect_format, find_images, full_suffix, stem
 from .dicom import inspect_dicom, read_dicom, write_dicom
-from .nifti import read_nifti, write_nifti
+from .nifti import display_frames, read_nifti, write_nifti
 from .numpy import read_npy, write_npy
 from .raster import read_pil, read_tiff, write_raster
 
-__all__ = ["ImageInfo", "SUFFIX_FORMATS", "detect_format", "find_images", "full_suffix",
-           "inspect_image", "read_image", "stem", "write_image", "default_suffix"]
+__all__ = ["ImageInfo", "SUFFIX_FORMATS", "detect_format", "display_frames", "find_images",
+           "full_suffix", "inspect_image", "read_image", "stem", "write_image", "default_suffix"]
 
 #: Suffix written for each source format when the caller gives only a folder.
 _DEFAULT_SUFFIX = {"dicom": ".dcm", "png": ".png", "jpeg": ".jpg", "tiff": ".tif",

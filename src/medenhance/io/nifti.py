@@ -1,8 +1,9 @@
 """NIfTI-1/2 volumes through nibabel, processed slice by slice.
 
 A volume ``(X, Y, Z)`` becomes frames ``(Z, Y, X)``: frame ``k`` is the in-plane slice ``k``
-transposed so that rows run along Y, as viewers show it. The header and affine are kept, and the
-writer restores the on-disk data type and the (scl_slope, scl_inter) scaling exactly.
+transposed so that rows run along Y, still in voxel order (:func:`display_frames` turns them as
+viewers show them). The header and affine are kept, and the writer restores the on-disk data type
+and the (scl_slope, scl_inter) scaling exactly.
 """
 
 from __future__ import annotations
@@ -14,6 +15,39 @@ import numpy as np
 
 from ..errors import ImageReadError, ImageWriteError
 from ..image import ImageMeta, MedicalImage, choose_window
+
+
+def display_frames(image: MedicalImage) -> np.ndarray:
+    """``(N, H, W)`` frames of ``image`` as a radiologist views them (a view, not a copy).
+
+    DICOM and raster frames are stored that way. A NIfTI volume's frames follow its voxel axes
+    (see the module docstring), so they are turned by its affine so that anterior (axial slices)
+    or superior (coronal, sagittal) is up and the patient's right is on the left (anterior for
+    sagittal slices), whatever order the voxels were stored in. Writing keeps the voxel order:
+    use this to look at or learn from slices, not to process them for writing back.
+    """
+    frames = image.frames()
+    affine = image.meta.extra.get("affine") if image.meta.source_format == "nifti" else None
+    if affine is None:
+        return frames
+    # ornt[i] = (world axis R=0 / A=1 / S=2, +1 if voxel axis i runs towards R, A or S).
+    ornt = nib.orientations.io_orientation(np.asarray(affine, dtype=np.float64))
+    if np.isnan(ornt).any():            # a degenerate affine says nothing about orientation
+        return frames
+    # Frames are (Z, Y, X): rows run along voxel axis 1, columns along voxel axis 0.
+    row_world, col_world = int(ornt[1, 0]), int(ornt[0, 0])
+    want_row = {2: 1, 1: 2, 0: 2}[int(ornt[2, 0])]     # axial: A-P rows; otherwise S-I rows
+    row_dir, col_dir = ornt[1, 1], ornt[0, 1]
+    if row_world != want_row:
+        frames = frames.transpose(0, 2, 1)
+        row_world, col_world, row_dir, col_dir = col_world, row_world, col_dir, row_dir
+    # Display rows run towards posterior or inferior, columns towards the patient's left or
+    # posterior: against the world axis in every case.
+    if row_dir > 0:
+        frames = frames[:, ::-1]
+    if col_dir > 0:
+        frames = frames[:, :, ::-1]
+    return frames
 
 
 def read_nifti(path: str | Path) -> MedicalImage:

@@ -22,45 +22,11 @@ from skimage.filters import threshold_otsu
 from ..degrade.resolution import resize
 from ..errors import DatasetError, MedEnhanceError
 from ..image import MedicalImage
-from ..io import find_images, read_image
+from ..io import display_frames, find_images, read_image
 
 
 #: Most frames of one file that triage scores (a cine loop or a long series is sampled evenly).
 MAX_FRAMES = 256
-
-
-def display_frames(image: MedicalImage) -> np.ndarray:
-    """``(N, H, W)`` frames as a radiologist views them, which is how the training images look.
-
-    DICOM and raster frames are stored that way. A NIfTI volume's frames follow its voxel axes
-    (:mod:`..io.nifti`), so they are turned by its affine so that anterior (axial slices) or
-    superior (coronal, sagittal) is up and the patient's right is on the left (anterior for
-    sagittal slices), whatever order the voxels were stored in.
-    """
-    frames = image.frames()
-    affine = image.meta.extra.get("affine") if image.meta.source_format == "nifti" else None
-    if affine is None:
-        return frames
-    import nibabel as nib
-
-    # ornt[i] = (world axis R=0 / A=1 / S=2, +1 if voxel axis i runs towards R, A or S).
-    ornt = nib.orientations.io_orientation(np.asarray(affine, dtype=np.float64))
-    if np.isnan(ornt).any():            # a degenerate affine says nothing about orientation
-        return frames
-    # Frames are (Z, Y, X): rows run along voxel axis 1, columns along voxel axis 0.
-    row_world, col_world = int(ornt[1, 0]), int(ornt[0, 0])
-    want_row = {2: 1, 1: 2, 0: 2}[int(ornt[2, 0])]     # axial: A-P rows; otherwise S-I rows
-    row_dir, col_dir = ornt[1, 1], ornt[0, 1]
-    if row_world != want_row:
-        frames = frames.transpose(0, 2, 1)
-        row_world, col_world, row_dir, col_dir = col_world, row_world, col_dir, row_dir
-    # Display rows run towards posterior or inferior, columns towards the patient's left or
-    # posterior: against the world axis in every case.
-    if row_dir > 0:
-        frames = frames[:, ::-1]
-    if col_dir > 0:
-        frames = frames[:, :, ::-1]
-    return frames
 
 
 def _sized(frame: np.ndarray, size: int) -> np.ndarray:
