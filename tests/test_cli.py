@@ -228,3 +228,34 @@ def test_train_evaluate_report(samples: Path, tmp_path: Path, monkeypatch) -> No
     assert "<table>" in (tmp_path / "report" / "report.html").read_text()
     missing = run("report", tmp_path / "nothing", "-o", tmp_path / "r2")
     assert missing.exit_code == 1 and "not an evaluation folder" in missing.output
+
+
+def test_report_of_a_volume_shows_its_middle_slice_as_viewers_do(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    import medenhance.report as report
+    from medenhance.io import display_frames, read_image
+
+    z, y, x = np.mgrid[0:5, 0:48, 0:48]
+    volume = (200 + 600 * (np.hypot(y - 24, x - 24) < 16 - 2 * abs(z - 2)) + 20 * z).astype(
+        np.int16)
+    volume[:, :6, :6] = 1000                              # a corner mark: orientation shows
+    nib.save(nib.Nifti1Image(np.transpose(volume, (2, 1, 0)), np.eye(4)), tmp_path / "v.nii.gz")
+    pairs = tmp_path / "pairs"
+    assert run("degrade", tmp_path / "v.nii.gz", "-o", pairs, "-p", "mri-rician").exit_code == 0
+    assert run("evaluate", "-r", pairs / "clean", "-d", pairs / "degraded", "-m", "nlm", "-o",
+               tmp_path / "eval").exit_code == 0
+    shown = []
+    monkeypatch.setattr(report, "image_figure",
+                        lambda name, ref, panels, path: shown.append((ref, panels)))
+    assert run("report", tmp_path / "eval", "-o", tmp_path / "report").exit_code == 0
+    assert "(slice 3 of 5)" in (tmp_path / "report" / "report.md").read_text()
+    (ref, panels), = shown
+    clean = read_image(next((pairs / "clean").iterdir()))
+    np.testing.assert_allclose(ref, display_frames(clean)[2], atol=1e-6)
+    # Stored R, A, S: the mark at the first voxels (left, posterior) shows at the bottom right.
+    assert {m for m, _, _ in panels} >= {"nlm"}
+    for frame in [ref] + [p for _, p, _ in panels]:
+        assert frame[-6:, -6:].mean() > 0.8 > frame[:6, :6].mean()

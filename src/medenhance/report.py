@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import DatasetError, MedEnhanceError
 from .evaluate import on_reference_scale
-from .io import find_images, read_image, stem
+from .io import display_frames, find_images, read_image, stem
 
 NOTE = "Research use only: not for diagnosis."
 
@@ -141,13 +141,16 @@ def write_report(evaluation_dir: str | Path, output_dir: str | Path, *, max_imag
           summary, "## Images\n"]
     for i, name in enumerate(names):
         ref_img = read_image(references[name])
-        ref = ref_img.frames()[0].astype(np.float64)
+        # The middle slice of a volume (its first is mostly empty), as viewers show it.
+        shown = display_frames(ref_img)
+        middle = len(shown) // 2
+        ref = shown[middle].astype(np.float64)
         panels = []
         for method, files in method_files.items():
             if name not in files:
                 continue
             test = on_reference_scale(ref_img, read_image(files[name]))
-            test = (test[None] if test.ndim == 2 else test)[0]
+            test = display_frames(ref_img.with_pixels(test, "report"))[middle]
             r = metric.get((method, name), {})
             caption = (f"PSNR {float(r['psnr']):.2f} dB, SSIM {float(r['ssim']):.3f}"
                        if r.get("psnr") and not math.isnan(float(r["psnr"])) else "")
@@ -157,7 +160,8 @@ def write_report(evaluation_dir: str | Path, output_dir: str | Path, *, max_imag
         fig_name = f"image_{i:02d}.png"
         image_figure(name, ref, panels, out / fig_name)
         captions = "; ".join(f"{m}: {c}" for m, _, c in panels if c)
-        md.append(f"### {name}\n\n![{name}]({fig_name})\n\n{captions}\n")
+        where = f" (slice {middle + 1} of {len(shown)})" if len(shown) > 1 else ""
+        md.append(f"### {name}{where}\n\n![{name}]({fig_name})\n\n{captions}\n")
     histories = {m: h for m in methods if (h := _history(m))}
     if histories:
         curves_figure(histories, out / "training_curves.png")
