@@ -645,13 +645,13 @@ def triage(
 ) -> None:
     """Score every study for "likely abnormal" and write a worklist, most urgent first.
 
-    A study is a file, or all DICOM files with the same Study Instance UID; one of several frames
-    or slices scores by its most abnormal frame among those that show the anatomy. Columns:
-    `path` and `frame` (where that frame is), `score` (calibrated probability, higher = more
-    likely abnormal), `flag` (1 at or above the model's stored threshold, set for one image: a
-    study of many frames is flagged more often), `ood` (1 = unlike the training images: do not
-    trust the score), `frames` (how many were scored), `files`, `study` (the UID) and `note`.
-    Unreadable files are listed, not fatal.
+    A study is a file, or all DICOM files with the same Study Instance UID; a study of several
+    frames or slices scores by its most abnormal frame among those that show the anatomy.
+    Columns: `path` and `frame` (where that frame is; 0-based), `score` (calibrated probability,
+    higher = more likely abnormal), `flag` (1 at or above the model's stored threshold, set for
+    one image: a study of many frames is flagged more often), `ood` (1 = unlike the training
+    images: do not trust the score), `frames` (how many showed the anatomy and counted), `files`,
+    `study` (the UID) and `note`. Unreadable files are listed, not fatal.
 
     Example: `medenhance triage ../shared/data/xray-chest-kermany-224/test -o worklist.csv`
 
@@ -736,8 +736,8 @@ def evaluate_triage(
                      ] = "xray-pneumonia",
     normal: Annotated[list[str] | None, typer.Option(
         help="Label folder(s) that are normal (default: the model card's).")] = None,
-    split: Annotated[str, typer.Option(
-        help="Of a prepared dataset, the split to evaluate.")] = "test",
+    split: Annotated[str | None, typer.Option(
+        help="Of a dataset made by `prepare`, the split to evaluate [default: test].")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for CSV and ROC PNG.")
                       ] = Path("triage-eval"),
     minutes: Annotated[float, typer.Option(help="Reading time per study for the worklist "

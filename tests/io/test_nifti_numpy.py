@@ -66,33 +66,36 @@ def test_npy_bad_arrays(tmp_path: Path, arr: np.ndarray, match: str) -> None:
         me.read_image(tmp_path / "bad.npy")
 
 
-@pytest.mark.parametrize("axes, marker", [
+@pytest.mark.parametrize("axes, top_left, top_right, shape", [
     # Voxel axes run towards R, A, S (RAS; axial slices): the right anterior corner is the last
     # voxel along both in-plane axes.
-    (np.eye(3), (-1, -1)),
+    (np.eye(3), (-1, -1), (0, -1), (24, 20)),
     # L, P, S (how DICOM orders them; axial): the right anterior corner is the first voxel.
-    (np.diag([-1.0, -1.0, 1.0]), (0, 0)),
+    (np.diag([-1.0, -1.0, 1.0]), (0, 0), (-1, 0), (24, 20)),
     # A, S, R (sagittal slices): the anterior superior corner is the last voxel of both.
-    (np.array([[0.0, 0, 1], [1, 0, 0], [0, 1, 0]]), (-1, -1)),
+    (np.array([[0.0, 0, 1], [1, 0, 0], [0, 1, 0]]), (-1, -1), (0, -1), (24, 20)),
     # S, R, A (coronal slices, in-plane axes swapped): superior is the first voxel axis,
-    # right the second.
-    (np.array([[0.0, 1, 0], [0, 0, 1], [1, 0, 0]]), (-1, -1)),
+    # right the second, so the frames are transposed.
+    (np.array([[0.0, 1, 0], [0, 0, 1], [1, 0, 0]]), (-1, -1), (-1, 0), (20, 24)),
 ])
-def test_nifti_frames_are_turned_to_the_radiological_view(tmp_path: Path, axes: np.ndarray,
-                                                          marker: tuple[int, int]) -> None:
+def test_nifti_frames_are_turned_to_the_radiological_view(
+        tmp_path: Path, axes: np.ndarray, top_left: tuple[int, int], top_right: tuple[int, int],
+        shape: tuple[int, int]) -> None:
     """Axial and coronal: the patient's right on the left, anterior (axial) or superior
-    (coronal) up; sagittal: anterior on the left, superior up. So the marker at the right
-    (or anterior) and anterior (or superior) corner shows at the top left, however the voxels
-    were stored."""
+    (coronal) up; sagittal: anterior on the left, superior up. So a mark at the right (or
+    anterior) and anterior (or superior) corner shows at the top left, and one at the left (or
+    posterior) and anterior (or superior) corner at the top right, however the voxels were
+    stored."""
     volume = np.zeros((20, 24, 5))
-    volume[marker[0], marker[1], :] = 1000
+    volume[top_left[0], top_left[1], :] = 1000
+    volume[top_right[0], top_right[1], :] = 500
     affine = np.eye(4)
     affine[:3, :3] = axes
     nib.save(nib.Nifti1Image(volume.astype(np.int16), affine), tmp_path / "v.nii.gz")
     frames = display_frames(me.read_image(tmp_path / "v.nii.gz"))
-    assert frames.shape[0] == 5
+    assert frames.shape == (5, *shape)
     for frame in frames:
-        assert frame[0, 0] == 1.0 and frame.sum() == 1.0
+        assert frame[0, 0] == 1.0 and frame[0, -1] == 0.5 and frame.sum() == 1.5
 
 
 def test_raster_frames_are_kept_as_stored(samples: Path) -> None:

@@ -501,6 +501,9 @@ def test_a_prepared_dataset_trains_and_evaluates_by_its_own_split(folders: Path,
     assert summary["n_normal"] + summary["n_abnormal"] == count["test"]
     scored = {Path(r["path"]).name for r in csv.DictReader(open(tmp_path / "eval" / "scores.csv"))}
     assert scored == {Path(r["path"]).name for r in rows if r["split"] == "test"}
+    folder = runner.invoke(app, ["evaluate-triage", str(folders / "test"), "-m", "tiny-supervised",
+                                 "--split", "val", "-o", str(tmp_path / "eval2")])
+    assert folder.exit_code == 1 and "--split is for datasets made by" in folder.output
 
     # Images prepared from a folder without label sub-folders have no label to learn from.
     flat = tmp_path / "flat"

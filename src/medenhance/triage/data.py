@@ -172,8 +172,8 @@ def labelled_files(source: str | Path, splits: Sequence[str] | None = None
 
     rows = read_manifest(manifest)
     if rows and "label" not in rows[0]:
-        raise DatasetError(f"{manifest}: no 'label' column (a manifest of `medenhance prepare` "
-                           "has one)")
+        raise DatasetError(f"{manifest}: no 'label' column; taken for the manifest of a dataset "
+                           "made by `medenhance prepare`, which has one")
     unlabelled = sum(1 for r in rows if not r["label"])
     if unlabelled:
         raise DatasetError(f"{manifest}: {unlabelled} of {len(rows)} rows have no label (prepare "

@@ -24,18 +24,26 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
                            normal_labels: Sequence[str] | None = None,
                            minutes_per_study: float = 5.0, n_bootstrap: int = 1000,
                            shifts: bool = False, progress: Callable | None = None,
-                           shift_progress: Callable | None = None, split: str = "test"
+                           shift_progress: Callable | None = None, split: str | None = None
                            ) -> dict[str, Any]:
     """Evaluate ``model`` on ``folder`` (label sub-folders, or a prepared dataset: its ``split``
-    rows); ``shifts``: also the AUROC under simulated acquisition changes (:mod:`.robustness`),
+    rows, by default ``test``); ``shifts``: also the AUROC under simulated acquisition changes (:mod:`.robustness`),
     written to ``robustness.png`` and the summary."""
     base, out = Path(folder), Path(output)
     scorer = TriageScorer(model)
     normal = {n.lower() for n in (normal_labels or scorer.info["normal_labels"])}
-    entries = labelled_files(base, splits=[split] if manifest_of(base) else None)
+    prepared = manifest_of(base) is not None
+    if split is not None and not prepared:
+        raise DatasetError(f"{base}: --split is for datasets made by `medenhance prepare`; this "
+                           "is a folder of label sub-folders, all of which are evaluated")
+    split = (split or "test") if prepared else None
+    entries = labelled_files(base, splits=[split] if split else None)
     label_of = {str(e.path): e.label for e in entries}
     failures: list[str] = []
     results = scorer.score_files([e.path for e in entries], failures, progress=progress)
+    if not results:
+        raise DatasetError(f"{base}: none of its {len(entries)} images could be read, e.g. "
+                           f"{failures[0]}")
     labels = np.array([0 if label_of[r.path].lower() in normal else 1 for r in results])
     if len(set(labels.tolist())) < 2:
         raise DatasetError(f"{base}: need both normal ({sorted(normal)}) and abnormal images")
@@ -51,7 +59,7 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
     stats = {"auroc": auroc, "auprc": auprc, "sensitivity": sens, "specificity": spec,
              "accuracy": lambda y, s: _accuracy(y, s, t)}
     result: dict[str, Any] = {"model": scorer.model.card.name, "folder": str(base),
-                              "split": split if manifest_of(base) else None,
+                              "split": split,
                               "threshold": t, "n_normal": int((labels == 0).sum()),
                               "n_abnormal": int(labels.sum()),
                               "ood": int(sum(r.ood for r in results)), "note": NOTE,

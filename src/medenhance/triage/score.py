@@ -27,7 +27,7 @@ NOTE = "research use only, not for diagnosis"
 @dataclass
 class TriageResult:
     """One study of the worklist. ``path`` and ``frame``: where its most abnormal frame is;
-    ``distance``: the median feature distance of its frames (:mod:`.study`)."""
+    ``distance``: the median feature distance of the frames that counted (:mod:`.study`)."""
     path: str
     score: float
     flag: int
