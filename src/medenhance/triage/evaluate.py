@@ -27,8 +27,8 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
                            shift_progress: Callable | None = None, split: str | None = None
                            ) -> dict[str, Any]:
     """Evaluate ``model`` on ``folder`` (label sub-folders, or a prepared dataset: its ``split``
-    rows, by default ``test``); ``shifts``: also the AUROC under simulated acquisition changes (:mod:`.robustness`),
-    written to ``robustness.png`` and the summary."""
+    rows, by default ``test``); ``shifts``: also the AUROC under simulated acquisition changes
+    (:mod:`.robustness`), written to ``robustness.png`` and the summary."""
     base, out = Path(folder), Path(output)
     scorer = TriageScorer(model)
     normal = {n.lower() for n in (normal_labels or scorer.info["normal_labels"])}
