@@ -32,7 +32,9 @@ demo: $(STAMP)
 		-m nlm -m mri-denoise -o $(DEMO)/mri/eval
 	$(BIN)/medenhance report $(DEMO)/xray/eval -o $(DEMO)/xray/report
 	$(BIN)/medenhance report $(DEMO)/mri/eval -o $(DEMO)/mri/report
-	@echo "demo outputs in $(DEMO)/: enhanced images in */enhanced, reports in */report/report.html (research use only, not for diagnosis)"
+	$(BIN)/medenhance triage samples -m xray-pneumonia -o $(DEMO)/triage/worklist.csv \
+		--heatmaps $(DEMO)/triage/heatmaps
+	@echo "demo outputs in $(DEMO)/: enhanced images in */enhanced, reports in */report/report.html, a triage worklist in triage/ (research use only, not for diagnosis)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -711,8 +711,9 @@ def triage(
                                      progress=lambda f: track(f, "heatmaps"))
         except MedEnhanceError as exc:
             raise fail(str(exc)) from None
-        console.print(f"{len(written)} heatmap(s) of flagged studies in {heatmaps}/ (left: what "
-                      "the model saw; right: where it looked most abnormal, scaled per image)")
+        console.print(f"{len(written)} heatmap(s) of flagged studies in {heatmaps}/, to look "
+                      f"through in {heatmaps / 'index.html'} (left: what the model saw; right: "
+                      "where it looked most abnormal, scaled per image)")
     if ood:
         err_console.print(f"[yellow]warning:[/yellow] {_count(ood, 'study does', 'studies do')} "
                           f"not look like the {scorer.model.card.modality} images the model was "

@@ -413,6 +413,10 @@ def test_patch_nn_model_refits_an_existing_network(folders: Path, tmp_path: Path
         flagged = [row for row in csv.DictReader(fh) if row["flag"] == "1"]
     pngs = sorted(heat.glob("*.png"))
     assert len(pngs) == len(flagged) > 0
+    page = (heat / "index.html").read_text()
+    assert [page.index(f'src="{png.name}"') for png in pngs] == sorted(
+        page.index(f'src="{png.name}"') for png in pngs)          # in worklist order
+    assert page.count("<figure>") == len(pngs) and "research use only" in page
     first = flagged[0]
     assert pngs[0].name == f"{int(first['rank']):04d}_{Path(first['path']).stem}.png"
     picture = np.asarray(Image.open(pngs[0]))

@@ -4,10 +4,12 @@ Each picture is the frame the network saw (after its own cropping or equalisatio
 same frame with the model's evidence map (:meth:`.score.TriageScorer.evidence_maps`) laid over it
 in colour. The colour scale is per image, from the map's median (transparent) to its maximum:
 it shows where the model looked most abnormal, not how abnormal; the score says that.
+``index.html`` shows them all, in worklist order, in a browser.
 """
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from PIL import Image
 from ..io import read_image
 from ..io._files import atomic_write
 from .data import model_inputs, triage_frames
-from .score import TriageResult, TriageScorer
+from .score import NOTE, TriageResult, TriageScorer
 
 
 def overlay(frame: np.ndarray, evidence: np.ndarray) -> np.ndarray:
@@ -50,4 +52,30 @@ def write_heatmaps(scorer: TriageScorer, ranked: Sequence[tuple[int, TriageResul
         atomic_write(target, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"),
                      overwrite=True)
         written.append(target)
+    write_index(folder, [(rank, result, target) for (rank, result), target
+                         in zip(items, written, strict=True)], scorer.model.card.name)
     return written
+
+
+def write_index(folder: Path, rows: Sequence[tuple[int, TriageResult, Path]], model: str) -> Path:
+    """``folder/index.html``: the flagged studies in worklist order, each with its picture, to
+    look through in a browser."""
+    cells = []
+    for rank, result, picture in rows:
+        where = f", frame {result.frame}" if result.frames > 1 or result.frame else ""
+        files = f", {result.files} files" if result.files > 1 else ""
+        ood = "; <b>out of distribution</b>: read as flagged" if result.ood else ""
+        cells.append(
+            f"<figure><img src=\"{html.escape(picture.name)}\" alt=\"rank {rank}\">"
+            f"<figcaption>#{rank} score {result.score:.3f}{ood}<br>"
+            f"<code>{html.escape(result.path)}</code>{where}{files}</figcaption></figure>")
+    page = (f"<!doctype html><meta charset=\"utf-8\"><title>Flagged studies: {html.escape(model)}"
+            "</title><style>body{font-family:sans-serif;margin:1em}figure{display:inline-block;"
+            "margin:.5em;vertical-align:top;max-width:45%}img{width:100%;image-rendering:"
+            "pixelated}figcaption{font-size:.85em}</style>"
+            f"<h1>Flagged studies, most likely abnormal first ({html.escape(model)})</h1>"
+            f"<p><i>{NOTE}.</i> Left: the frame the model saw; right: where it looked most "
+            "abnormal (scaled per image: where, not how much).</p>" + "".join(cells))
+    target = folder / "index.html"
+    atomic_write(target, lambda tmp: tmp.write_text(page), overwrite=True)
+    return target
