@@ -30,7 +30,7 @@ from .errors import MedEnhanceError
 app = typer.Typer(
     name="medenhance", no_args_is_help=True, add_completion=False,
     rich_markup_mode="markdown",
-    help="Denoise, super-resolve and triage medical images (DICOM, PNG/TIFF, NIfTI, .npy).\n\n"
+    help="Denoise and triage medical images (DICOM, PNG/TIFF, NIfTI, .npy).\n\n"
          "**Research use only: not for diagnosis.**",
 )
 # Tables stay readable when piped to a file or a log (Rich assumes 80 columns there).
@@ -604,13 +604,19 @@ def train_triage_cmd(
     config: Annotated[Path, typer.Option("--config", "-c", help="Triage config (YAML).")],
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a config value, e.g. `--set epochs=3` (repeatable).")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace a model already trained into the run folder or registered by name.")
+                         ] = False,
 ) -> None:
     """Train a triage model (supervised or one-class) from a folder of label sub-folders, or from
     a dataset made by `medenhance prepare` (config `data:` its folder or manifest.csv; its train
     and val splits are used as they are, the test split is left for evaluate-triage).
 
     One-class models train on the normal images only; the labelled validation split (by patient)
-    calibrates the score and picks the threshold for the target sensitivity.
+    calibrates the score and picks the threshold for the target sensitivity. The model is saved
+    in the config's `output_dir` and registered under its `name` in $MEDENHANCE_MODELS (default
+    ~/.medenhance/models; `register: false` skips it), so `-m NAME` finds it; a bundled model of
+    the same name comes first.
 
     Example: `medenhance train-triage -c configs/xray-pneumonia.yaml`
 
@@ -623,7 +629,7 @@ def train_triage_cmd(
         cfg = load_triage_config(config, set_ or [])
         console.print(f"training {cfg.kind} triage model {cfg.name!r} -> {cfg.run_dir}/")
         train_triage(cfg, log=lambda line: console.print(line, highlight=False),
-                     progress=lambda files: track(files, "reading images"))
+                     progress=lambda files: track(files, "reading images"), overwrite=overwrite)
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
 
@@ -666,8 +672,12 @@ def triage(
 
     failures: list[str] = []
     try:
+        if output.is_dir():
+            raise MedEnhanceError(f"{output}: is a folder; -o takes the worklist's file name")
         if output.exists() and not overwrite:
             raise MedEnhanceError(f"{output}: file exists (pass --overwrite to replace it)")
+        if heatmaps is not None and heatmaps.exists() and not heatmaps.is_dir():
+            raise MedEnhanceError(f"{heatmaps}: is a file; --heatmaps takes a folder")
         if heatmaps is not None and any(heatmaps.glob("*.png")) and not overwrite:
             raise MedEnhanceError(f"{heatmaps}: already holds PNG files (pass --overwrite to "
                                   "replace them)")
@@ -677,6 +687,13 @@ def triage(
                                   "pooled features of the whole image and has no map of where "
                                   "its score comes from (use a patch-nn or supervised model)")
         files = find_images(inputs, errors=failures)
+        resolved = {f.resolve() for f in files}
+        if output.resolve() in resolved:
+            raise MedEnhanceError(f"{output}: is one of the input images; write the worklist "
+                                  "elsewhere")
+        if heatmaps is not None and any(f.is_relative_to(heatmaps.resolve()) for f in resolved):
+            raise MedEnhanceError(f"{heatmaps}: holds input images; write the heatmaps to "
+                                  "another folder")
         results = worklist(scorer.score_files(files, failures, by_study=not by_file,
                                               progress=lambda f: track(f, "scoring")))
     except MedEnhanceError as exc:
@@ -684,7 +701,7 @@ def triage(
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as fh:
-            w = _csv.writer(fh)
+            w = _csv.writer(fh, lineterminator="\n")
             w.writerow(["rank", "path", "frame", "score", "flag", "ood", "frames", "files",
                         "study", "note"])
             for i, r in enumerate(results, 1):
@@ -698,10 +715,10 @@ def triage(
     flagged, ood = sum(r.flag for r in results), sum(r.ood for r in results)
     n_files = sum(r.files for r in results)
     grouped = f" ({n_files} files)" if n_files != len(results) else ""
+    written = f"worklist {output}" if results else "no worklist written"
     console.print(f"{_count(len(results), 'study', 'studies')}{grouped} scored with "
                   f"{scorer.model.card.name}: {flagged} flagged (threshold "
-                  f"{scorer.threshold:.3f}), {ood} out of distribution; worklist {output} "
-                  f"({NOTE})")
+                  f"{scorer.threshold:.3f}), {ood} out of distribution; {written} ({NOTE})")
     if heatmaps is not None:
         from .triage.heatmap import write_heatmaps
 
@@ -739,6 +756,8 @@ def evaluate_triage(
         help="Label folder(s) that are normal (default: the model card's).")] = None,
     split: Annotated[str | None, typer.Option(
         help="Of a dataset made by `prepare`, the split to evaluate [default: test].")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier evaluation in --output.")
+                         ] = False,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for CSV and ROC PNG.")
                       ] = Path("triage-eval"),
     minutes: Annotated[float, typer.Option(help="Reading time per study for the worklist "
@@ -769,7 +788,7 @@ def evaluate_triage(
                                         minutes_per_study=minutes, n_bootstrap=bootstrap,
                                         shifts=shifts, progress=lambda f: track(f, "scoring"),
                                         shift_progress=lambda f: track(f, "acquisition changes"),
-                                        split=split)
+                                        split=split, overwrite=overwrite)
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
     part = f", its {result['split']} split" if result["split"] else ""

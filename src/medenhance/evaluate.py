@@ -154,7 +154,7 @@ def write_csv(rows: Sequence[dict[str, object]], path: str | Path) -> Path:
         p.write_text("")
         return p
     with open(p, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     return p

@@ -78,3 +78,17 @@ def test_nt_xent_matches_its_definition() -> None:
     # Identical pairs far from every other row: the loss is near 0.
     basis = torch.eye(3) * 10
     assert float(nt_xent(torch.cat([basis, basis]), temperature=0.05)) < 1e-6
+
+
+def test_temperature_of_uninformative_logits_is_at_the_limit_training_warns_about() -> None:
+    """Logits unrelated to the labels are best calibrated by flattening them completely: the
+    search ends at its upper bound, where `train-triage` warns that the classifier barely
+    separates the classes."""
+    from medenhance.triage.metrics import LOG_TEMPERATURE_BOUNDS, fit_temperature
+
+    rng = np.random.default_rng(0)
+    labels = np.tile([0, 1], 50)
+    logits = np.where(rng.random(100) < 0.5, 3.0, -3.0)
+    assert np.log(fit_temperature(logits, labels)) > LOG_TEMPERATURE_BOUNDS[1] - 0.01
+    informative = np.where(labels == 1, 2.0, -2.0) + rng.normal(0, 1, 100)
+    assert abs(np.log(fit_temperature(informative, labels))) < 2

@@ -144,3 +144,50 @@ def test_triage_cli_groups_a_study_unless_told_otherwise(tmp_path: Path) -> None
     assert sorted(r["path"] for r in rows) == files and {r["study"] for r in rows} == {study}
     # The study's score is that of its highest-scored file.
     assert float(row["score"]) == max(float(r["score"]) for r in rows)
+
+
+def test_triage_cli_guards_its_inputs_and_outputs(tmp_path: Path) -> None:
+    import csv
+
+    from typer.testing import CliRunner
+
+    from medenhance.cli import app
+
+    body = 0.2 + 0.6 * (np.hypot(*np.mgrid[-32:32, -32:32]) < 28)
+    images = tmp_path / "in"
+    images.mkdir()
+    files = [_dicom(images / f"s{i}.dcm", np.roll(body, 3 * i, axis=0), generate_uid())
+             for i in range(3)]
+    runner = CliRunner()
+
+    def triage(*args: object):
+        return runner.invoke(app, ["triage", "-m", "mri-triage", *map(str, args)])
+
+    # The worklist never replaces an input, even with --overwrite; -o takes a file name.
+    before = files[0].read_bytes()
+    out = triage(images, "-o", files[0], "--overwrite")
+    assert out.exit_code == 1 and "is one of the input images" in out.output
+    assert files[0].read_bytes() == before
+    out = triage(images, "-o", images)
+    assert out.exit_code == 1 and "is a folder" in out.output
+    # Heatmaps never go among the inputs, and a rerun leaves only its own pictures.
+    out = triage(images, "-o", tmp_path / "w.csv", "--heatmaps", images, "--overwrite")
+    assert out.exit_code == 1 and "holds input images" in out.output
+    heat = tmp_path / "heat"
+    heat.mkdir()
+    (heat / "0099_old_study.png").write_bytes(b"stale")
+    out = triage(images, images / "s1.dcm", "-o", tmp_path / "w.csv", "--heatmaps", heat,
+                 "--overwrite")
+    assert out.exit_code == 0, out.output
+    rows = list(csv.DictReader(open(tmp_path / "w.csv", newline="")))
+    assert len(rows) == 3 and {r["frames"] for r in rows} == {"1"}   # s1 given twice: once
+    assert "\r" not in (tmp_path / "w.csv").read_text()
+    pngs = sorted(p.name for p in heat.glob("*.png"))
+    assert "0099_old_study.png" not in pngs
+    assert len(pngs) == sum(r["flag"] == "1" for r in rows)
+    # Nothing readable: no worklist, and the summary says so.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = triage(empty, "-o", tmp_path / "none.csv")
+    assert out.exit_code == 1 and "no worklist written" in out.output
+    assert not (tmp_path / "none.csv").exists()

@@ -267,7 +267,7 @@ def test_supervised_model_can_start_from_a_oneclass_network(folders: Path, tmp_p
     assert card.training_data["init_from"]["sha256"] == info["sha256"]
     typo = runner.invoke(app, ["train-triage", "-c", str(_config(folders, "supervised",
                                                                      tmp_path)),
-                               "--set", "init_from=tiny-onecalss"])
+                               "--set", "init_from=tiny-onecalss", "--overwrite"])
     assert typo.exit_code == 1 and "unknown model 'tiny-onecalss'" in typo.output
     assert "Traceback" not in typo.output
 
@@ -492,6 +492,15 @@ def test_a_prepared_dataset_trains_and_evaluates_by_its_own_split(folders: Path,
                                  "--set", f"data={prepared / 'manifest.csv'}"])
     assert result.exit_code == 0, result.output
     assert "train/val split of the manifest" in result.output
+    # A trained model is not replaced unless asked, in its run folder or under its name.
+    again = runner.invoke(app, ["train-triage", "-c", str(_config(folders, "supervised",
+                                                                  tmp_path))])
+    assert again.exit_code == 1 and "already holds a trained model" in again.output
+    moved = runner.invoke(app, ["train-triage", "-c", str(_config(folders, "supervised",
+                                                                  tmp_path)),
+                                "--set", f"output_dir={tmp_path / 'elsewhere'}"])
+    assert moved.exit_code == 1 and "a model named 'tiny-supervised' is already" in moved.output
+    assert not (tmp_path / "elsewhere" / "best.safetensors").exists()
     scorer = TriageScorer("tiny-supervised")
     assert scorer.model.card.training_data["images"] == {"train": count["train"],
                                                          "val": count["val"]}
@@ -508,6 +517,13 @@ def test_a_prepared_dataset_trains_and_evaluates_by_its_own_split(folders: Path,
     folder = runner.invoke(app, ["evaluate-triage", str(folders / "test"), "-m", "tiny-supervised",
                                  "--split", "val", "-o", str(tmp_path / "eval2")])
     assert folder.exit_code == 1 and "--split is for datasets made by" in folder.output
+    rerun = ["evaluate-triage", str(prepared), "-m", "tiny-supervised", "-o",
+             str(tmp_path / "eval")]
+    assert "already holds an evaluation" in runner.invoke(app, rerun).output
+    assert runner.invoke(app, rerun + ["--overwrite"]).exit_code == 0
+    unknown = runner.invoke(app, rerun + ["--overwrite", "--normal", "healthy"])
+    assert unknown.exit_code == 1 and "['NORMAL', 'PNEUMONIA']" in unknown.output
+    assert "--normal names other normal labels" in unknown.output
 
     # Images prepared from a folder without label sub-folders have no label to learn from.
     flat = tmp_path / "flat"
@@ -517,6 +533,6 @@ def test_a_prepared_dataset_trains_and_evaluates_by_its_own_split(folders: Path,
     assert runner.invoke(app, ["prepare", str(flat), "-o", str(tmp_path / "flat-prep")]
                          ).exit_code == 0
     bad = runner.invoke(app, ["train-triage", "-c", str(_config(folders, "supervised", tmp_path)),
-                              "--set", f"data={tmp_path / 'flat-prep'}"])
+                              "--set", f"data={tmp_path / 'flat-prep'}", "--overwrite"])
     assert bad.exit_code == 1 and "6 of 6 rows have no label" in bad.output
     assert "Traceback" not in bad.output

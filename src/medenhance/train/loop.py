@@ -103,7 +103,7 @@ def plot_history(history: list[dict[str, float]], path: Path, title: str) -> Non
 def _write_log(history: list[dict[str, float]], path: Path) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS)
+            writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS, lineterminator="\n")
             writer.writeheader()
             for row in history:
                 writer.writerow({k: (round(v, 6) if isinstance(v, float) else v)

@@ -159,6 +159,8 @@ def labelled_files(source: str | Path, splits: Sequence[str] | None = None
     base = Path(source)
     manifest = manifest_of(base)
     if manifest is None:
+        if not base.exists():
+            raise DatasetError(f"{base}: no such folder or file")
         if not base.is_dir():
             raise DatasetError(f"{base}: not a folder of label sub-folders nor a prepared "
                                "dataset (manifest.csv)")
@@ -182,7 +184,9 @@ def labelled_files(source: str | Path, splits: Sequence[str] | None = None
                           r.get("split") or None)
              for r in rows if splits is None or r.get("split") in splits]
     if not files:
-        raise DatasetError(f"{manifest}: no rows in the {'/'.join(splits or [])} split")
+        have = sorted({r.get("split") or "" for r in rows})
+        raise DatasetError(f"{manifest}: no rows in the {'/'.join(splits or [])} split (it has "
+                           f"{have})")
     return files
 
 

@@ -24,12 +24,19 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
                            normal_labels: Sequence[str] | None = None,
                            minutes_per_study: float = 5.0, n_bootstrap: int = 1000,
                            shifts: bool = False, progress: Callable | None = None,
-                           shift_progress: Callable | None = None, split: str | None = None
-                           ) -> dict[str, Any]:
+                           shift_progress: Callable | None = None, split: str | None = None,
+                           overwrite: bool = False) -> dict[str, Any]:
     """Evaluate ``model`` on ``folder`` (label sub-folders, or a prepared dataset: its ``split``
     rows, by default ``test``); ``shifts``: also the AUROC under simulated acquisition changes
-    (:mod:`.robustness`), written to ``robustness.png`` and the summary."""
+    (:mod:`.robustness`), written to ``robustness.png`` and the summary. An earlier evaluation in
+    ``output`` is kept (:class:`DatasetError`) unless ``overwrite``."""
     base, out = Path(folder), Path(output)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out}: is a file; the evaluation's output is a folder")
+    if (out / "summary.json").exists() and not overwrite:
+        raise DatasetError(f"{out}: already holds an evaluation (pass --overwrite to replace it)")
+    if not base.exists():
+        raise DatasetError(f"{base}: no such folder or file")
     scorer = TriageScorer(model)
     normal = {n.lower() for n in (normal_labels or scorer.info["normal_labels"])}
     prepared = manifest_of(base) is not None
@@ -46,7 +53,10 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
                            f"{failures[0]}")
     labels = np.array([0 if label_of[r.path].lower() in normal else 1 for r in results])
     if len(set(labels.tolist())) < 2:
-        raise DatasetError(f"{base}: need both normal ({sorted(normal)}) and abnormal images")
+        found = sorted({label_of[r.path] for r in results})
+        raise DatasetError(f"{base}: need normal and abnormal images; the labels are {found}, "
+                           f"of which {'all' if labels.all() else 'none'} are abnormal (normal: "
+                           f"{sorted(normal)}; --normal names other normal labels)")
     scores = np.array([r.score for r in results])
     t = scorer.threshold
 
@@ -77,7 +87,7 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
                                                 progress=shift_progress)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "scores.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
+        w = csv.writer(fh, lineterminator="\n")
         w.writerow(["path", "label", "score", "flag", "ood", "distance"])
         for r, y in zip(results, labels, strict=True):
             w.writerow([r.path, int(y), f"{r.score:.6f}", r.flag, r.ood, f"{r.distance:.3f}"])

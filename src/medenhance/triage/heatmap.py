@@ -39,9 +39,12 @@ def write_heatmaps(scorer: TriageScorer, ranked: Sequence[tuple[int, TriageResul
                    folder: Path, progress: Callable[[list], Iterable] | None = None
                    ) -> list[Path]:
     """One PNG per ``(rank, result)`` in ``folder``, named ``RANK_STEM.png``, of the study's
-    most abnormal frame."""
+    most abnormal frame; an earlier run's ``RANK_STEM.png`` files there are removed first, so
+    that the folder shows this worklist only (the caller decides whether it may)."""
     size = int(scorer.info["size"])
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("[0-9][0-9][0-9][0-9]_*.png"):   # an earlier run's pictures
+        stale.unlink()
     written = []
     items = list(ranked)
     for rank, result in (progress(items) if progress else items):

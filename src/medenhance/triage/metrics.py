@@ -95,6 +95,10 @@ def bootstrap_ci(labels: np.ndarray, scores: np.ndarray,
     return float(lo), float(hi)
 
 
+#: The natural logarithms of the temperatures :func:`fit_temperature` searches between.
+LOG_TEMPERATURE_BOUNDS = (-5.0, 5.0)
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """Temperature ``T`` minimising the log loss of ``sigmoid(logit / T)`` (Guo et al. 2017)."""
     z, y = np.asarray(logits, dtype=np.float64), np.asarray(labels, dtype=np.float64)
@@ -104,7 +108,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         p = np.clip(p, 1e-12, 1 - 1e-12)
         return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
-    return float(np.exp(minimize_scalar(nll, bounds=(-5, 5), method="bounded").x))
+    return float(np.exp(minimize_scalar(nll, bounds=LOG_TEMPERATURE_BOUNDS, method="bounded").x))
 
 
 @dataclass

@@ -119,7 +119,11 @@ class TriageScorer:
                 studies[key].append(FrameScore(path, k, float(s), float(d), thumbnail(frame)))
             pending.clear()
 
+        seen: set[Path] = set()
         for path in (progress(paths) if progress else paths):
+            if Path(path).resolve() in seen:       # given twice (a folder and its sub-folder)
+                continue
+            seen.add(Path(path).resolve())
             try:
                 image = read_image(path)
                 index, frames = triage_frames(image, size)

@@ -47,7 +47,8 @@ import yaml
 from scipy.optimize import minimize
 
 from ..errors import ConfigError
-from ..models.card import ModelCard, load_model, resolve_model, save_checkpoint, user_dir
+from ..models.card import (ModelCard, bundled_dir, load_model, resolve_model, save_checkpoint,
+                          user_dir)
 from ..models.classifier import all_views, transform8
 from ..models.registry import create_model
 from ..train.config import _build
@@ -55,7 +56,8 @@ from ..train.loop import pick_device
 from .data import VAL_SPLITS, load_labelled, model_inputs, train_val_split
 from .patch_memory import candidate_patches, greedy_coreset
 from .synthetic import add_anomalies
-from .metrics import (auprc, auroc, fit_temperature, sens_spec, threshold_for_sensitivity)
+from .metrics import (LOG_TEMPERATURE_BOUNDS, auprc, auroc, fit_temperature, sens_spec,
+                      threshold_for_sensitivity)
 
 KINDS = ("supervised", "oneclass")
 AUGMENTS = ("standard", "strong")
@@ -371,10 +373,27 @@ def fit_platt(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 
 
 def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
-                 progress: Callable[[list[Path]], Any] | None = None) -> tuple[Path, dict]:
-    """Train, calibrate and save; returns the checkpoint path and the validation metrics."""
+                 progress: Callable[[list[Path]], Any] | None = None,
+                 overwrite: bool = False) -> tuple[Path, dict]:
+    """Train, calibrate and save; returns the checkpoint path and the validation metrics.
+
+    A trained model already in the run folder, or registered under the same name, is kept
+    (:class:`ConfigError` before any work) unless ``overwrite``."""
     config.validate()
     run = config.run_dir
+    registered = user_dir() / f"{config.name}.safetensors"
+    if not overwrite:
+        if (run / "best.safetensors").exists():
+            raise ConfigError(f"{run}: already holds a trained model (pass --overwrite to "
+                              "replace it, or --set output_dir=...)")
+        if config.register and registered.exists():
+            raise ConfigError(f"a model named {config.name!r} is already registered "
+                              f"({registered}); choose another name (--set name=...) or pass "
+                              "--overwrite to replace it")
+    if config.register and (bundled_dir() / f"{config.name}.safetensors").exists():
+        log(f"note: a bundled model is also called {config.name!r} and is the one that name "
+            f"finds; use this one by its path ({run / 'best.safetensors'}) or train it under "
+            "another name (--set name=...)")
     run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     if config.threads:
@@ -531,6 +550,11 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
     if config.kind == "supervised":
         logits = batched(model, val.images, device)
         temperature = fit_temperature(logits, val.labels)
+        low, high = LOG_TEMPERATURE_BOUNDS
+        if not low + 0.01 < np.log(temperature) < high - 0.01:
+            log(f"warning: the calibration temperature hit its limit ({temperature:.3g}): the "
+                "classifier barely separates the validation classes, so its scores are all "
+                "close to one value; train longer or on more data")
         triage["temperature"] = temperature
         prob = expit(logits / temperature)
     else:
@@ -577,7 +601,7 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
             f"{robust['robust_auroc']:.4f}, lowest {worst[0]:.4f} ({worst[1]})")
     path = save_checkpoint(model, card, run / "best.safetensors")
     if config.register:
-        save_checkpoint(model, card, user_dir() / f"{config.name}.safetensors")
+        save_checkpoint(model, card, registered)
     log(f"validation: AUROC {metrics['val_auroc']:.4f}, sensitivity {sens:.3f}, specificity "
         f"{spec:.3f} at threshold {threshold:.4f}; saved {path}")
     return path, metrics
