@@ -192,7 +192,7 @@ def degrade(
         help="Replay one recorded degradation (.json from records/) on every input.")] = None,
     seed: Annotated[int, typer.Option(min=0, help="Seed; the same seed gives the same bytes.")
                     ] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
     list_presets: Annotated[bool, typer.Option("--list-presets",
                                                help="List the presets and exit.")] = False,
 ) -> None:
@@ -276,7 +276,7 @@ def evaluate(
     Path("evaluation"),
     metric: Annotated[list[str] | None, typer.Option(
         help="Metrics to compute (default psnr, ssim, ms_ssim, rmse, mae).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace earlier method outputs.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace earlier method outputs.")] = False,
 ) -> None:
     """Compare images with references, paired by file name; optionally run methods first.
 
@@ -379,7 +379,7 @@ def prepare(
     background_level: Annotated[float, typer.Option(
         help="Pixels at or below this ([0, 1] scale) count as background.")] = 0.04,
     rotate_portrait: Annotated[bool, typer.Option(
-        help="Rotate landscape images to portrait.")] = False,
+        "--rotate-portrait", help="Rotate landscape images to portrait.")] = False,
     split: Annotated[str, typer.Option(help="train,val,test fractions.")] = "0.8,0.1,0.1",
     seed: Annotated[int, typer.Option(min=0, help="Seed of the patient split.")] = 0,
     patient_regex: Annotated[str | None, typer.Option(
@@ -392,7 +392,7 @@ def prepare(
     "Patient ID",
     image_format: Annotated[str, typer.Option("--format", help="'npy' (float32) or 'png' "
                                                                "(16-bit).")] = "npy",
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset.")] = False,
 ) -> None:
     """Prepare a dataset: filter, rotate, resize, and split train/val/test by patient.
 
@@ -444,7 +444,7 @@ def enhance(
     tile: Annotated[int, typer.Option(help="Tile side in pixels; 0 processes whole images.")] = 512,
     overlap: Annotated[int, typer.Option(help="Pixels shared by neighbouring tiles.")] = 64,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
-    overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
 ) -> None:
     """Denoise images with a trained model; each output has the input's format and units.
 
@@ -554,7 +554,7 @@ def train(
     config: Annotated[Path, typer.Option("--config", "-c", help="Training config (YAML).")],
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a config value, e.g. `--set optim.lr=1e-3` (repeatable).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in the config's output_dir.")]
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in the config's output_dir.")]
     = False,
 ) -> None:
     """Train a model from a YAML config (see `configs/` for the bundled models' configs).
@@ -605,6 +605,7 @@ def train_triage_cmd(
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a config value, e.g. `--set epochs=3` (repeatable).")] = None,
     overwrite: Annotated[bool, typer.Option(
+        "--overwrite",
         help="Replace a model already trained into the run folder or registered by name.")
                          ] = False,
 ) -> None:
@@ -641,7 +642,7 @@ def triage(
                      ] = "xray-pneumonia",
     output: Annotated[Path, typer.Option("--output", "-o", help="Worklist CSV to write.")] = Path(
         "worklist.csv"),
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing worklist (and heatmaps).")
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing worklist (and heatmaps).")
                          ] = False,
     heatmaps: Annotated[Path | None, typer.Option(
         help="Also write, for every flagged study, a PNG of where its score comes from (models "
@@ -756,7 +757,7 @@ def evaluate_triage(
         help="Label folder(s) that are normal (default: the model card's).")] = None,
     split: Annotated[str | None, typer.Option(
         help="Of a dataset made by `prepare`, the split to evaluate [default: test].")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an earlier evaluation in --output.")
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier evaluation in --output.")
                          ] = False,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for CSV and ROC PNG.")
                       ] = Path("triage-eval"),
