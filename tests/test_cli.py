@@ -259,3 +259,49 @@ def test_report_of_a_volume_shows_its_middle_slice_as_viewers_do(tmp_path: Path,
     assert {m for m, _, _ in panels} >= {"nlm"}
     for frame in [ref] + [p for _, p, _ in panels]:
         assert frame[-6:, -6:].mean() > 0.8 > frame[:6, :6].mean()
+
+
+def test_enhance_keeps_every_output_and_refuses_what_it_cannot_do(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray((rng.random((48, 48)) * 65535).astype(np.uint16)).save(
+            tmp_path / folder / "x.png")
+    # Two inputs of one name: the second does not replace the first's output, even with
+    # --overwrite.
+    out = run("enhance", tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", "-o",
+              tmp_path / "out", "--overwrite")
+    assert out.exit_code == 1 and "already written in this run" in out.output
+    assert "enhanced 1 image(s)" in out.output
+    # The output folder is the input folder: an error, not "enhanced 0 image(s)".
+    same = run("enhance", tmp_path / "a", "-o", tmp_path / "a")
+    assert same.exit_code == 1 and "every input lies inside the output folder" in same.output
+    triage_model = run("enhance", tmp_path / "a", "-o", tmp_path / "o2", "-m", "xray-pneumonia")
+    assert triage_model.exit_code == 1 and "is a triage model" in triage_model.output
+
+
+def test_evaluate_and_report_keep_earlier_results(samples: Path, tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs"
+    assert run("degrade", samples / "mri_brain_glioma_Te-gl_0063.png", "-o", pairs, "-p",
+               "mri-rician").exit_code == 0
+    args = ("evaluate", "-r", pairs / "clean", "--test", pairs / "degraded", "-o",
+            tmp_path / "eval")
+    assert run(*args).exit_code == 0
+    before = (tmp_path / "eval" / "per_image.csv").read_text()
+    again = run(*args)
+    assert again.exit_code == 1 and "already holds an evaluation" in again.output
+    assert (tmp_path / "eval" / "per_image.csv").read_text() == before
+    assert run(*args, "--overwrite").exit_code == 0
+    assert run("report", tmp_path / "eval", "-o", tmp_path / "rep").exit_code == 0
+    rerun = run("report", tmp_path / "eval", "-o", tmp_path / "rep")
+    assert rerun.exit_code == 1 and "already holds a report" in rerun.output
+    assert run("report", tmp_path / "eval", "-o", tmp_path / "rep", "--overwrite").exit_code == 0
+
+
+def test_list_presets_needs_no_input() -> None:
+    result = run("degrade", "--list-presets")
+    assert result.exit_code == 0 and "mri-rician" in result.output
+    assert run("degrade", "-p", "mri-rician").exit_code == 2

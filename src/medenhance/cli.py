@@ -145,6 +145,12 @@ def _outside(files: list[Path], inputs: list[Path], output: Path
     """
     out_root = output.resolve()
     kept = [f for f in files if out_root not in f.resolve().parents]
+    if files and not kept:
+        raise fail(f"{output}: every input lies inside the output folder; choose another one")
+    if len(kept) < len(files):
+        err_console.print(f"[yellow]note:[/yellow] {len(files) - len(kept)} file(s) inside the "
+                          f"output folder {output} skipped (earlier outputs are not inputs)",
+                          highlight=False)
     return kept, _relative_names(inputs, kept)
 
 
@@ -158,6 +164,7 @@ def _for_each_file(files: list[Path], names: list[Path], description: str, outpu
 
     failures: list[str] = []
     done = 0
+    written: dict[Path, Path] = {}       # target -> the input it was written from in this run
     for f, name in track(list(zip(files, names, strict=True)), description):
         if full_suffix(name) == "":
             name = name.with_name(name.name + ".dcm")  # UID-named DICOM files have no suffix
@@ -166,9 +173,14 @@ def _for_each_file(files: list[Path], names: list[Path], description: str, outpu
             for target in targets:  # check all before writing any
                 if target.resolve() == f.resolve():
                     raise MedEnhanceError(f"{target}: refusing to overwrite the input file")
+                if target.resolve() in written:
+                    raise MedEnhanceError(f"{target}: already written in this run from "
+                                          f"{written[target.resolve()]} (two inputs of the same "
+                                          "name; give their folders separately)")
                 if target.exists() and not overwrite:
                     raise MedEnhanceError(f"{target}: file exists (pass --overwrite to replace it)")
             process(f, targets)
+            written.update({t.resolve(): f for t in targets})
             done += 1
         except MedEnhanceError as exc:
             message = str(exc)
@@ -181,7 +193,8 @@ def _for_each_file(files: list[Path], names: list[Path], description: str, outpu
 
 @app.command()
 def degrade(
-    inputs: Annotated[list[Path], typer.Argument(help="Clean image files or folders.")],
+    inputs: Annotated[list[Path] | None, typer.Argument(
+        help="Clean image files or folders.", show_default=False)] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path(
         "degraded"),
     preset: Annotated[str | None, typer.Option(
@@ -190,9 +203,10 @@ def degrade(
         help="JSON/YAML pipeline file instead of a preset.")] = None,
     replay: Annotated[Path | None, typer.Option(
         help="Replay one recorded degradation (.json from records/) on every input.")] = None,
-    seed: Annotated[int, typer.Option(min=0, help="Seed; the same seed gives the same bytes.")
+    seed: Annotated[int, typer.Option(min=0, help="Seed; the same seed gives the same pixels.")
                     ] = 0,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace existing output files.")] = False,
     list_presets: Annotated[bool, typer.Option("--list-presets",
                                                help="List the presets and exit.")] = False,
 ) -> None:
@@ -217,6 +231,8 @@ def degrade(
             table.add_row(name, spec["modality"], spec["description"])
         console.print(table)
         return
+    if not inputs:
+        raise fail("give the clean images to degrade (files or folders)", code=2)
     chosen = [x for x in (preset, pipeline, replay) if x is not None]
     if len(chosen) != 1:
         raise fail("give exactly one of --preset, --pipeline or --replay "
@@ -276,7 +292,9 @@ def evaluate(
     Path("evaluation"),
     metric: Annotated[list[str] | None, typer.Option(
         help="Metrics to compute (default psnr, ssim, ms_ssim, rmse, mae).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace earlier method outputs.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an earlier evaluation and method outputs in --output.")
+                         ] = False,
 ) -> None:
     """Compare images with references, paired by file name; optionally run methods first.
 
@@ -309,6 +327,9 @@ def evaluate(
     seconds: dict[tuple[str, str], float] = {}
     failures: list[str] = []
     try:
+        if (output / "evaluation.json").exists() and not overwrite:
+            raise MedEnhanceError(f"{output}: already holds an evaluation (pass --overwrite to "
+                                  "replace it, or choose another -o)")
         if not reference.is_dir():
             raise MedEnhanceError(f"{reference}: reference must be a folder")
         for folder in [*tests.values(), *([degraded] if degraded else [])]:
@@ -392,7 +413,8 @@ def prepare(
     "Patient ID",
     image_format: Annotated[str, typer.Option("--format", help="'npy' (float32) or 'png' "
                                                                "(16-bit).")] = "npy",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an existing dataset.")] = False,
 ) -> None:
     """Prepare a dataset: filter, rotate, resize, and split train/val/test by patient.
 
@@ -444,7 +466,8 @@ def enhance(
     tile: Annotated[int, typer.Option(help="Tile side in pixels; 0 processes whole images.")] = 512,
     overlap: Annotated[int, typer.Option(help="Pixels shared by neighbouring tiles.")] = 64,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace existing output files.")] = False,
 ) -> None:
     """Denoise images with a trained model; each output has the input's format and units.
 
@@ -465,10 +488,18 @@ def enhance(
         dev = str(pick_device(device)) if device == "auto" else device
         if dev not in ("cpu", "cuda"):
             raise MedEnhanceError(f"--device must be cpu, cuda or auto, got {device!r}")
+        import torch
+
+        if dev == "cuda" and not torch.cuda.is_available():
+            raise MedEnhanceError("--device cuda: this torch has no CUDA device (use cpu or auto)")
         opts = EnhanceOptions(noise_level=None if noise_level is None else noise_level / 255.0,
                               tile=tile, overlap=overlap, device=dev)
         opts.validate()
         loaded = load_model(model, device=dev)
+        if loaded.card.task == "triage":
+            raise MedEnhanceError(f"model {loaded.card.name!r} is a triage model, not an "
+                                  "enhancement one (see `medenhance models`; use it with "
+                                  "`medenhance triage`)")
         files = find_images(inputs)
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
@@ -532,6 +563,8 @@ def report(
     output: Annotated[Path, typer.Option("--output", "-o", help="Report folder.")] = Path(
         "report"),
     images: Annotated[int, typer.Option(min=1, help="How many images to show.")] = 4,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an earlier report.")] = False,
 ) -> None:
     """Write a Markdown + HTML report: summary table, per-image figures (reference | degraded |
     methods, zoomed inset, difference maps, metrics in captions) and training curves.
@@ -542,6 +575,9 @@ def report(
     from .report import write_report
 
     try:
+        if (output / "report.md").exists() and not overwrite:
+            raise MedEnhanceError(f"{output}: already holds a report (pass --overwrite to "
+                                  "replace it)")
         md, page = write_report(evaluation, output, max_images=images)
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
@@ -554,8 +590,8 @@ def train(
     config: Annotated[Path, typer.Option("--config", "-c", help="Training config (YAML).")],
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a config value, e.g. `--set optim.lr=1e-3` (repeatable).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in the config's output_dir.")]
-    = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the run in the config's output_dir.")] = False,
 ) -> None:
     """Train a model from a YAML config (see `configs/` for the bundled models' configs).
 
@@ -642,8 +678,8 @@ def triage(
                      ] = "xray-pneumonia",
     output: Annotated[Path, typer.Option("--output", "-o", help="Worklist CSV to write.")] = Path(
         "worklist.csv"),
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing worklist (and heatmaps).")
-                         ] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an existing worklist (and heatmaps).")] = False,
     heatmaps: Annotated[Path | None, typer.Option(
         help="Also write, for every flagged study, a PNG of where its score comes from (models "
              "with a patch-nn score, and supervised ones) into this folder.")] = None,
@@ -757,8 +793,8 @@ def evaluate_triage(
         help="Label folder(s) that are normal (default: the model card's).")] = None,
     split: Annotated[str | None, typer.Option(
         help="Of a dataset made by `prepare`, the split to evaluate [default: test].")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier evaluation in --output.")
-                         ] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an earlier evaluation in --output.")] = False,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for CSV and ROC PNG.")
                       ] = Path("triage-eval"),
     minutes: Annotated[float, typer.Option(help="Reading time per study for the worklist "
