@@ -305,3 +305,18 @@ def test_list_presets_needs_no_input() -> None:
     result = run("degrade", "--list-presets")
     assert result.exit_code == 0 and "mri-rician" in result.output
     assert run("degrade", "-p", "mri-rician").exit_code == 2
+
+
+def test_models_says_when_a_user_model_is_hidden_by_a_bundled_one(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    import shutil
+
+    from medenhance.models.card import bundled_dir
+
+    monkeypatch.setenv("MEDENHANCE_MODELS", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "400")
+    for suffix in (".json", ".safetensors"):
+        shutil.copyfile(bundled_dir() / f"xray-triage{suffix}", tmp_path / f"xray-triage{suffix}")
+    result = run("models")
+    assert result.exit_code == 0
+    assert result.output.count("hidden by bundled") == 1

@@ -33,8 +33,9 @@ app = typer.Typer(
     help="Denoise and triage medical images (DICOM, PNG/TIFF, NIfTI, .npy).\n\n"
          "**Research use only: not for diagnosis.**",
 )
-# Tables stay readable when piped to a file or a log (Rich assumes 80 columns there).
-_WIDTH = None if sys.stdout.isatty() else 160
+# Tables stay readable when piped to a file or a log (Rich assumes 80 columns there), unless
+# COLUMNS says how wide.
+_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
 console = Console(width=_WIDTH)
 err_console = Console(stderr=True, width=_WIDTH)
 T = TypeVar("T")
@@ -492,6 +493,11 @@ def enhance(
 
         if dev == "cuda" and not torch.cuda.is_available():
             raise MedEnhanceError("--device cuda: this torch has no CUDA device (use cpu or auto)")
+        if noise_level is not None and not 0 <= noise_level < 255:
+            raise MedEnhanceError(f"--noise-level is in grey levels of 255 (e.g. 25), from 0 to "
+                                  f"below 255; got {noise_level:g}")
+        if output.exists() and not output.is_dir():
+            raise MedEnhanceError(f"{output}: is a file; -o takes the output folder")
         opts = EnhanceOptions(noise_level=None if noise_level is None else noise_level / 255.0,
                               tile=tile, overlap=overlap, device=dev)
         opts.validate()
@@ -522,6 +528,8 @@ def models(
 ) -> None:
     """List bundled and user models (user models: `$MEDENHANCE_MODELS`, default
     `~/.medenhance/models`, where `medenhance train` registers them) with their model cards.
+    A name finds the bundled model first: a user model "hidden by bundled" is reached by its
+    path (`-m ~/.medenhance/models/NAME.safetensors`).
 
     Examples: `medenhance models` · `medenhance models xray-denoise`
     """
@@ -537,7 +545,12 @@ def models(
         return
     table = Table("name", "origin", "task", "modality", "scale", "architecture",
                   "trained on", "validation", title=f"models ({RESEARCH_NOTE})")
-    for origin, card, weights in available_models():
+    listed = available_models()
+    bundled = {weights.stem for origin, _, weights in listed if origin == "bundled"}
+    for origin, card, weights in listed:
+        if origin != "bundled" and weights.stem in bundled:
+            # The name finds the bundled model; this one is reached by its path.
+            origin = f"{origin}, hidden by bundled"
         data = card.training_data
         sources = [Path(s) for s in data.get("sources", [])]
         # The folder the training images share, as its last two parts: "dataset/split".

@@ -59,6 +59,7 @@ def test_npy_int_roundtrip(tmp_path: Path) -> None:
     (np.array([[np.nan, 1.0], [0.0, 0.5]]), "NaN"),
     (np.zeros(5), "2-D or 3-D"),
     (np.array([["a", "b"]]), "numeric"),
+    (np.zeros((64, 48, 3), np.float32), "colour image"),
 ])
 def test_npy_bad_arrays(tmp_path: Path, arr: np.ndarray, match: str) -> None:
     np.save(tmp_path / "bad.npy", arr)

@@ -113,7 +113,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None], *,
     """
     target = Path(path)
     if target.exists() and not overwrite:
-        raise ImageWriteError(target, "file exists (pass overwrite=True / --overwrite to replace it)")
+        raise ImageWriteError(target, "file exists (pass --overwrite to replace it)")
     if not target.parent.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + full_suffix(target),
