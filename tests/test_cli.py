@@ -320,3 +320,13 @@ def test_models_says_when_a_user_model_is_hidden_by_a_bundled_one(tmp_path: Path
     result = run("models")
     assert result.exit_code == 0
     assert result.output.count("hidden by bundled") == 1
+
+
+def test_enhance_notes_a_modality_the_model_was_not_trained_on(samples: Path,
+                                                               tmp_path: Path) -> None:
+    other = run("enhance", samples / "mr_head_MR1_JPLL.dcm", "-m", "xray-denoise", "-o", tmp_path)
+    assert other.exit_code == 0 and "modality MR, but xray-denoise was trained on CR/DX" in \
+        other.output.replace("\n", " ")
+    same = run("enhance", samples / "mr_head_MR1_JPLL.dcm", "-m", "mri-denoise", "-o",
+               tmp_path / "mr")
+    assert same.exit_code == 0 and "was trained on" not in same.output

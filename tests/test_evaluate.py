@@ -65,3 +65,16 @@ def test_shape_mismatch_is_an_error() -> None:
     b = me.from_array(np.zeros((8, 9), np.uint8))
     with pytest.raises(InvalidImageError, match="differs"):
         compare(a, b)
+
+
+def test_files_that_share_a_name_are_not_paired_silently(tmp_path: Path) -> None:
+    from medenhance.evaluate import pair_by_name
+
+    for d in ("ref", "a"):
+        (tmp_path / d).mkdir()
+        for name in ("b", "c"):
+            Image.fromarray(np.full((8, 8), 9, np.uint8)).save(tmp_path / d / f"{name}.png")
+    np.save(tmp_path / "a" / "b.npy", np.zeros((8, 8), np.float32))
+    pairs, problems = pair_by_name(tmp_path / "ref", tmp_path / "a")
+    assert [p.name for p in pairs] == ["c"]
+    assert any("2 files of this name" in p and "b.npy" in p for p in problems)

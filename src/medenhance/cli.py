@@ -511,8 +511,16 @@ def enhance(
         raise fail(str(exc)) from None
     files, names = _outside(files, inputs, output)
 
+    trained_on = {m for m in loaded.card.modality.upper().split("/") if m not in ("", "ANY")}
+
     def process(f: Path, targets: tuple[Path, ...]) -> None:
-        write_image(enhance_image(read_image(f), loaded, opts), targets[0], overwrite=overwrite)
+        image = read_image(f)
+        modality = (image.meta.modality or "").upper()
+        if trained_on and modality and modality not in trained_on:
+            err_console.print(f"[yellow]note:[/yellow] {f}: modality {modality}, but "
+                              f"{loaded.card.name} was trained on {loaded.card.modality} images "
+                              "(see `medenhance models` for the others)", highlight=False)
+        write_image(enhance_image(image, loaded, opts), targets[0], overwrite=overwrite)
 
     done, failures = _for_each_file(files, names, f"enhancing ({loaded.card.name})", output,
                                     lambda name: (output / name,), process, overwrite)

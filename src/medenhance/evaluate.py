@@ -70,13 +70,25 @@ class Pair:
 
 
 def pair_by_name(reference_dir: Path, test_dir: Path) -> tuple[list[Pair], list[str]]:
-    """Match files of two folders by relative path without suffix; returns pairs and problems."""
-    refs = {str(p.relative_to(reference_dir).with_name(stem(p))): p
-            for p in find_images([reference_dir])}
-    tests = {str(p.relative_to(test_dir).with_name(stem(p))): p for p in find_images([test_dir])}
+    """Match files of two folders by relative path without suffix; returns pairs and problems
+    (a reference without a test file, and files that share a name with another in their folder,
+    which cannot be paired: ``b.png`` and ``b.npy``)."""
+    problems: list[str] = []
+
+    def by_name(folder: Path) -> dict[str, Path]:
+        named: dict[str, list[Path]] = {}
+        for p in find_images([folder]):
+            named.setdefault(str(p.relative_to(folder).with_name(stem(p))), []).append(p)
+        for files in named.values():
+            if len(files) > 1:
+                problems.append(f"{files[0]}: {len(files)} files of this name ("
+                                f"{', '.join(f.name for f in files)}); none of them is paired")
+        return {k: v[0] for k, v in named.items() if len(v) == 1}
+
+    refs, tests = by_name(reference_dir), by_name(test_dir)
     pairs = [Pair(k, refs[k], tests[k]) for k in sorted(refs) if k in tests]
-    problems = [f"{refs[k]}: no file of that name in {test_dir}" for k in sorted(refs)
-                if k not in tests]
+    problems += [f"{refs[k]}: no file of that name in {test_dir}" for k in sorted(refs)
+                 if k not in tests]
     if not pairs:
         raise DatasetError(f"no file names in common between {reference_dir} and {test_dir}")
     return pairs, problems
