@@ -99,3 +99,17 @@ def test_dicom_to_png_is_16_bit(samples: Path, tmp_path: Path) -> None:
     back = np.array(Image.open(me.write_image(image, tmp_path / "mr.png")))
     assert back.dtype == np.uint16
     np.testing.assert_allclose(back / 65535.0, image.pixels, atol=1 / 65535)
+
+
+def test_a_broken_link_in_a_folder_is_listed_with_its_reason(tmp_path: Path) -> None:
+    import os
+
+    from medenhance.errors import ImageReadError
+    from medenhance.io import find_images, read_image
+
+    me.write_image(me.from_array(np.zeros((8, 8), np.uint8)), tmp_path / "ok.png")
+    os.symlink(tmp_path / "gone.png", tmp_path / "broken.png")
+    files = find_images([tmp_path])
+    assert [f.name for f in files] == ["broken.png", "ok.png"]
+    with pytest.raises(ImageReadError, match="broken link"):
+        read_image(files[0])

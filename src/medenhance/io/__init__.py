@@ -32,6 +32,13 @@ def default_suffix(image: MedicalImage) -> str:
     return _DEFAULT_SUFFIX[image.meta.source_format]
 
 
+def _check_exists(p: Path) -> None:
+    if p.is_symlink() and not p.exists():
+        raise ImageReadError(p, f"broken link (to {os.readlink(p)}, which does not exist)")
+    if not p.exists():
+        raise ImageReadError(p, "no such file")
+
+
 def read_image(path: str | os.PathLike[str]) -> MedicalImage:
     """Read any supported image file.
 
@@ -54,8 +61,7 @@ def read_image(path: str | os.PathLike[str]) -> MedicalImage:
     p = Path(path)
     if p.is_dir():
         raise ImageReadError(p, "is a folder, not a file")
-    if not p.exists():
-        raise ImageReadError(p, "no such file")
+    _check_exists(p)
     fmt = detect_format(p)
     if fmt == "dicom":
         return read_dicom(p)
@@ -126,8 +132,7 @@ class ImageInfo:
 def inspect_image(path: str | os.PathLike[str]) -> ImageInfo:
     """Describe a file after checking that its pixels decode (colour DICOM is described too)."""
     p = Path(path)
-    if not p.exists():
-        raise ImageReadError(p, "no such file")
+    _check_exists(p)
     fmt = detect_format(p)
     if fmt == "dicom":
         d = inspect_dicom(p)

@@ -94,7 +94,10 @@ def find_images(inputs: Iterable[str | os.PathLike[str]], *, recursive: bool = T
 def _expand(p: Path, recursive: bool) -> list[Path]:
     if p.is_dir():
         walker: Iterator[Path] = p.rglob("*") if recursive else p.glob("*")
-        files = sorted(f for f in walker if is_image_file(f))
+        # A broken link with an image's suffix is returned too: reading it fails with a reason
+        # that the batch lists, instead of the file silently vanishing.
+        files = sorted(f for f in walker if is_image_file(f) or (
+            f.is_symlink() and not f.exists() and full_suffix(f) in SUFFIX_FORMATS))
         if not files:
             raise ImageReadError(p, "folder contains no image files (DICOM, PNG, JPEG, TIFF, "
                                     "NIfTI or .npy)")
