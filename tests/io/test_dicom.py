@@ -160,3 +160,10 @@ def test_derived_dicom_passes_dciodvfy_as_well_as_source(path: Path, tmp_path: P
         return [ln for ln in (run.stdout + run.stderr).splitlines() if ln.startswith("Error")]
 
     assert len(errors(out)) <= len(errors(path)), errors(out)
+
+
+def test_truncated_dicom_says_so(samples: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes((samples / "cr_chest_RG1_J2KI.dcm").read_bytes()[:4000])
+    with pytest.raises(ImageReadError, match="probably truncated"):
+        me.read_image(cut)

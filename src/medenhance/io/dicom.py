@@ -100,8 +100,12 @@ def _decode(path: Path, ds: Dataset) -> np.ndarray:
     if not _has_pixels(ds):
         meta = getattr(ds, "file_meta", None)
         sop = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta else None)
-        raise ImageReadError(path, "no pixel data (not an image object: "
-                                   f"{getattr(sop, 'name', 'unknown SOP class')})")
+        name = str(getattr(sop, "name", "unknown SOP class"))
+        if "Image Storage" in name or "Rows" in ds:
+            # An image object without its pixels: the file ends early (a cut download or copy).
+            raise ImageReadError(path, f"no pixel data in this {name} object: the file is "
+                                       "probably truncated")
+        raise ImageReadError(path, f"no pixel data (not an image object: {name})")
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     try:
         return ds.pixel_array
