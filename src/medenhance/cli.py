@@ -512,11 +512,13 @@ def enhance(
     files, names = _outside(files, inputs, output)
 
     trained_on = {m for m in loaded.card.modality.upper().split("/") if m not in ("", "ANY")}
+    noted: set[str] = set()              # one note per foreign modality, not one per file
 
     def process(f: Path, targets: tuple[Path, ...]) -> None:
         image = read_image(f)
         modality = (image.meta.modality or "").upper()
-        if trained_on and modality and modality not in trained_on:
+        if trained_on and modality and modality not in trained_on | noted:
+            noted.add(modality)
             err_console.print(f"[yellow]note:[/yellow] {f}: modality {modality}, but "
                               f"{loaded.card.name} was trained on {loaded.card.modality} images "
                               "(see `medenhance models` for the others)", highlight=False)
@@ -773,10 +775,10 @@ def triage(
     flagged, ood = sum(r.flag for r in results), sum(r.ood for r in results)
     n_files = sum(r.files for r in results)
     grouped = f" ({n_files} files)" if n_files != len(results) else ""
-    written = f"worklist {output}" if results else "no worklist written"
+    where = f"worklist {output}" if results else "no worklist written"
     console.print(f"{_count(len(results), 'study', 'studies')}{grouped} scored with "
                   f"{scorer.model.card.name}: {flagged} flagged (threshold "
-                  f"{scorer.threshold:.3f}), {ood} out of distribution; {written} ({NOTE})")
+                  f"{scorer.threshold:.3f}), {ood} out of distribution; {where} ({NOTE})")
     if heatmaps is not None:
         from .triage.heatmap import write_heatmaps
 
