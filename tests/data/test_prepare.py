@@ -120,3 +120,20 @@ def test_nih_patient_split_from_labels(shared: Path, tmp_path: Path) -> None:
     result = prepare_dataset(files, tmp_path / "out", opts)
     assert all(r["patient_id"] for r in result.kept)
     assert len(result.kept) + len(result.excluded) == 6
+
+
+def test_a_dicom_missing_from_the_patient_csv_keeps_its_own_patient_id(samples: Path,
+                                                                      tmp_path: Path) -> None:
+    import pydicom
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "mr.dcm").write_bytes((samples / "mr_head_MR1_JPLL.dcm").read_bytes())
+    Image.fromarray(np.full((50, 30), 128, np.uint8)).save(src / "000.png")
+    with open(tmp_path / "labels.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([["Image Index", "Patient ID"], ["000.png", "P0"]])
+    opts = PrepareOptions(patient_csv=tmp_path / "labels.csv", min_foreground=0)
+    prepare_dataset([src], tmp_path / "out", opts)
+    ids = {Path(r["source"]).name: r["patient_id"] for r in read_manifest(tmp_path / "out")}
+    assert ids == {"000.png": "P0",
+                   "mr.dcm": str(pydicom.dcmread(src / "mr.dcm").PatientID).strip()}

@@ -10,8 +10,9 @@ slices as viewers show them, see :func:`..io.display_frames`):
 4. optionally resize (``fit="resize"``, aspect not kept) or scale-and-centre-crop
    (``fit="crop"``) to ``size = (H, W)``;
 5. assign it to train / val / test **by patient**: every image of a patient lands in the same split.
-   The patient id comes from DICOM (0010,0020) *Patient ID*, a regular expression on the file name,
-   or a CSV column; images without one are their own patient (a warning says so). The split is a
+   The patient id comes from a CSV column or a regular expression on the file name, and where
+   they give none, from DICOM (0010,0020) *Patient ID*; images without one are their own patient
+   (a warning says so). The split is a
    seeded permutation of the sorted patient ids: the same seed and files give the same split.
 
 The output folder gets ``images/`` (float32 ``.npy`` on [0, 1], or 16-bit PNG), ``manifest.csv``
@@ -128,11 +129,13 @@ def _csv_patients(options: PrepareOptions) -> dict[str, str]:
 
 def _patient_id(path: Path, image: MedicalImage, options: PrepareOptions,
                 table: dict[str, str]) -> str | None:
-    if options.patient_csv is not None:
-        return table.get(stem(path))
+    """The CSV's or the regular expression's id; where they have none, the DICOM Patient ID."""
+    if options.patient_csv is not None and table.get(stem(path)):
+        return table[stem(path)]
     if options.patient_regex is not None:
         match = re.search(options.patient_regex, path.name)
-        return match.group(1) if match else None
+        if match:
+            return match.group(1)
     header = image.meta.header
     if image.meta.source_format == "dicom" and header is not None:
         value = str(header.get("PatientID", "") or "").strip()
