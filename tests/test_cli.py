@@ -120,10 +120,13 @@ def test_degrade_skips_its_own_outputs_and_names_uid_files(tmp_path: Path, share
     src.mkdir()
     for f in series.iterdir():  # UID-named files, as scanners write them
         (src / f.stem).write_bytes(f.read_bytes())
-    for _ in range(2):
+    for attempt in range(2):
         result = run("degrade", src, "-o", src / "pairs", "--preset", "mri-rician",
                      "--overwrite")
         assert result.exit_code == 0, result.output
+        # The second run finds the first one's 2 degraded and 2 clean files and says so.
+        skipped = "4 file(s) inside the output folder" in " ".join(result.output.split())
+        assert skipped == (attempt == 1), result.output
     written = sorted(p.name for p in (src / "pairs" / "degraded").iterdir())
     assert len(written) == 2 and all(n.startswith("MR.1.3.12") and n.endswith(".dcm")
                                      for n in written)

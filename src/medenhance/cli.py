@@ -65,7 +65,7 @@ def report_failures(failures: list[str], total: int) -> None:
     """List bad files at the end of a batch and exit non-zero if there were any."""
     if not failures:
         return
-    err_console.print(f"[yellow]{len(failures)} of {total} file(s) failed:[/yellow]")
+    err_console.print(f"[yellow]{len(failures)} of {total} input(s) failed:[/yellow]")
     for line in failures:
         err_console.print(f"  {line}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)

@@ -83,7 +83,7 @@ def image_figure(name: str, reference: np.ndarray, panels: list[tuple[str, np.nd
         else:
             im = axes[2, j].imshow(img - reference, cmap="RdBu_r", vmin=-diff_range,
                                    vmax=diff_range)
-            axes[2, j].set_xlabel(f"output - reference (±{diff_range:.3f})", fontsize=8)
+            axes[2, j].set_xlabel(f"{label} - reference (±{diff_range:.3f})", fontsize=8)
         for row in range(3):
             axes[row, j].set_xticks([])
             axes[row, j].set_yticks([])

@@ -85,10 +85,15 @@ def test_temperature_of_uninformative_logits_is_at_the_limit_training_warns_abou
     search ends at its upper bound, where `train-triage` warns that the classifier barely
     separates the classes."""
     from medenhance.triage.metrics import LOG_TEMPERATURE_BOUNDS, fit_temperature
+    from medenhance.triage.train import temperature_warning
 
     rng = np.random.default_rng(0)
     labels = np.tile([0, 1], 50)
     logits = np.where(rng.random(100) < 0.5, 3.0, -3.0)
-    assert np.log(fit_temperature(logits, labels)) > LOG_TEMPERATURE_BOUNDS[1] - 0.01
-    informative = np.where(labels == 1, 2.0, -2.0) + rng.normal(0, 1, 100)
-    assert abs(np.log(fit_temperature(informative, labels))) < 2
+    uninformative = fit_temperature(logits, labels)
+    assert np.log(uninformative) > LOG_TEMPERATURE_BOUNDS[1] - 0.01
+    assert "hit its limit" in (temperature_warning(uninformative) or "")
+    informative = fit_temperature(np.where(labels == 1, 2.0, -2.0) + rng.normal(0, 1, 100),
+                                  labels)
+    assert abs(np.log(informative)) < 2
+    assert temperature_warning(informative) is None

@@ -359,6 +359,18 @@ def fit_gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.linalg.inv(cov)
 
 
+def temperature_warning(temperature: float) -> str | None:
+    """The training log's warning when calibration hit the search limit of
+    :func:`.metrics.fit_temperature`, which means the classifier's logits barely separate the
+    validation classes."""
+    low, high = LOG_TEMPERATURE_BOUNDS
+    if low + 0.01 < np.log(temperature) < high - 0.01:
+        return None
+    return (f"warning: the calibration temperature hit its limit ({temperature:.3g}): the "
+            "classifier barely separates the validation classes, so its scores are all close to "
+            "one value; train longer or on more data")
+
+
 def fit_platt(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """``a, b`` of ``p = sigmoid(a * (s - b))`` minimising the log loss (Platt 1999)."""
     s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=np.float64)
@@ -550,11 +562,8 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
     if config.kind == "supervised":
         logits = batched(model, val.images, device)
         temperature = fit_temperature(logits, val.labels)
-        low, high = LOG_TEMPERATURE_BOUNDS
-        if not low + 0.01 < np.log(temperature) < high - 0.01:
-            log(f"warning: the calibration temperature hit its limit ({temperature:.3g}): the "
-                "classifier barely separates the validation classes, so its scores are all "
-                "close to one value; train longer or on more data")
+        if warning := temperature_warning(temperature):
+            log(warning)
         triage["temperature"] = temperature
         prob = expit(logits / temperature)
     else:
