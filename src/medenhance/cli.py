@@ -196,8 +196,9 @@ def _for_each_file(files: list[Path], names: list[Path], description: str, outpu
 def degrade(
     inputs: Annotated[list[Path] | None, typer.Argument(
         help="Clean image files or folders.", show_default=False)] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path(
-        "degraded"),
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Output folder (it gets degraded/, clean/ and records/).")] = Path(
+        "pairs"),
     preset: Annotated[str | None, typer.Option(
         "--preset", "-p", help="Named degradation (see --list-presets).")] = None,
     pipeline: Annotated[Path | None, typer.Option(
@@ -419,7 +420,8 @@ def prepare(
 ) -> None:
     """Prepare a dataset: filter, rotate, resize, and split train/val/test by patient.
 
-    Patient ids come from DICOM PatientID, `--patient-regex` or `--patient-csv`.
+    A file's patient id comes from `--patient-csv`, else `--patient-regex`, else its DICOM
+    PatientID; a file with none is its own patient.
 
     Example: `medenhance prepare ../shared/data/xray-chest-nih14-1024/images -o data/nih
     --size 512 --patient-csv ../shared/data/xray-chest-nih14-1024/labels.csv`
@@ -537,7 +539,7 @@ def models(
     name: Annotated[str | None, typer.Argument(help="Show one model's full card.")] = None,
 ) -> None:
     """List bundled and user models (user models: `$MEDENHANCE_MODELS`, default
-    `~/.medenhance/models`, where `medenhance train` registers them) with their model cards.
+    `~/.medenhance/models`, where `medenhance train` and `train-triage` register them) with their model cards.
     A name finds the bundled model first: a user model "hidden by bundled" is reached by its
     path (`-m ~/.medenhance/models/NAME.safetensors`).
 
@@ -713,7 +715,7 @@ def triage(
 
     A study is a file, or all DICOM files with the same Study Instance UID; a study of several
     frames or slices scores by its most abnormal frame among those that show the anatomy.
-    Columns: `path` and `frame` (where that frame is; 0-based), `score` (calibrated probability,
+    Columns: `rank`, `path` and `frame` (where that frame is; 0-based), `score` (calibrated probability,
     higher = more likely abnormal), `flag` (1 at or above the model's stored threshold, set for
     one image: a study of many frames is flagged more often), `ood` (1 = unlike the training
     images: do not trust the score), `frames` (how many showed the anatomy and counted), `files`,
@@ -818,7 +820,8 @@ def evaluate_triage(
         help="Of a dataset made by `prepare`, the split to evaluate [default: test].")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace an earlier evaluation in --output.")] = False,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for CSV and ROC PNG.")
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the results: summary.json, scores.csv, roc.png, "
+                             "scores.png (and robustness.png with --shifts).")
                       ] = Path("triage-eval"),
     minutes: Annotated[float, typer.Option(help="Reading time per study for the worklist "
                                                 "simulation.")] = 5.0,
@@ -829,7 +832,8 @@ def evaluate_triage(
                          "contrast, blur, noise, resolution, field of view), for all studies "
                          "and for one class at a time; writes robustness.png.")] = False,
 ) -> None:
-    """AUROC, AUPRC, sensitivity and specificity at the stored threshold (bootstrap 95 % CIs),
+    """AUROC, AUPRC, sensitivity, specificity and accuracy at the stored threshold (bootstrap
+    95 % CIs),
     a ROC curve, and the worklist effect: waiting time of abnormal studies read in score order
     versus arrival order.
 
