@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 
 from medenhance.cli import app
 
+from .conftest import ROOT
+
 runner = CliRunner()
 
 
@@ -333,3 +335,52 @@ def test_enhance_notes_a_modality_the_model_was_not_trained_on(samples: Path,
     same = run("enhance", samples / "mr_head_MR1_JPLL.dcm", "-m", "mri-denoise", "-o",
                tmp_path / "mr")
     assert same.exit_code == 0 and "was trained on" not in same.output
+
+
+def test_evaluate_refuses_what_it_would_ignore_and_report_works_from_anywhere(
+        samples: Path, tmp_path: Path, monkeypatch) -> None:
+    pairs = tmp_path / "pairs"
+    assert run("degrade", samples / "mri_brain_glioma_Te-gl_0063.png", "-o", pairs, "-p",
+               "mri-rician").exit_code == 0
+    base = ("evaluate", "-r", pairs / "clean", "-d", pairs / "degraded")
+    # A mistyped records folder would let NLM run without the true noise level.
+    missing = run(*base, "-m", "nlm", "--records", tmp_path / "nope", "-o", tmp_path / "e0")
+    assert missing.exit_code == 1 and "--records must be a folder" in missing.output
+    triage = run(*base, "-m", "xray-triage", "-o", tmp_path / "e1")
+    assert triage.exit_code == 1 and "is a triage model" in triage.output
+    metric = run(*base, "-m", "nlm", "--metric", "psnrr", "-o", tmp_path / "e2")
+    assert metric.exit_code == 1 and metric.output.count("psnrr") == 1
+    assert not (tmp_path / "e2").exists()
+    twice = run(*base, "-m", "nlm", "-m", "nlm", "-o", tmp_path / "eval")
+    assert twice.exit_code == 0, twice.output
+    # Reported from another folder, and after the evaluation folder was moved.
+    (tmp_path / "eval").rename(tmp_path / "moved")
+    monkeypatch.chdir(tmp_path / "moved")
+    report = run("report", ".", "-o", tmp_path / "rep")
+    assert report.exit_code == 0, report.output
+    assert "nlm:" in (tmp_path / "rep" / "report.md").read_text()
+    (tmp_path / "moved" / "per_image.csv").write_text("a,b\n1,2\n")
+    edited = run("report", ".", "-o", tmp_path / "rep2")
+    assert edited.exit_code == 1 and "needs the method and image columns" in edited.output
+    assert not (tmp_path / "rep2").exists()
+
+
+def test_prepare_warns_of_an_empty_split_and_train_names_a_bad_manifest(
+        samples: Path, tmp_path: Path) -> None:
+    result = run("prepare", samples, "-o", tmp_path / "d", "--split", "0.6,0.2,0.2", "--seed",
+                 "3", "--size", "64")
+    assert result.exit_code == 0 and "no image in the val split" in result.output
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,split\na.png,train\n")
+    bad = run("train", "-c", ROOT / "configs" / "xray-denoise.yaml", "--set",
+              f"data.manifest={manifest}", "--set", f"output_dir={tmp_path / 'run'}", "--set",
+              "register=false")
+    assert bad.exit_code == 1 and "no patient_id column" in bad.output
+
+
+def test_error_messages_keep_their_brackets(tmp_path: Path, samples: Path) -> None:
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("- {op: gaussian, params: {sigma: {uniform: [0.1]}}}\n")
+    result = run("degrade", samples / "mri_brain_glioma_Te-gl_0063.png", "-o", tmp_path / "o",
+                 "--pipeline", pipeline)
+    assert result.exit_code == 1 and "needs [low, high]" in result.output

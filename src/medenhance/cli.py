@@ -20,6 +20,7 @@ import numpy as np
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
@@ -53,7 +54,8 @@ def track(items: Sequence[T], description: str) -> Iterable[T]:
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    # Messages quote config values and ranges such as "[low, high]", which are not markup.
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -67,7 +69,7 @@ def report_failures(failures: list[str], total: int) -> None:
         return
     err_console.print(f"[yellow]{len(failures)} of {total} input(s) failed:[/yellow]")
     for line in failures:
-        err_console.print(f"  {line}", highlight=False, soft_wrap=True)
+        err_console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -321,7 +323,16 @@ def evaluate(
         if label in tests:
             raise fail(f"two --test folders are both called {label!r}; name them with NAME=DIR")
         tests[label] = folder
-    metrics = tuple(metric) if metric else DEFAULT_METRICS
+    from .metrics import METRICS
+
+    metrics = tuple(dict.fromkeys(metric)) if metric else DEFAULT_METRICS
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise fail(f"unknown metric(s) {', '.join(unknown)}; choose from "
+                   f"{', '.join(sorted(METRICS))}")
+    method = list(dict.fromkeys(method)) if method else method   # -m nlm -m nlm runs it once
+    if records is not None and not records.is_dir():
+        raise fail(f"{records}: --records must be a folder of degradation records")
     if method and degraded is None:
         raise fail("--method needs --degraded (the images to run it on)")
     if not tests and degraded is None:
@@ -363,9 +374,17 @@ def evaluate(
     write_csv(summary, output / "summary.csv")
     md = summary_markdown(summary, metrics)
     (output / "summary.md").write_text(md)
+    def where(folder: Path | str) -> str:
+        """A folder inside the evaluation as a path relative to it (so that the evaluation can
+        be moved or reported from anywhere); any other as an absolute path."""
+        folder = Path(folder).resolve()
+        inside = output.resolve() in folder.parents
+        return str(folder.relative_to(output.resolve()) if inside else folder)
+
     (output / "evaluation.json").write_text(json.dumps(
-        {"reference": str(reference), "degraded": str(degraded) if degraded else None,
-         "methods": tests, "metrics": list(metrics)}, indent=2))
+        {"reference": where(reference), "degraded": where(degraded) if degraded else None,
+         "methods": {name: where(folder) for name, folder in tests.items()},
+         "metrics": list(metrics)}, indent=2))
     table = Table("method", "n", *metrics, title="mean [95 % CI]")
     for line in md.splitlines()[2:]:
         table.add_row(*[c.strip() for c in line.strip("|").split("|")])
@@ -453,6 +472,12 @@ def prepare(
     console.print(table)
     console.print(f"kept {len(result.kept)}, excluded {len(result.excluded)} "
                   f"(see {output}/excluded.csv); manifest: {result.manifest}")
+    empty = [s for s, share in zip(counts, fractions) if share > 0 and counts[s] == 0]
+    if empty and result.kept:
+        err_console.print(f"[yellow]warning:[/yellow] no image in the {' and '.join(empty)} "
+                          f"split: {_count(sum(patients.values()), 'patient is', 'patients are')} "
+                          "too few for these fractions (training needs train and val images)",
+                          highlight=False)
 
 
 # ------------------------------------------------------------------------------------ enhance
@@ -484,7 +509,7 @@ def enhance(
     """
     from .inference.enhance import EnhanceOptions, enhance_image
     from .io import find_images, read_image, write_image
-    from .models.card import load_model
+    from .methods import load_enhancement_model
     from .train.loop import pick_device
 
     try:
@@ -503,11 +528,7 @@ def enhance(
         opts = EnhanceOptions(noise_level=None if noise_level is None else noise_level / 255.0,
                               tile=tile, overlap=overlap, device=dev)
         opts.validate()
-        loaded = load_model(model, device=dev)
-        if loaded.card.task == "triage":
-            raise MedEnhanceError(f"model {loaded.card.name!r} is a triage model, not an "
-                                  "enhancement one (see `medenhance models`; use it with "
-                                  "`medenhance triage`)")
+        loaded = load_enhancement_model(model, device=dev)
         files = find_images(inputs)
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
@@ -617,6 +638,9 @@ def train(
         "--set", help="Override a config value, e.g. `--set optim.lr=1e-3` (repeatable).")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue the run in the config's output_dir.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Start the run in output_dir again, and replace a model registered "
+                            "under the config's name.")] = False,
 ) -> None:
     """Train a model from a YAML config (see `configs/` for the bundled models' configs).
 
@@ -643,7 +667,7 @@ def train(
                 progress.update(task, completed=done, total=total, loss=info["loss"],
                                 description=f"epoch {info['epoch']}")
 
-            result = fit(cfg, resume=resume, progress=step,
+            result = fit(cfg, resume=resume, progress=step, overwrite=overwrite,
                          log=lambda line: progress.console.print(line, highlight=False))
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
@@ -886,7 +910,8 @@ def main() -> None:
     try:
         app()
     except MedEnhanceError as exc:  # a safety net: commands catch their own errors
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False,
+                          soft_wrap=True)
         sys.exit(1)
     except OSError as exc:  # unwritable output folder, full disk, ...
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""

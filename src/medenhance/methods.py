@@ -19,6 +19,7 @@ import numpy as np
 
 from .baselines.denoise import NoiseModel, classical_denoise
 from .degrade.pipeline import DegradationRecord
+from .errors import MedEnhanceError
 from .image import MedicalImage
 from .inference.enhance import EnhanceOptions, enhance_image
 from .models.card import LoadedModel, load_model
@@ -65,11 +66,20 @@ class Method:
         return out
 
 
+def load_enhancement_model(name: str, device: str = "cpu") -> LoadedModel:
+    """:func:`load_model`, refusing a triage model (it scores images; it cannot enhance them)."""
+    loaded = load_model(name, device=device)
+    if loaded.card.task == "triage":
+        raise MedEnhanceError(f"model {loaded.card.name!r} is a triage model, not an enhancement "
+                              "one (see `medenhance models`; use it with `medenhance triage`)")
+    return loaded
+
+
 def get_method(name: str, options: EnhanceOptions | None = None) -> Method:
     """A classical method (``nlm``, ``bm3d``) or a trained model (name or checkpoint path)."""
     if name in CLASSICAL:
         return Method(name)
-    loaded = load_model(name, device=(options or EnhanceOptions()).device)
+    loaded = load_enhancement_model(name, device=(options or EnhanceOptions()).device)
     path = Path(name)
     # A checkpoint path is labelled by its folder ("runs/x/best.safetensors" -> "x-best").
     label = name if path.suffix == "" and "/" not in name else f"{path.parent.name}-{path.stem}"

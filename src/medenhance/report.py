@@ -32,9 +32,33 @@ def _load_eval(folder: Path) -> tuple[dict[str, Any], list[dict[str, str]], str]
     except FileNotFoundError as exc:
         raise DatasetError(f"{folder}: not an evaluation folder (missing {Path(exc.filename).name};"
                            " run `medenhance evaluate -o` first)") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{folder}: unreadable evaluation ({exc})") from None
+    if not isinstance(info, dict) or not isinstance(info.get("reference"), str) or \
+            not isinstance(info.get("methods"), dict):
+        raise DatasetError(f"{folder}/evaluation.json: not written by `medenhance evaluate` "
+                           "(needs reference and methods)")
+    if rows and not {"method", "image"} <= set(rows[0]):
+        raise DatasetError(f"{folder}/per_image.csv: not written by `medenhance evaluate` "
+                           "(needs the method and image columns)")
+    # Paths inside the evaluation folder are stored relative to it; older evaluations stored
+    # them as given on the command line, relative to where `evaluate` ran.
+    info["reference"] = str(_located(folder, info["reference"]))
+    info["methods"] = {m: str(_located(folder, d)) for m, d in info["methods"].items()}
     return info, rows, summary
+
+
+def _caption(row: dict[str, str]) -> str:
+    try:
+        psnr, ssim = float(row["psnr"]), float(row["ssim"])
+    except (KeyError, ValueError):      # metrics not computed, or not numbers
+        return ""
+    return "" if math.isnan(psnr) else f"PSNR {psnr:.2f} dB, SSIM {ssim:.3f}"
+
+
+def _located(folder: Path, path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() or not (folder / p).exists() else folder / p
 
 
 def _files_by_name(folder: Path) -> dict[str, Path]:
@@ -140,6 +164,8 @@ def write_report(evaluation_dir: str | Path, output_dir: str | Path, *, max_imag
           + ", ".join(f"`{m}`" for m in methods) + ".\n", "## Summary (mean [95 % CI])\n",
           summary, "## Images\n"]
     for i, name in enumerate(names):
+        if name not in references:      # a row whose reference is gone (or an edited table)
+            continue
         ref_img = read_image(references[name])
         # The middle slice of a volume (its first is mostly empty), as viewers show it.
         shown = display_frames(ref_img)
@@ -152,8 +178,7 @@ def write_report(evaluation_dir: str | Path, output_dir: str | Path, *, max_imag
             test = on_reference_scale(ref_img, read_image(files[name]))
             test = display_frames(ref_img.with_pixels(test, "report"))[middle]
             r = metric.get((method, name), {})
-            caption = (f"PSNR {float(r['psnr']):.2f} dB, SSIM {float(r['ssim']):.3f}"
-                       if r.get("psnr") and not math.isnan(float(r["psnr"])) else "")
+            caption = _caption(r)
             panels.append((method, np.clip(test, 0, 1), caption))
         if not panels:
             continue

@@ -90,10 +90,26 @@ def test_degrade_image_records_history() -> None:
     ([{"op": "gaussian", "params": {"sigmaa": 1}}], "unknown parameter"),
     ([{"op": "gaussian", "params": {"sigma": {"uniform": [2, 1]}}}], "empty"),
     ([], "at least one step"),
+    ([{"op": "gaussian", "sigma": 0.1}], "go under params"),
+    ([{"op": "gaussian"}], r"missing parameter\(s\) \['sigma'\]"),
+    ([{"op": "gaussian", "params": {"sigma": {"uniform": [0.05, "x"]}}}], "two numbers"),
+    ([{"op": "gaussian", "params": {"sigma": {"choice": []}}}], "list of values"),
 ])
 def test_bad_pipelines(steps, match) -> None:
+    # Refused when the pipeline is made, not on every image it is applied to.
     with pytest.raises(DegradationError, match=match):
-        Pipeline(steps).sample(0)
+        Pipeline(steps)
+
+
+def test_a_bad_pipeline_or_record_file_is_named(tmp_path) -> None:
+    pipeline = tmp_path / "p.json"
+    pipeline.write_text('[{"op": "gaussian", "params": {"sigma": {"uniform": [0.1, "x"]}}}]')
+    with pytest.raises(DegradationError, match=r"p.json: step 0 \(gaussian\)"):
+        Pipeline.from_file(pipeline)
+    record = tmp_path / "r.json"
+    record.write_text("{bad")
+    with pytest.raises(DegradationError, match="r.json: not a degradation record"):
+        DegradationRecord.load(record)
 
 
 def test_unknown_preset_lists_choices() -> None:

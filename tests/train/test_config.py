@@ -64,6 +64,19 @@ def test_bad_extra_training_sets(extra: str, message: str) -> None:
         config.validate()
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("name=../elsewhere", "cannot name a model"),
+    ("name=xray/v2", "cannot name a model"),
+    ("data.degradations=[{preset: jpeg, wieght: 1}]", r"unknown key\(s\) wieght"),
+    ("data.degradations=[{preset: jpeg, weight: abc}]", "weight must be a number >= 0"),
+    ("loss={l1: abc}", "the weight of l1 must be a number"),
+])
+def test_values_that_would_fail_later_are_refused_at_once(override: str, message: str) -> None:
+    config = apply_overrides(TrainConfig(), ["data.manifest=m.csv", override])
+    with pytest.raises(ConfigError, match=message):
+        config.validate()
+
+
 def test_extra_training_weight_must_be_a_number() -> None:
     config = apply_overrides(TrainConfig(), ["data.manifest=m.csv",
                                              "data.extra_train=[{manifest: n.csv, weight: lots}]"])

@@ -104,6 +104,28 @@ def _stop_after(steps: int):
     return progress
 
 
+def test_a_registered_model_and_a_run_are_replaced_only_when_asked(
+        manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDENHANCE_MODELS", str(tmp_path / "models"))
+    fit(_config(manifest, tmp_path / "a", register="true", **{"optim.epochs": 1}),
+        log=lambda _: None)
+    registered = tmp_path / "models" / "tiny.safetensors"
+    before = registered.read_bytes()
+    # Another run under the same name would silently take over `-m tiny`.
+    with pytest.raises(ConfigError, match="already registered"):
+        fit(_config(manifest, tmp_path / "b", register="true"), log=lambda _: None)
+    assert registered.read_bytes() == before and not (tmp_path / "b").exists()
+    # The data a run was validated on cannot change under --resume.
+    with pytest.raises(ConfigError, match=r"other data settings \(data.val_images\)"):
+        fit(_config(manifest, tmp_path / "a", register="true", **{"data.val_images": 1}),
+            resume=True, log=lambda _: None)
+    # --overwrite starts the run again: its log holds the new run's epochs only.
+    fit(_config(manifest, tmp_path / "a", register="true", **{"optim.epochs": 2}),
+        overwrite=True, log=lambda _: None)
+    rows = list(csv.DictReader(open(tmp_path / "a" / "log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+
+
 def test_nothing_to_resume(manifest: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nothing to resume"):
         fit(_config(manifest, tmp_path / "c"), resume=True, log=lambda _: None)

@@ -274,8 +274,12 @@ def read_manifest(path: str | Path, split: str | None = None) -> list[dict[str, 
             rows = list(csv.DictReader(fh))
     except OSError as exc:
         raise DatasetError(f"{p}: {exc.strerror}") from None
-    if rows and "path" not in rows[0]:
-        raise DatasetError(f"{p}: not a medenhance manifest (no 'path' column)")
+    except (UnicodeDecodeError, csv.Error):
+        raise DatasetError(f"{p}: not a manifest (not a CSV text file)") from None
+    missing = [c for c in ("path", "split", "patient_id") if rows and c not in rows[0]]
+    if missing:
+        raise DatasetError(f"{p}: not a medenhance manifest (no {', '.join(missing)} "
+                           "column; make one with `medenhance prepare`)")
     if split is not None:
         rows = [r for r in rows if r.get("split") == split]
     return rows

@@ -97,10 +97,15 @@ def _draw(name: str, spec: Any, rng: np.random.Generator) -> Any:
                                f"got {dict(spec)}")
     kind, args = next(iter(spec.items()))
     if kind == "choice":
+        if not isinstance(args, list) or not args:
+            raise DegradationError(f"parameter {name}: choice needs a list of values, got {args}")
         return args[int(rng.integers(len(args)))]
     if not (isinstance(args, Sequence) and len(args) == 2):
         raise DegradationError(f"parameter {name}: {kind} needs [low, high], got {args}")
-    low, high = float(args[0]), float(args[1])
+    try:
+        low, high = float(args[0]), float(args[1])
+    except (TypeError, ValueError):
+        raise DegradationError(f"parameter {name}: {kind} needs two numbers, got {args}") from None
     if high < low:
         raise DegradationError(f"parameter {name}: {kind} range [{low}, {high}] is empty")
     if kind == "uniform":
@@ -160,6 +165,10 @@ class DegradationRecord:
             return cls.from_json(Path(path).read_text())
         except OSError as exc:
             raise DegradationError(f"{path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise DegradationError(f"{path}: not a degradation record (not text)") from None
+        except DegradationError as exc:
+            raise DegradationError(f"{path}: {exc}") from None
 
 
 def _check_step(index: int, step: Mapping[str, Any]) -> None:
@@ -173,11 +182,27 @@ def _check_step(index: int, step: Mapping[str, Any]) -> None:
     if op not in OPS:
         raise DegradationError(f"step {index}: unknown degradation {op!r}; "
                                f"choose from {', '.join(sorted(OPS))}")
-    allowed = set(inspect.signature(OPS[op]).parameters) - {"x", "rng"}
-    unknown = set(step.get("params", {})) - allowed
+    signature = inspect.signature(OPS[op]).parameters
+    allowed = set(signature) - {"x", "rng"}
+    stray = sorted(set(step) - {"op", "params", "p"})
+    if stray:
+        raise DegradationError(f"step {index} ({op}): unknown key(s) {stray}; a step has op, "
+                               f"params and p, and {op}'s parameters go under params")
+    params = step.get("params", {})
+    unknown = set(params) - allowed
     if unknown:
         raise DegradationError(f"step {index} ({op}): unknown parameter(s) {sorted(unknown)}; "
                                f"{op} takes {sorted(allowed)}")
+    missing = sorted(n for n in allowed - set(params)
+                     if signature[n].default is inspect.Parameter.empty)
+    if missing:
+        raise DegradationError(f"step {index} ({op}): missing parameter(s) {missing} under "
+                               "params")
+    for name, spec in params.items():   # a bad range fails here, not on every image later
+        try:
+            _draw(name, spec, np.random.default_rng(0))
+        except DegradationError as exc:
+            raise DegradationError(f"step {index} ({op}): {exc}") from None
     p = step.get("p", 1.0)
     if not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
         raise DegradationError(f"step {index} ({op}): probability p must be in [0, 1], got {p}")
@@ -223,7 +248,10 @@ class Pipeline:
         steps = data.get("steps") if isinstance(data, Mapping) else data
         if not isinstance(steps, list):
             raise DegradationError(f"{path}: expected a list of steps or {{'steps': [...]}}")
-        return cls(steps, name=Path(path).stem)
+        try:
+            return cls(steps, name=Path(path).stem)
+        except DegradationError as exc:
+            raise DegradationError(f"{path}: {exc}") from None
 
     def sample(self, seed: int | np.random.Generator) -> DegradationRecord:
         """Draw concrete parameters (and per-step noise seeds) from ``seed``."""

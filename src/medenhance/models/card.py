@@ -14,6 +14,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -127,6 +128,17 @@ def bundled_dir() -> Path:
 
 def user_dir() -> Path:
     return Path(os.environ.get("MEDENHANCE_MODELS", Path.home() / ".medenhance" / "models"))
+
+
+#: A model name is a file name in the user model folder, found again by ``--model NAME``.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_model_name(name: str) -> None:
+    """:class:`ConfigError` unless ``name`` can be registered and found again by name."""
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(f"name: {name!r} cannot name a model; use letters, digits, '.', '_' "
+                          "and '-', starting with a letter or digit (e.g. my-site-xray)")
 
 
 def _cards_in(folder: Path) -> list[Path]:

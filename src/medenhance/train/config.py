@@ -19,6 +19,10 @@ import yaml
 from ..errors import ConfigError
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclass
 class ModelSection:
     name: str = "fastunet"
@@ -90,6 +94,9 @@ class TrainConfig:
     register: bool = True
 
     def validate(self) -> None:
+        from ..models.card import check_model_name
+
+        check_model_name(self.name)
         d, o = self.data, self.optim
         if not d.manifest:
             raise ConfigError("data.manifest is not set (a manifest.csv from `medenhance prepare`)")
@@ -114,7 +121,7 @@ class TrainConfig:
                 raise ConfigError(f"data.extra_train[{i}]: unknown key(s) {', '.join(unknown)}; "
                                   "known: manifest, split, weight")
             weight = entry.get("weight", 0)
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            if not _is_number(weight):
                 raise ConfigError(f"data.extra_train[{i}]: weight must be a number, got {weight!r}")
         share = sum(float(e.get("weight", 0)) for e in d.extra_train if isinstance(e, dict))
         if d.extra_train and not 0 < share < 1:
@@ -123,6 +130,18 @@ class TrainConfig:
         for i, entry in enumerate(d.degradations):
             if not isinstance(entry, dict) or ("preset" in entry) == ("file" in entry):
                 raise ConfigError(f"data.degradations[{i}]: give exactly one of 'preset' or 'file'")
+            unknown = sorted(set(entry) - {"preset", "file", "weight"})
+            if unknown:
+                raise ConfigError(f"data.degradations[{i}]: unknown key(s) {', '.join(unknown)}; "
+                                  "known: preset, file, weight")
+            if not _is_number(entry.get("weight", 1.0)) or entry.get("weight", 1.0) < 0:
+                raise ConfigError(f"data.degradations[{i}]: weight must be a number >= 0, got "
+                                  f"{entry['weight']!r}")
+        if not isinstance(self.loss, dict) or not self.loss:
+            raise ConfigError(f"loss: expected a mapping of term to weight, got {self.loss!r}")
+        for term, weight in self.loss.items():
+            if not _is_number(weight):
+                raise ConfigError(f"loss: the weight of {term} must be a number, got {weight!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,6 +10,7 @@ the batches an uninterrupted run would have seen.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import shutil
 import time
@@ -27,7 +28,7 @@ from ..data.prepare import read_manifest
 from ..errors import ConfigError
 from ..io._files import atomic_write
 from ..metrics import psnr, ssim
-from ..models.card import ModelCard, load_model, save_checkpoint, user_dir
+from ..models.card import ModelCard, bundled_dir, load_model, save_checkpoint, user_dir
 from ..models.registry import create_model
 from .config import TrainConfig, config_from_dict
 from .losses import build_loss
@@ -151,23 +152,34 @@ Progress = Callable[[int, int, dict[str, float]], None]
 
 
 def fit(config: TrainConfig, *, resume: bool = False, progress: Progress | None = None,
-        log: Callable[[str], None] = print) -> FitResult:
+        log: Callable[[str], None] = print, overwrite: bool = False) -> FitResult:
     """Train ``config``; ``progress(step, total_steps, info)`` is called after each batch.
 
     Raises
     ------
     ConfigError
-        The run folder already holds a run and ``resume`` is false, or the saved run's config
-        differs from ``config`` in the model.
+        The run folder already holds a run, or a model of the config's name is registered, and
+        neither ``resume`` nor ``overwrite`` is given; or the saved run's config differs from
+        ``config`` in the model or the data.
     """
     config.validate()
     run = config.run_dir
     last = run / "last.pt"
-    if last.exists() and not resume:
-        raise ConfigError(f"{run} already holds a run; pass --resume to continue it or set "
-                          "output_dir to a new folder")
+    registered = user_dir() / f"{config.name}.safetensors"
     if resume and not last.exists():
         raise ConfigError(f"{run}: nothing to resume (no last.pt)")
+    if not resume and not overwrite:
+        if last.exists():
+            raise ConfigError(f"{run} already holds a run; pass --resume to continue it, "
+                              "--overwrite to start it again, or set output_dir to a new folder")
+        if config.register and registered.exists():
+            raise ConfigError(f"a model named {config.name!r} is already registered "
+                              f"({registered}); choose another name (--set name=...) or pass "
+                              "--overwrite to replace it")
+    if config.register and (bundled_dir() / f"{config.name}.safetensors").exists():
+        log(f"note: a bundled model is also called {config.name!r} and is the one that name "
+            f"finds; use this one by its path ({run / 'best.safetensors'}) or train it under "
+            "another name (--set name=...)")
     torch.manual_seed(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -182,7 +194,11 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: Progress | None 
     dataset = PatchDataset(train_images, mixture, patch_size=config.data.patch_size,
                            patches_per_epoch=config.data.patches_per_epoch,
                            augment=config.data.augment, seed=config.seed, extra=extra)
-    model = create_model(config.model.name, **config.model.args).to(device)
+    try:
+        model = create_model(config.model.name, **config.model.args).to(device)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model.args {config.model.args} do not fit {config.model.name}: "
+                          f"{exc}") from None
     init_info = _initialise(model, config) if config.model.init_from and not resume else None
     multiple = int(getattr(model, "size_multiple", 1))
     if config.data.patch_size % multiple:
@@ -226,6 +242,12 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: Progress | None 
         saved = config_from_dict(state["config"])
         if saved.model != config.model:
             raise ConfigError(f"{run}: saved run used model {saved.model}, not {config.model}")
+        if saved.data != config.data:
+            changed = [f.name for f in dataclasses.fields(saved.data)
+                       if getattr(saved.data, f.name) != getattr(config.data, f.name)]
+            raise ConfigError(f"{run}: saved run used other data settings "
+                              f"({', '.join('data.' + c for c in changed)}); its best epoch "
+                              "was chosen on that validation, so resume with the same data")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history = state["history"]
@@ -233,6 +255,9 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: Progress | None 
         bad_epochs, elapsed = state["bad_epochs"], state["elapsed"]
         torch.set_rng_state(state["torch_rng"])
         log(f"resuming {run} at epoch {start_epoch + 1}")
+    if overwrite and not resume:     # a fresh start: nothing of the earlier run may be mixed in
+        for name in ("last.pt", "best.safetensors", "best.json", "log.csv", "loss.png"):
+            (run / name).unlink(missing_ok=True)
     run.mkdir(parents=True, exist_ok=True)
     atomic_write(run / "config.yaml", lambda tmp: Path(tmp).write_text(config.to_yaml()),
                  overwrite=True)

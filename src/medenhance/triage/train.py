@@ -47,8 +47,8 @@ import yaml
 from scipy.optimize import minimize
 
 from ..errors import ConfigError
-from ..models.card import (ModelCard, bundled_dir, load_model, resolve_model, save_checkpoint,
-                          user_dir)
+from ..models.card import (ModelCard, bundled_dir, check_model_name, load_model, resolve_model,
+                          save_checkpoint, user_dir)
 from ..models.classifier import all_views, transform8
 from ..models.registry import create_model
 from ..train.config import _build
@@ -137,6 +137,7 @@ class TriageConfig:
     robustness: bool = True
 
     def validate(self) -> None:
+        check_model_name(self.name)
         if self.kind not in KINDS:
             raise ConfigError(f"kind must be supervised or oneclass, got {self.kind!r}")
         if self.oneclass_method not in ONECLASS_METHODS:
