@@ -113,6 +113,7 @@ def test_degrade_checks_every_target_before_writing(samples: Path, tmp_path: Pat
     (tmp_path / "out" / "clean" / src.name).write_bytes(b"keep")
     result = run("degrade", src, "-o", tmp_path / "out", "--preset", "gaussian-25")
     assert result.exit_code == 1 and "exists" in result.output
+    assert "degraded 0" not in result.output      # no success line when nothing was done
     assert not (tmp_path / "out" / "degraded").exists()
 
 

@@ -270,8 +270,9 @@ def degrade(
 
     done, failures = _for_each_file(files, names, "degrading", output, targets_of, process,
                                     overwrite)
-    console.print(f"degraded {done} image(s) into {output}/degraded (clean copies in "
-                  f"{output}/clean, records in {output}/records)")
+    if done:                             # nothing done: the failures below say why
+        console.print(f"degraded {done} image(s) into {output}/degraded (clean copies in "
+                      f"{output}/clean, records in {output}/records)")
     report_failures(failures, len(files))
 
 
@@ -549,8 +550,9 @@ def enhance(
 
     done, failures = _for_each_file(files, names, f"enhancing ({loaded.card.name})", output,
                                     lambda name: (output / name,), process, overwrite)
-    console.print(f"enhanced {done} image(s) with {loaded.card.name} into {output}/ "
-                  f"({RESEARCH_NOTE})")
+    if done:
+        console.print(f"enhanced {done} image(s) with {loaded.card.name} into {output}/ "
+                      f"({RESEARCH_NOTE})")
     report_failures(failures, len(files))
 
 
