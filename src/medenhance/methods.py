@@ -19,9 +19,8 @@ import numpy as np
 
 from .baselines.denoise import NoiseModel, classical_denoise
 from .degrade.pipeline import DegradationRecord
-from .errors import MedEnhanceError
 from .image import MedicalImage
-from .inference.enhance import EnhanceOptions, enhance_image
+from .inference.enhance import EnhanceOptions, check_enhancement_model, enhance_image
 from .models.card import LoadedModel, load_model
 
 CLASSICAL = ("nlm", "bm3d")
@@ -68,11 +67,7 @@ class Method:
 
 def load_enhancement_model(name: str, device: str = "cpu") -> LoadedModel:
     """:func:`load_model`, refusing a triage model (it scores images; it cannot enhance them)."""
-    loaded = load_model(name, device=device)
-    if loaded.card.task == "triage":
-        raise MedEnhanceError(f"model {loaded.card.name!r} is a triage model, not an enhancement "
-                              "one (see `medenhance models`; use it with `medenhance triage`)")
-    return loaded
+    return check_enhancement_model(load_model(name, device=device))
 
 
 def get_method(name: str, options: EnhanceOptions | None = None) -> Method:

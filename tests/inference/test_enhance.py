@@ -104,3 +104,20 @@ def test_channels_last_inference_equals_a_plain_forward(xray_model, radiograph: 
         plain = net(torch.from_numpy(crop)[None, None], sigmas[0])[0, 0].clamp(0, 1).numpy()
     assert np.abs(out - plain).max() <= 1e-5
     assert np.abs(out - crop).max() > 1e-3  # it did denoise something
+
+
+def test_what_cannot_be_enhanced_is_refused_with_the_reason(xray_model, samples) -> None:
+    from medenhance.errors import InvalidImageError
+    from medenhance.models.card import bundled_dir
+
+    for shape in ((1, 2000), (5, 40, 1)):
+        with pytest.raises(InvalidImageError, match="too small to enhance"):
+            enhance_image(me.from_array(np.full(shape, 0.5, np.float32)), xray_model)
+    with pytest.raises(InvalidImageError, match="NaN"):
+        enhance_array(np.full((32, 32), np.nan, np.float32), xray_model)
+    image = me.read_image(samples / "mri_brain_glioma_Te-gl_0063.png")
+    with pytest.raises(ConfigError, match="is a triage model"):
+        enhance_image(image, "mri-triage")
+    # A checkpoint given as a Path works like its string.
+    by_path = enhance_image(image, bundled_dir() / "mri-denoise.safetensors")
+    np.testing.assert_array_equal(by_path.pixels, enhance_image(image, "mri-denoise").pixels)

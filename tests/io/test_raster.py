@@ -92,6 +92,9 @@ def test_unknown_suffix_and_missing(tmp_path: Path) -> None:
         me.read_image(tmp_path / "a.txt")
     with pytest.raises(ImageReadError, match="no such file"):
         me.read_image(tmp_path / "missing.png")
+    image = me.from_array(np.zeros((8, 8), np.float32))
+    with pytest.raises(ImageWriteError, match=r"unknown output suffix \.bmp"):
+        me.write_image(image, tmp_path / "x.bmp")
 
 
 def test_dicom_to_png_is_16_bit(samples: Path, tmp_path: Path) -> None:
@@ -113,3 +116,25 @@ def test_a_broken_link_in_a_folder_is_listed_with_its_reason(tmp_path: Path) -> 
     assert [f.name for f in files] == ["broken.png", "ok.png"]
     with pytest.raises(ImageReadError, match="broken link"):
         read_image(files[0])
+
+
+@pytest.mark.parametrize("target", ["o.png", "o.nii.gz", "o.npy", "o.tif"])
+def test_minimum_is_white_sources_keep_their_picture_in_every_format(
+        samples: Path, tmp_path: Path, target: str) -> None:
+    """MONOCHROME1 DICOM and min-is-white TIFF: only DICOM and TIFF can say so, so the others
+    must store the picture as displayed (it came out as a negative in NIfTI and PNG)."""
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(tmp_path / "w.tif", (rng.random((32, 32)) * 60000).astype(np.uint16),
+                     photometric="miniswhite")
+    for source in (samples / "cr_chest_RG1_J2KI.dcm", tmp_path / "w.tif"):
+        image = me.read_image(source)
+        assert image.meta.window.invert
+        out = tmp_path / f"{source.stem}-{target}"
+        me.write_image(image, out)
+        back = me.read_image(out).pixels
+        assert np.corrcoef(image.pixels.ravel(), back.ravel())[0, 1] > 0.999, source.name
+
+
+def test_single_paths_are_not_read_as_lists_of_characters(samples: Path) -> None:
+    assert me.find_images(samples) == me.find_images([samples])
+    assert me.find_images(str(samples)) == me.find_images([samples])

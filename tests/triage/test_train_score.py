@@ -536,3 +536,12 @@ def test_a_prepared_dataset_trains_and_evaluates_by_its_own_split(folders: Path,
                               "--set", f"data={tmp_path / 'flat-prep'}", "--overwrite"])
     assert bad.exit_code == 1 and "6 of 6 rows have no label" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_one_path_is_one_study_and_a_checkpoint_path_loads(samples: Path) -> None:
+    from medenhance.models.card import bundled_dir
+
+    scorer = TriageScorer(bundled_dir() / "xray-pneumonia.safetensors")
+    sample = samples / "xray_chest_nih_00009128_000.png"
+    one = scorer.score_files(str(sample))
+    assert len(one) == 1 and one[0].score == scorer.score_files([sample])[0].score

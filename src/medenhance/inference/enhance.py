@@ -8,6 +8,7 @@ large image is denoised with the same strength and tiled output matches whole-im
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -45,6 +46,23 @@ class EnhanceOptions:
                               f"{self.tile}-pixel tiles, got {self.overlap}")
 
 
+#: The smallest frame side a denoiser is given: its noise estimate and its 3x3 filters need
+#: neighbours; a smaller "image" is a mistake, not a picture to enhance.
+MIN_SIDE = 8
+
+
+def check_enhancement_model(model: LoadedModel) -> LoadedModel:
+    """``model``, unless it is a triage model (it scores images; it cannot enhance them)."""
+    if model.card.task == "triage":
+        raise ConfigError(f"model {model.card.name!r} is a triage model, not an enhancement one "
+                          "(see `medenhance models`; use it with `medenhance triage`)")
+    return model
+
+
+def _loaded(model: LoadedModel | str | os.PathLike[str]) -> LoadedModel:
+    return check_enhancement_model(model if isinstance(model, LoadedModel) else load_model(model))
+
+
 @torch.inference_mode()
 def enhance_array(frames: np.ndarray, model: LoadedModel, options: EnhanceOptions | None = None
                   ) -> tuple[np.ndarray, list[float | None]]:
@@ -62,6 +80,12 @@ def enhance_array(frames: np.ndarray, model: LoadedModel, options: EnhanceOption
     stack = frames[None] if single else frames
     if stack.ndim != 3:
         raise InvalidImageError(f"expected (H, W) or (N, H, W) pixels, got shape {frames.shape}")
+    if min(stack.shape[1:]) < MIN_SIDE:
+        raise InvalidImageError(f"frames of {stack.shape[1]}x{stack.shape[2]} pixels are too "
+                                f"small to enhance (at least {MIN_SIDE}x{MIN_SIDE})")
+    if not np.isfinite(stack).all():
+        raise InvalidImageError("pixels hold NaN or infinite values")
+    check_enhancement_model(model)
     outputs, sigmas = [], []
     for frame in stack:
         x = torch.from_numpy(np.ascontiguousarray(frame, dtype=np.float32))[None, None].to(device)
@@ -85,21 +109,21 @@ def enhance_array(frames: np.ndarray, model: LoadedModel, options: EnhanceOption
     return (out[0] if single else out), sigmas
 
 
-def enhance_image(image: MedicalImage, model: LoadedModel | str,
+def enhance_image(image: MedicalImage, model: LoadedModel | str | os.PathLike[str],
                   options: EnhanceOptions | None = None) -> MedicalImage:
     """Enhance a :class:`MedicalImage` with a model (a loaded one, a name or a checkpoint path).
 
     The result keeps the input's metadata (so it is written in the same format and units) and
     records the model and the noise level used in its history.
     """
-    loaded = load_model(model) if isinstance(model, str) else model
+    loaded = _loaded(model)
     pixels, sigmas = enhance_array(image.pixels, loaded, options)
     known = [s for s in sigmas if s is not None]
     level = f", noise level {np.mean(known) * 255:.1f}/255" if known else ""
     return image.with_pixels(pixels, f"{loaded.card.task} with model {loaded.card.name}{level}")
 
 
-def enhance_images(images: Sequence[MedicalImage], model: LoadedModel | str,
+def enhance_images(images: Sequence[MedicalImage], model: LoadedModel | str | os.PathLike[str],
                    options: EnhanceOptions | None = None) -> list[MedicalImage]:
-    loaded = load_model(model) if isinstance(model, str) else model
+    loaded = _loaded(model)
     return [enhance_image(im, loaded, options) for im in images]

@@ -89,7 +89,7 @@ def write_image(image: MedicalImage, path: str | os.PathLike[str], *,
     target = Path(path)
     fmt = SUFFIX_FORMATS.get(full_suffix(target))
     if fmt is None:
-        raise ImageWriteError(target, f"unknown output suffix {full_suffix(target) or '(none)'}; "
+        raise ImageWriteError(target, f"unknown output suffix {target.suffix or '(none)'}; "
                                       "use .dcm, .png, .jpg, .tif, .nii.gz or .npy")
     source = image.meta.source_path
     if source is not None and target.exists() and os.path.samefile(source, target):

@@ -67,7 +67,7 @@ def is_image_file(path: Path) -> bool:
     return full_suffix(path) in SUFFIX_FORMATS or _looks_like_dicom(path)
 
 
-def find_images(inputs: Iterable[str | os.PathLike[str]], *, recursive: bool = True,
+def find_images(inputs: Iterable[str | os.PathLike[str]] | str | os.PathLike[str], *, recursive: bool = True,
                 errors: list[str] | None = None) -> list[Path]:
     """Expand files and folders into a sorted list of image files.
 
@@ -80,6 +80,8 @@ def find_images(inputs: Iterable[str | os.PathLike[str]], *, recursive: bool = T
         If an input does not exist, or a folder holds no image files; when an ``errors`` list is
         given, the messages are appended to it instead and the other inputs are still searched.
     """
+    if isinstance(inputs, (str, os.PathLike)):        # one path, not its characters
+        inputs = [inputs]
     found: list[Path] = []
     for item in inputs:
         try:

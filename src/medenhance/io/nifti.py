@@ -127,6 +127,10 @@ def write_nifti(image: MedicalImage, tmp_path: Path, target: Path) -> None:
         out.header.set_slope_inter(slope if (slope, inter) != (1.0, 0.0) else np.nan,
                                    inter if (slope, inter) != (1.0, 0.0) else np.nan)
     else:
+        if meta.window.invert:
+            # NIfTI has no "minimum is white" (MONOCHROME1): store the picture as it is seen,
+            # bright where the source displays bright, in the source's range.
+            volume = meta.window.low + meta.window.high - volume
         out = nib.Nifti1Image(volume.astype(np.float32), np.eye(4))
     descrip = f"medenhance: {'; '.join(meta.history)}"[:79]
     out.header["descrip"] = descrip.encode("ascii", "replace")

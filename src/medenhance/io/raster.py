@@ -7,6 +7,7 @@ in the log, and written back as gray. Multi-page TIFFs become frames ``(N, H, W)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from pathlib import Path
@@ -142,6 +143,10 @@ def _output_dtype(image: MedicalImage, fmt: str) -> tuple[np.dtype, MedicalImage
     if meta.source_format in ("png", "jpeg", "tiff"):
         if fmt == "tiff" or (fmt == "png" and dtype in (np.uint8, np.uint16)) or (
                 fmt == "jpeg" and dtype == np.uint8):
+            if meta.window.invert and fmt != "tiff":
+                # Only TIFF can say "min is white": elsewhere store the picture as it is seen.
+                window = type(meta.window)(meta.window.low, meta.window.high, False)
+                return dtype, MedicalImage(image.pixels, dataclasses.replace(meta, window=window))
             return dtype, image
     # Cross-format (e.g. DICOM -> PNG): write pixels with a full-range window of the target type.
     target = np.dtype(np.uint8) if fmt == "jpeg" else np.dtype(np.uint16)

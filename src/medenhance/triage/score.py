@@ -8,6 +8,7 @@ trusted and the study should be read as if flagged.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +41,8 @@ class TriageResult:
 
 
 class TriageScorer:
-    def __init__(self, model: LoadedModel | str) -> None:
-        self.model = load_model(model) if isinstance(model, str) else model
+    def __init__(self, model: LoadedModel | str | os.PathLike[str]) -> None:
+        self.model = model if isinstance(model, LoadedModel) else load_model(model)
         self.info = self.model.card.extra.get("triage")
         if self.model.card.task != "triage" or not isinstance(self.info, dict):
             raise ConfigError(f"model {self.model.card.name!r} is not a triage model "
@@ -99,12 +100,14 @@ class TriageScorer:
                                                mode="bilinear", align_corners=False
                                                )[:, 0].numpy()
 
-    def score_files(self, paths: list[Path], failures: list[str] | None = None,
+    def score_files(self, paths: list[Path] | str | os.PathLike[str], failures: list[str] | None = None,
                     progress=None, batch: int = 32, by_study: bool = False
                     ) -> list[TriageResult]:
         """One result per file, or per DICOM study with ``by_study`` (files without a Study
         Instance UID stay studies of their own), in the order first read. A file of several
         frames scores by its most abnormal frame that shows the anatomy (:mod:`.study`)."""
+        if isinstance(paths, (str, os.PathLike)):     # one file, not its characters
+            paths = [Path(paths)]
         size = int(self.info["size"])
         studies: dict[str, list[FrameScore]] = {}
         uids: dict[str, str] = {}
