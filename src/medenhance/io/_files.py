@@ -67,7 +67,8 @@ def is_image_file(path: Path) -> bool:
     return full_suffix(path) in SUFFIX_FORMATS or _looks_like_dicom(path)
 
 
-def find_images(inputs: Iterable[str | os.PathLike[str]] | str | os.PathLike[str], *, recursive: bool = True,
+def find_images(inputs: Iterable[str | os.PathLike[str]] | str | os.PathLike[str], *,
+                recursive: bool = True,
                 errors: list[str] | None = None) -> list[Path]:
     """Expand files and folders into a sorted list of image files.
 

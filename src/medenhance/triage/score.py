@@ -100,7 +100,8 @@ class TriageScorer:
                                                mode="bilinear", align_corners=False
                                                )[:, 0].numpy()
 
-    def score_files(self, paths: list[Path] | str | os.PathLike[str], failures: list[str] | None = None,
+    def score_files(self, paths: list[Path] | str | os.PathLike[str],
+                    failures: list[str] | None = None,
                     progress=None, batch: int = 32, by_study: bool = False
                     ) -> list[TriageResult]:
         """One result per file, or per DICOM study with ``by_study`` (files without a Study
