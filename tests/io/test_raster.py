@@ -138,3 +138,16 @@ def test_minimum_is_white_sources_keep_their_picture_in_every_format(
 def test_single_paths_are_not_read_as_lists_of_characters(samples: Path) -> None:
     assert me.find_images(samples) == me.find_images([samples])
     assert me.find_images(str(samples)) == me.find_images([samples])
+
+
+def test_colour_tiff_with_separate_planes_is_read_like_interleaved(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    gray = (rng.random((20, 24)) * 255).astype(np.uint8)
+    planes = np.stack([gray, gray, gray])               # R, G and B one after another
+    tifffile.imwrite(tmp_path / "one.tif", planes, photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "two.tif", np.stack([planes, planes]), photometric="rgb",
+                     planarconfig="separate")
+    one, two = me.read_image(tmp_path / "one.tif"), me.read_image(tmp_path / "two.tif")
+    assert one.pixels.shape == (20, 24) and two.pixels.shape == (2, 20, 24)
+    np.testing.assert_allclose(one.values(), gray, atol=1e-3)
+    np.testing.assert_allclose(two.values()[1], gray, atol=1e-3)

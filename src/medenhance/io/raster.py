@@ -103,12 +103,15 @@ def read_tiff(path: str | Path) -> MedicalImage:
         with tifffile.TiffFile(p) as tif:
             arr = tif.asarray()
             photometric = tif.pages[0].photometric
+            separate_planes = int(tif.pages[0].planarconfig) == 2     # RR..GG..BB..
     except FileNotFoundError:
         raise ImageReadError(p, "no such file") from None
     except Exception as exc:  # tifffile raises TiffFileError, ValueError, ...
         raise ImageReadError(p, f"not a readable TIFF file ({exc})") from None
     arr = np.asarray(arr)
     if photometric is not None and int(photometric) in (2, 6) and arr.ndim >= 3:  # RGB, YCbCr
+        if separate_planes:      # the colour samples come before the rows, not after columns
+            arr = np.moveaxis(arr, -3, -1)
         arr, colour = _to_gray(p, arr)
     else:
         colour = False
