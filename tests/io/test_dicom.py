@@ -167,3 +167,25 @@ def test_truncated_dicom_says_so(samples: Path, tmp_path: Path) -> None:
     cut.write_bytes((samples / "cr_chest_RG1_J2KI.dcm").read_bytes()[:4000])
     with pytest.raises(ImageReadError, match="probably truncated"):
         me.read_image(cut)
+
+
+def test_pixel_spacing_is_kept_exactly_and_scaled_precisely(shared: Path, tmp_path: Path) -> None:
+    source = shared / "dicom-samples" / "mr_jpeg2000_lossless" / "fMRI_MB_int" / "jp2k1.dcm"
+    image = me.read_image(source)
+    same = pydicom.dcmread(me.write_image(image, tmp_path / "same.dcm"))
+    assert [str(v) for v in same.PixelSpacing] == ["2.6976745128632"] * 2
+    frames = image.pixels
+    half = image.with_pixels(frames.reshape(*frames.shape[:-2], frames.shape[-2] // 2, 2,
+                                            frames.shape[-1] // 2, 2).mean((-3, -1)), "halve")
+    halved = pydicom.dcmread(me.write_image(half, tmp_path / "half.dcm"))
+    np.testing.assert_allclose([float(v) for v in halved.PixelSpacing], [2 * 2.6976745128632] * 2,
+                               rtol=1e-12)
+
+
+def test_dicom_to_nifti_keeps_the_pixel_spacing(shared: Path, tmp_path: Path) -> None:
+    import nibabel as nib
+
+    source = shared / "dicom-samples" / "mr_jpeg2000_lossless" / "fMRI_MB_int" / "jp2k1.dcm"
+    out = me.write_image(me.read_image(source), tmp_path / "o.nii.gz")
+    np.testing.assert_allclose(nib.load(out).header.get_zooms()[:2], [2.6976745128632] * 2,
+                               rtol=1e-6)

@@ -28,6 +28,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence
+from pydicom.valuerep import DSfloat
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from .._version import __version__
@@ -236,10 +237,14 @@ def derived_dataset(image: MedicalImage, target: Path) -> Dataset:
                     "ExtendedOffsetTableLengths"):
         if keyword in ds:
             del ds[keyword]
-    if image.meta.pixel_spacing is not None:
-        spacing = [f"{v:.6g}" for v in image.meta.pixel_spacing]
+    old = _spacing(source)
+    if image.meta.pixel_spacing is not None and old is not None and \
+            not np.allclose(image.meta.pixel_spacing, old, rtol=1e-9, atol=0):
+        # Resized: the new spacing, as precise as a DS value's 16 characters allow (unchanged
+        # frames keep the source's own strings).
+        spacing = [DSfloat(v, auto_format=True) for v in image.meta.pixel_spacing]
         for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-            if keyword in ds and _spacing(source) is not None:
+            if keyword in ds:
                 setattr(ds, keyword, spacing)
     source_sop = (source.get("SOPClassUID"), source.get("SOPInstanceUID"))
     ds.SeriesInstanceUID = generate_uid()

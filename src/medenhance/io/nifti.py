@@ -131,7 +131,10 @@ def write_nifti(image: MedicalImage, tmp_path: Path, target: Path) -> None:
             # NIfTI has no "minimum is white" (MONOCHROME1): store the picture as it is seen,
             # bright where the source displays bright, in the source's range.
             volume = meta.window.low + meta.window.high - volume
-        out = nib.Nifti1Image(volume.astype(np.float32), np.eye(4))
+        affine = np.eye(4)
+        if meta.pixel_spacing is not None:      # voxel sizes; the orientation is not known here
+            affine[0, 0], affine[1, 1] = meta.pixel_spacing[1], meta.pixel_spacing[0]
+        out = nib.Nifti1Image(volume.astype(np.float32), affine)
     descrip = f"medenhance: {'; '.join(meta.history)}"[:79]
     out.header["descrip"] = descrip.encode("ascii", "replace")
     try:
