@@ -57,3 +57,9 @@ def test_with_pixels_updates_spacing_and_history() -> None:
 def test_nan_pixels_are_refused() -> None:
     with pytest.raises(InvalidImageError, match="NaN"):
         me.from_array(np.array([[np.nan, 0.0]]))
+
+
+def test_empty_arrays_are_refused() -> None:
+    for empty in (np.zeros((0, 5)), np.zeros((3, 0, 4), np.uint16)):
+        with pytest.raises(InvalidImageError, match="empty"):
+            me.from_array(empty)

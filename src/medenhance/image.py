@@ -211,6 +211,8 @@ def from_array(array: np.ndarray, *, modality: str | None = None,
             f"expected a 2-D or 3-D numeric array, got dtype {arr.dtype} and shape {arr.shape}")
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise InvalidImageError("array contains NaN or infinite values")
+    if arr.size == 0:
+        raise InvalidImageError(f"the array is empty (shape {arr.shape})")
     bits = arr.dtype.itemsize * 8 if arr.dtype.kind in "ui" else None
     window = choose_window(arr, integer_bits=bits, signed=arr.dtype.kind == "i")
     meta = ImageMeta(source_format="npy", window=window, stored_dtype=arr.dtype.name,
