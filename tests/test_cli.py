@@ -385,3 +385,8 @@ def test_error_messages_keep_their_brackets(tmp_path: Path, samples: Path) -> No
     result = run("degrade", samples / "mri_brain_glioma_Te-gl_0063.png", "-o", tmp_path / "o",
                  "--pipeline", pipeline)
     assert result.exit_code == 1 and "needs [low, high]" in result.output
+
+
+def test_train_takes_resume_or_overwrite_not_both() -> None:
+    both = run("train", "-c", ROOT / "configs" / "xray-denoise.yaml", "--resume", "--overwrite")
+    assert both.exit_code == 1 and "not both" in both.output

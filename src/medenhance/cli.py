@@ -659,6 +659,8 @@ def train(
                         TextColumn("loss {task.fields[loss]:.5f}"), TimeElapsedColumn(),
                         TextColumn("ETA"), TimeRemainingColumn(), console=err_console,
                         disable=not err_console.is_terminal)
+    if resume and overwrite:
+        raise fail("give --resume (continue the run) or --overwrite (start it again), not both")
     try:
         cfg = load_config(config, set_ or [])
         console.print(f"training {cfg.name!r} ({cfg.model.name}) -> {cfg.run_dir}/")

@@ -101,6 +101,11 @@ def test_bad_pipelines(steps, match) -> None:
         Pipeline(steps)
 
 
+def test_a_choice_may_be_any_sequence() -> None:
+    record = Pipeline([{"op": "jpeg", "params": {"quality": {"choice": (30, 50)}}}]).sample(0)
+    assert record.steps[0].params["quality"] in (30, 50)
+
+
 def test_a_bad_pipeline_or_record_file_is_named(tmp_path) -> None:
     pipeline = tmp_path / "p.json"
     pipeline.write_text('[{"op": "gaussian", "params": {"sigma": {"uniform": [0.1, "x"]}}}]')

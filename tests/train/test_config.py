@@ -70,6 +70,8 @@ def test_bad_extra_training_sets(extra: str, message: str) -> None:
     ("data.degradations=[{preset: jpeg, wieght: 1}]", r"unknown key\(s\) wieght"),
     ("data.degradations=[{preset: jpeg, weight: abc}]", "weight must be a number >= 0"),
     ("loss={l1: abc}", "the weight of l1 must be a number"),
+    ("loss={l3: 1}", r"unknown term\(s\) l3"),
+    ("name=v2.safetensors", "cannot name a model"),
 ])
 def test_values_that_would_fail_later_are_refused_at_once(override: str, message: str) -> None:
     config = apply_overrides(TrainConfig(), ["data.manifest=m.csv", override])

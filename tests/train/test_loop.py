@@ -119,11 +119,26 @@ def test_a_registered_model_and_a_run_are_replaced_only_when_asked(
     with pytest.raises(ConfigError, match=r"other data settings \(data.val_images\)"):
         fit(_config(manifest, tmp_path / "a", register="true", **{"data.val_images": 1}),
             resume=True, log=lambda _: None)
-    # --overwrite starts the run again: its log holds the new run's epochs only.
-    fit(_config(manifest, tmp_path / "a", register="true", **{"optim.epochs": 2}),
-        overwrite=True, log=lambda _: None)
-    rows = list(csv.DictReader(open(tmp_path / "a" / "log.csv")))
-    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    # --overwrite starts the run again: nothing of the earlier run is left to mix with it,
+    # even when the new run stops before its first epoch ends.
+    with pytest.raises(_Interrupt):
+        fit(_config(manifest, tmp_path / "a", register="true"), overwrite=True,
+            log=lambda _: None, progress=_stop_after(1))
+    left = {p.name for p in (tmp_path / "a").iterdir()}
+    assert not left & {"last.pt", "best.safetensors", "best.json", "log.csv", "loss.png"}, left
+
+
+def test_stages_of_a_bundled_recipe_may_each_register_under_its_name(
+        manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a bundled model's name the registered copy is hidden by the bundled model anyway,
+    so the configs/xray-denoise*.yaml stages run one after another without --overwrite."""
+    monkeypatch.setenv("MEDENHANCE_MODELS", str(tmp_path / "models"))
+    notes: list[str] = []
+    for stage in ("s1", "s2"):
+        fit(_config(manifest, tmp_path / stage, register="true", name="xray-denoise",
+                    **{"optim.epochs": 1}), log=notes.append)
+    assert (tmp_path / "models" / "xray-denoise.safetensors").exists()
+    assert any("a bundled model is also called 'xray-denoise'" in n for n in notes)
 
 
 def test_nothing_to_resume(manifest: Path, tmp_path: Path) -> None:

@@ -276,7 +276,8 @@ def read_manifest(path: str | Path, split: str | None = None) -> list[dict[str, 
         raise DatasetError(f"{p}: {exc.strerror}") from None
     except (UnicodeDecodeError, csv.Error):
         raise DatasetError(f"{p}: not a manifest (not a CSV text file)") from None
-    missing = [c for c in ("path", "split", "patient_id") if rows and c not in rows[0]]
+    missing = [c for c in ("path", *(("split",) if split is not None else ()))
+               if rows and c not in rows[0]]
     if missing:
         raise DatasetError(f"{p}: not a medenhance manifest (no {', '.join(missing)} "
                            "column; make one with `medenhance prepare`)")

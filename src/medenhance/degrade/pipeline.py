@@ -97,7 +97,7 @@ def _draw(name: str, spec: Any, rng: np.random.Generator) -> Any:
                                f"got {dict(spec)}")
     kind, args = next(iter(spec.items()))
     if kind == "choice":
-        if not isinstance(args, list) or not args:
+        if isinstance(args, (str, bytes)) or not isinstance(args, Sequence) or not args:
             raise DegradationError(f"parameter {name}: choice needs a list of values, got {args}")
         return args[int(rng.integers(len(args)))]
     if not (isinstance(args, Sequence) and len(args) == 2):

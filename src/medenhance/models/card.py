@@ -136,7 +136,8 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 def check_model_name(name: str) -> None:
     """:class:`ConfigError` unless ``name`` can be registered and found again by name."""
-    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name) or ".." in name:
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name) or ".." in name or \
+            name.lower().endswith((".safetensors", ".json")):   # `-m` would take it for a file
         raise ConfigError(f"name: {name!r} cannot name a model; use letters, digits, '.', '_' "
                           "and '-', starting with a letter or digit (e.g. my-site-xray)")
 

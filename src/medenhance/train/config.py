@@ -142,6 +142,9 @@ class TrainConfig:
         for term, weight in self.loss.items():
             if not _is_number(weight):
                 raise ConfigError(f"loss: the weight of {term} must be a number, got {weight!r}")
+        from .losses import build_loss
+
+        build_loss(self.loss)               # unknown terms, all weights zero
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

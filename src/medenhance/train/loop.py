@@ -166,17 +166,20 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: Progress | None 
     run = config.run_dir
     last = run / "last.pt"
     registered = user_dir() / f"{config.name}.safetensors"
+    bundled = (bundled_dir() / f"{config.name}.safetensors").exists()
     if resume and not last.exists():
         raise ConfigError(f"{run}: nothing to resume (no last.pt)")
     if not resume and not overwrite:
         if last.exists():
             raise ConfigError(f"{run} already holds a run; pass --resume to continue it, "
                               "--overwrite to start it again, or set output_dir to a new folder")
-        if config.register and registered.exists():
+        # Under a bundled model's name the registered copy is hidden anyway (`-m NAME` finds the
+        # bundled one), so the stages of a bundled recipe may each register theirs.
+        if config.register and registered.exists() and not bundled:
             raise ConfigError(f"a model named {config.name!r} is already registered "
                               f"({registered}); choose another name (--set name=...) or pass "
                               "--overwrite to replace it")
-    if config.register and (bundled_dir() / f"{config.name}.safetensors").exists():
+    if config.register and bundled:
         log(f"note: a bundled model is also called {config.name!r} and is the one that name "
             f"finds; use this one by its path ({run / 'best.safetensors'}) or train it under "
             "another name (--set name=...)")
@@ -187,6 +190,10 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: Progress | None 
     amp = config.amp and device.type == "cuda"
 
     mixture = DegradationMixture(config.data.degradations)
+    header = read_manifest(config.data.manifest)[:1]
+    if header and "patient_id" not in header[0]:
+        raise ConfigError(f"{config.data.manifest}: not a medenhance manifest (no patient_id "
+                          "column; make one with `medenhance prepare`)")
     train_images = load_split(config.data.manifest, config.data.train_split)
     val_images = load_split(config.data.manifest, config.data.val_split)
     extra = [(load_split(e["manifest"], e.get("split", "train")), float(e.get("weight", 0)))

@@ -399,7 +399,8 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
         if (run / "best.safetensors").exists():
             raise ConfigError(f"{run}: already holds a trained model (pass --overwrite to "
                               "replace it, or --set output_dir=...)")
-        if config.register and registered.exists():
+        if config.register and registered.exists() and not (
+                bundled_dir() / f"{config.name}.safetensors").exists():   # hidden anyway
             raise ConfigError(f"a model named {config.name!r} is already registered "
                               f"({registered}); choose another name (--set name=...) or pass "
                               "--overwrite to replace it")
