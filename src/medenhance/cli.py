@@ -766,6 +766,9 @@ def triage(
             raise MedEnhanceError(f"{output}: is a folder; -o takes the worklist's file name")
         if output.exists() and not overwrite:
             raise MedEnhanceError(f"{output}: file exists (pass --overwrite to replace it)")
+        if heatmaps is not None and heatmaps.resolve() == output.resolve():
+            raise MedEnhanceError(f"{heatmaps}: is also the worklist (-o); --heatmaps takes a "
+                                  "folder of its own")
         if heatmaps is not None and heatmaps.exists() and not heatmaps.is_dir():
             raise MedEnhanceError(f"{heatmaps}: is a file; --heatmaps takes a folder")
         if heatmaps is not None and any(heatmaps.glob("*.png")) and not overwrite:
@@ -797,7 +800,7 @@ def triage(
             for i, r in enumerate(results, 1):
                 note = ("out of distribution: read as flagged" if r.ood else
                         "likely abnormal" if r.flag else "")
-                w.writerow([i, r.path, r.frame, f"{r.score:.4f}", r.flag, r.ood, r.frames,
+                w.writerow([i, r.path, r.frame, f"{r.score:.6g}", r.flag, r.ood, r.frames,
                             r.files, r.study, note])
 
     if results:

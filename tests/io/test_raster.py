@@ -151,3 +151,17 @@ def test_colour_tiff_with_separate_planes_is_read_like_interleaved(tmp_path: Pat
     assert one.pixels.shape == (20, 24) and two.pixels.shape == (2, 20, 24)
     np.testing.assert_allclose(one.values(), gray, atol=1e-3)
     np.testing.assert_allclose(two.values()[1], gray, atol=1e-3)
+
+
+def test_linked_folders_are_searched_and_a_link_loop_ends(samples: Path, tmp_path: Path) -> None:
+    site = tmp_path / "elsewhere"
+    site.mkdir()
+    for name in ("a.png", "b.png"):
+        (site / name).write_bytes((samples / "mri_brain_glioma_Te-gl_0063.png").read_bytes())
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "site2").symlink_to(site, target_is_directory=True)
+    (site / "loop").symlink_to(inputs, target_is_directory=True)
+    found = me.find_images(inputs)
+    assert sorted(p.name for p in found) == ["a.png", "b.png"]
+    assert all(p.parent == inputs / "site2" for p in found)

@@ -545,3 +545,28 @@ def test_one_path_is_one_study_and_a_checkpoint_path_loads(samples: Path) -> Non
     sample = samples / "xray_chest_nih_00009128_000.png"
     one = scorer.score_files(str(sample))
     assert len(one) == 1 and one[0].score == scorer.score_files([sample])[0].score
+
+
+def test_fewer_images_than_a_batch_still_train(folders: Path, tmp_path: Path, monkeypatch) -> None:
+    """60 normal training images with batch_size 64 gave no step at all, yet a saved model."""
+    monkeypatch.setenv("MEDENHANCE_MODELS", str(tmp_path / "models"))
+    config = _config(folders, "oneclass", tmp_path, "batch_size: 64\n")
+    text = config.read_text().replace("epochs: 4\nbatch_size: 16\n", "epochs: 1\n")
+    config.write_text(text)
+    result = runner.invoke(app, ["train-triage", "-c", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "note: batch size" in result.output
+    history = TriageScorer("tiny-oneclass").model.card.extra["history"]
+    assert np.isfinite(history[0]["train_loss"])
+
+
+def test_outputs_that_would_land_in_the_inputs_are_refused(folders: Path, tmp_path: Path) -> None:
+    test = folders / "test"
+    inside = runner.invoke(app, ["evaluate-triage", str(test), "-m", "xray-pneumonia", "-o",
+                                 str(test / "NORMAL")])
+    assert inside.exit_code == 1 and "inside the evaluated data" in inside.output
+    assert not (test / "NORMAL" / "roc.png").exists()
+    same = runner.invoke(app, ["triage", str(test / "NORMAL"), "-o", str(tmp_path / "x"),
+                               "--heatmaps", str(tmp_path / "x")])
+    assert same.exit_code == 1 and "is also the worklist" in same.output
+    assert not (tmp_path / "x").exists()

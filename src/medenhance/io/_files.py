@@ -94,9 +94,23 @@ def find_images(inputs: Iterable[str | os.PathLike[str]] | str | os.PathLike[str
     return found
 
 
+def _walk(folder: Path) -> Iterator[Path]:
+    """Every entry below ``folder``, following linked folders (a site's data is often a link)
+    but entering each real folder once, so that a link loop ends."""
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for name in dirs + files:
+            yield Path(root) / name
+
+
 def _expand(p: Path, recursive: bool) -> list[Path]:
     if p.is_dir():
-        walker: Iterator[Path] = p.rglob("*") if recursive else p.glob("*")
+        walker: Iterator[Path] = _walk(p) if recursive else p.glob("*")
         # A broken link with an image's suffix is returned too: reading it fails with a reason
         # that the batch lists, instead of the file silently vanishing.
         files = sorted(f for f in walker if is_image_file(f) or (

@@ -37,6 +37,11 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
         raise DatasetError(f"{out}: already holds an evaluation (pass --overwrite to replace it)")
     if not base.exists():
         raise DatasetError(f"{base}: no such folder or file")
+    data_root = base if base.is_dir() else base.parent
+    if out.resolve() == data_root.resolve() or data_root.resolve() in out.resolve().parents:
+        # Its plots would be read as studies by the next evaluation of the same folder.
+        raise DatasetError(f"{out}: inside the evaluated data {data_root}; choose an output "
+                           "folder outside it")
     scorer = TriageScorer(model)
     normal = {n.lower() for n in (normal_labels or scorer.info["normal_labels"])}
     prepared = manifest_of(base) is not None
@@ -90,7 +95,8 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(["path", "label", "score", "flag", "ood", "distance"])
         for r, y in zip(results, labels, strict=True):
-            w.writerow([r.path, int(y), f"{r.score:.6f}", r.flag, r.ood, f"{r.distance:.3f}"])
+            # Enough digits that a score reproduces its flag and the metrics.
+            w.writerow([r.path, int(y), f"{r.score:.10g}", r.flag, r.ood, f"{r.distance:.3f}"])
     (out / "summary.json").write_text(json.dumps(result, indent=2))
     _plot_roc(labels, scores, t, result, out / "roc.png")
     _plot_scores(labels, scores, t, result, out / "scores.png")

@@ -450,7 +450,13 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
         log(line)
     model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps = config.epochs * max(1, len(train.labels) // config.batch_size)
+    # Batches are whole (batch norm); with fewer images than a batch there would be no step.
+    batch_size = min(config.batch_size, len(train.labels))
+    if config.epochs and batch_size < 2:
+        raise ConfigError(f"{len(train.labels)} training image(s): too few to train on")
+    if batch_size < config.batch_size and config.epochs:
+        log(f"note: batch size {batch_size} (only {len(train.labels)} training images)")
+    steps = config.epochs * max(1, len(train.labels) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=max(steps, 1))
     gen = torch.Generator().manual_seed(config.seed)
     n_pos, n_neg = int(train.labels.sum()), int((1 - train.labels).sum())
@@ -470,8 +476,8 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
         model.train()
         order = torch.randperm(len(labels), generator=gen)
         losses = []
-        for i in range(0, len(order) - config.batch_size + 1, config.batch_size):
-            idx = order[i: i + config.batch_size]
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            idx = order[i: i + batch_size]
             x = augment(images[idx], gen, config.augment, config.max_zoom).to(device)
             if contrastive:
                 # Two augmentations of each image, in the same view: they should match each
