@@ -800,7 +800,7 @@ def triage(
             for i, r in enumerate(results, 1):
                 note = ("out of distribution: read as flagged" if r.ood else
                         "likely abnormal" if r.flag else "")
-                w.writerow([i, r.path, r.frame, f"{r.score:.6g}", r.flag, r.ood, r.frames,
+                w.writerow([i, r.path, r.frame, f"{r.score:.6f}", r.flag, r.ood, r.frames,
                             r.files, r.study, note])
 
     if results:

@@ -96,7 +96,7 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
         w.writerow(["path", "label", "score", "flag", "ood", "distance"])
         for r, y in zip(results, labels, strict=True):
             # Enough digits that a score reproduces its flag and the metrics.
-            w.writerow([r.path, int(y), f"{r.score:.10g}", r.flag, r.ood, f"{r.distance:.3f}"])
+            w.writerow([r.path, int(y), f"{r.score:.10f}", r.flag, r.ood, f"{r.distance:.3f}"])
     (out / "summary.json").write_text(json.dumps(result, indent=2))
     _plot_roc(labels, scores, t, result, out / "roc.png")
     _plot_scores(labels, scores, t, result, out / "scores.png")
