@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -132,6 +133,25 @@ def user_dir() -> Path:
 
 #: A model name is a file name in the user model folder, found again by ``--model NAME``.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_registration(name: str, checkpoint: Path, *, overwrite: bool,
+                       log: Callable[[str], None]) -> None:
+    """Before training a model to be registered as ``name`` (its run's ``checkpoint``): refuse to
+    replace a registered model of that name unless ``overwrite``, and note a bundled one.
+
+    Under a bundled model's name the registered copy is hidden anyway (``-m NAME`` finds the
+    bundled model first), so the stages of a bundled recipe may each register theirs."""
+    registered = user_dir() / f"{name}.safetensors"
+    bundled = (bundled_dir() / f"{name}.safetensors").exists()
+    if registered.exists() and not bundled and not overwrite:
+        raise ConfigError(f"a model named {name!r} is already registered ({registered}); "
+                          "choose another name (--set name=...) or pass --overwrite to "
+                          "replace it")
+    if bundled:
+        log(f"note: a bundled model is also called {name!r} and is the one that name finds; "
+            f"use this one by its path ({checkpoint}) or train it under another name "
+            "(--set name=...)")
 
 
 def check_model_name(name: str) -> None:

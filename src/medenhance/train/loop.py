@@ -28,7 +28,8 @@ from ..data.prepare import read_manifest
 from ..errors import ConfigError
 from ..io._files import atomic_write
 from ..metrics import psnr, ssim
-from ..models.card import ModelCard, bundled_dir, load_model, save_checkpoint, user_dir
+from ..models.card import (ModelCard, check_registration, load_model, save_checkpoint,
+                           user_dir)
 from ..models.registry import create_model
 from .config import TrainConfig, config_from_dict
 from .losses import build_loss
@@ -165,24 +166,14 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: Progress | None 
     config.validate()
     run = config.run_dir
     last = run / "last.pt"
-    registered = user_dir() / f"{config.name}.safetensors"
-    bundled = (bundled_dir() / f"{config.name}.safetensors").exists()
     if resume and not last.exists():
         raise ConfigError(f"{run}: nothing to resume (no last.pt)")
-    if not resume and not overwrite:
-        if last.exists():
-            raise ConfigError(f"{run} already holds a run; pass --resume to continue it, "
-                              "--overwrite to start it again, or set output_dir to a new folder")
-        # Under a bundled model's name the registered copy is hidden anyway (`-m NAME` finds the
-        # bundled one), so the stages of a bundled recipe may each register theirs.
-        if config.register and registered.exists() and not bundled:
-            raise ConfigError(f"a model named {config.name!r} is already registered "
-                              f"({registered}); choose another name (--set name=...) or pass "
-                              "--overwrite to replace it")
-    if config.register and bundled:
-        log(f"note: a bundled model is also called {config.name!r} and is the one that name "
-            f"finds; use this one by its path ({run / 'best.safetensors'}) or train it under "
-            "another name (--set name=...)")
+    if last.exists() and not resume and not overwrite:
+        raise ConfigError(f"{run} already holds a run; pass --resume to continue it, "
+                          "--overwrite to start it again, or set output_dir to a new folder")
+    if config.register:   # a resumed run replaces the model it registered itself
+        check_registration(config.name, run / "best.safetensors", overwrite=overwrite or resume,
+                           log=log)
     torch.manual_seed(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -47,8 +47,8 @@ import yaml
 from scipy.optimize import minimize
 
 from ..errors import ConfigError
-from ..models.card import (ModelCard, bundled_dir, check_model_name, load_model, resolve_model,
-                          save_checkpoint, user_dir)
+from ..models.card import (ModelCard, check_model_name, check_registration, load_model,
+                          resolve_model, save_checkpoint, user_dir)
 from ..models.classifier import all_views, transform8
 from ..models.registry import create_model
 from ..train.config import _build
@@ -395,19 +395,11 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
     config.validate()
     run = config.run_dir
     registered = user_dir() / f"{config.name}.safetensors"
-    if not overwrite:
-        if (run / "best.safetensors").exists():
-            raise ConfigError(f"{run}: already holds a trained model (pass --overwrite to "
-                              "replace it, or --set output_dir=...)")
-        if config.register and registered.exists() and not (
-                bundled_dir() / f"{config.name}.safetensors").exists():   # hidden anyway
-            raise ConfigError(f"a model named {config.name!r} is already registered "
-                              f"({registered}); choose another name (--set name=...) or pass "
-                              "--overwrite to replace it")
-    if config.register and (bundled_dir() / f"{config.name}.safetensors").exists():
-        log(f"note: a bundled model is also called {config.name!r} and is the one that name "
-            f"finds; use this one by its path ({run / 'best.safetensors'}) or train it under "
-            "another name (--set name=...)")
+    if (run / "best.safetensors").exists() and not overwrite:
+        raise ConfigError(f"{run}: already holds a trained model (pass --overwrite to "
+                          "replace it, or --set output_dir=...)")
+    if config.register:
+        check_registration(config.name, run / "best.safetensors", overwrite=overwrite, log=log)
     run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     if config.threads:
