@@ -570,3 +570,23 @@ def test_outputs_that_would_land_in_the_inputs_are_refused(folders: Path, tmp_pa
                                "--heatmaps", str(tmp_path / "x")])
     assert same.exit_code == 1 and "is also the worklist" in same.output
     assert not (tmp_path / "x").exists()
+
+
+def test_a_failed_training_leaves_no_empty_run_folder(folders: Path, tmp_path: Path,
+                                                      monkeypatch) -> None:
+    monkeypatch.setenv("MEDENHANCE_MODELS", str(tmp_path / "models"))
+    only_normal = tmp_path / "only-normal"
+    (only_normal / "NORMAL").mkdir(parents=True)
+    for src in sorted((folders / "train" / "NORMAL").iterdir())[:10]:
+        (only_normal / "NORMAL" / src.name).write_bytes(src.read_bytes())
+    config = _config(only_normal.parent, "oneclass", tmp_path)
+    config.write_text(config.read_text().replace(f"data: {only_normal.parent / 'train'}",
+                                                 f"data: {only_normal}"))
+    result = runner.invoke(app, ["train-triage", "-c", str(config)])
+    assert result.exit_code == 1 and "normal and abnormal" in result.output, result.output
+    assert not (tmp_path / "oneclass").exists()
+    kept = tmp_path / "kept"        # a folder that existed before is left as it was
+    kept.mkdir()
+    result = runner.invoke(app, ["train-triage", "-c", str(config), "--set",
+                                 f"output_dir={kept}"])
+    assert result.exit_code == 1 and kept.is_dir()

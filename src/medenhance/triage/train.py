@@ -400,7 +400,21 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
                           "replace it, or --set output_dir=...)")
     if config.register:
         check_registration(config.name, run / "best.safetensors", overwrite=overwrite, log=log)
+    # Made now so that an unwritable folder fails before minutes of work; removed again if
+    # training fails before anything is saved in it.
+    created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
+    try:
+        return _train_and_save(config, run, registered, log=log, progress=progress)
+    except BaseException:
+        if created and not any(run.iterdir()):
+            run.rmdir()
+        raise
+
+
+def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
+                    log: Callable[[str], None], progress: Callable[[list[Path]], Any] | None
+                    ) -> tuple[Path, dict]:
     torch.manual_seed(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
