@@ -84,3 +84,24 @@ def test_extra_training_weight_must_be_a_number() -> None:
                                              "data.extra_train=[{manifest: n.csv, weight: lots}]"])
     with pytest.raises(ConfigError, match="weight must be a number, got 'lots'"):
         config.validate()
+
+
+def test_errors_name_the_file_or_the_set_item_they_come_from(tmp_path: Path) -> None:
+    from medenhance.triage.train import load_triage_config
+
+    denoise, triage = ROOT / "configs" / "xray-denoise.yaml", ROOT / "configs" / "mri-triage.yaml"
+    with pytest.raises(ConfigError, match=r"^--set 'optim.epochs=x': optim.epochs: expected int"):
+        load_config(denoise, ["optim.epochs=x"])
+    with pytest.raises(ConfigError, match=r"^--set 'epochs=abc': epochs: expected int"):
+        load_triage_config(triage, ["epochs=abc"])
+    with pytest.raises(ConfigError, match=r"^--set 'epoch=3': unknown key 'epoch'; known: "):
+        load_triage_config(triage, ["epoch=3"])
+    # Valid alone, invalid only with the file's other values: both are named.
+    with pytest.raises(ConfigError, match=r"mri-triage.yaml with --set size=40: size must be"):
+        load_triage_config(triage, ["size=40"])
+    with pytest.raises(ConfigError, match=r"xray-denoise.yaml with --set optim.lr=0: optim.lr"):
+        load_config(denoise, ["optim.lr=0"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "configs" / "mri-triage.yaml").read_text() + "epochs: many\n")
+    with pytest.raises(ConfigError, match=r"^\S*bad.yaml: epochs: expected int"):
+        load_triage_config(bad, ["lr=0.1"])

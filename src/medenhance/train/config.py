@@ -215,10 +215,15 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     try:
-        config = apply_overrides(config_from_dict(data), overrides or [])
-        config.validate()
+        config = config_from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    config = apply_overrides(config, overrides or [])
+    try:
+        config.validate()
+    except ConfigError as exc:
+        where = f"{path} with --set {' '.join(overrides)}" if overrides else str(path)
+        raise ConfigError(f"{where}: {exc}") from None
     return config
 
 
@@ -241,4 +246,8 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
         if parts[-1] not in node and not (len(parts) >= 2 and parts[-2] in ("args", "loss")):
             raise ConfigError(f"--set {item!r}: unknown key {key.strip()!r}")
         node[parts[-1]] = value
-    return config_from_dict(data)
+        try:    # now, so that a wrong value is blamed on its own item
+            config = config_from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"--set {item!r}: {exc}") from None
+    return config

@@ -35,7 +35,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -186,22 +186,41 @@ class TriageConfig:
 
 
 def load_triage_config(path: str | Path, overrides: list[str] | None = None) -> TriageConfig:
+    """Read a YAML config and apply ``key=value`` overrides. An error names the file, or the
+    ``--set`` item it comes from, or both where only the combination is invalid."""
     path = Path(path)
+    overrides = overrides or []
     try:
         data = yaml.safe_load(path.read_text()) or {}
-        for item in overrides or []:
-            key, sep, text = item.partition("=")
-            if not sep:
-                raise ConfigError(f"--set {item!r}: expected key=value")
-            data[key.strip()] = yaml.safe_load(text)
         config = _build(TriageConfig, data, "")
-        config.validate()
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    known = [f.name for f in fields(TriageConfig)]
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. epochs=3")
+        if key not in known:
+            raise ConfigError(f"--set {item!r}: unknown key {key!r}; known: "
+                              f"{', '.join(sorted(known))}")
+        try:
+            data[key] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            data[key] = text
+        try:
+            config = _build(TriageConfig, data, "")
+        except ConfigError as exc:
+            raise ConfigError(f"--set {item!r}: {exc}") from None
+    try:
+        config.validate()
+    except ConfigError as exc:
+        where = f"{path} with --set {' '.join(overrides)}" if overrides else str(path)
+        raise ConfigError(f"{where}: {exc}") from None
     return config
 
 
