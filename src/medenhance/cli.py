@@ -73,6 +73,15 @@ def report_failures(failures: list[str], total: int) -> None:
     raise typer.Exit(1)
 
 
+def note_skipped(skipped: list[Path]) -> None:
+    """Say which files in the input folders were left out as not images (e.g. a README)."""
+    if not skipped:
+        return
+    shown = ", ".join(str(p) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+    err_console.print(f"note: {len(skipped)} file(s) in the input folders are not images and "
+                      f"were skipped: {escape(shown)}", highlight=False, soft_wrap=True)
+
+
 def version_callback(value: bool) -> None:
     if value:
         console.print(f"medenhance {__version__}")
@@ -108,7 +117,9 @@ def info(
     from .io import find_images, inspect_image
 
     failures: list[str] = []
-    files = find_images(paths, errors=failures)
+    skipped: list[Path] = []
+    files = find_images(paths, errors=failures, skipped=skipped)
+    note_skipped(skipped)
     table = Table("file", "format", "modality", "size", "frames", "bits", "photometric",
                   "spacing", "transfer syntax", show_lines=False)
     for f in files:
@@ -237,6 +248,7 @@ def degrade(
         return
     if not inputs:
         raise fail("give the clean images to degrade (files or folders)", code=2)
+    skipped: list[Path] = []
     chosen = [x for x in (preset, pipeline, replay) if x is not None]
     if len(chosen) != 1:
         raise fail("give exactly one of --preset, --pipeline or --replay "
@@ -247,9 +259,10 @@ def degrade(
             pipe = None
         else:
             pipe = Pipeline.from_preset(preset) if preset else Pipeline.from_file(pipeline)  # type: ignore[arg-type]
-        files = find_images(inputs)
+        files = find_images(inputs, skipped=skipped)
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
+    note_skipped(skipped)
     files, names = _outside(files, inputs, output)
 
     def targets_of(name: Path) -> tuple[Path, ...]:
@@ -513,6 +526,7 @@ def enhance(
     from .methods import load_enhancement_model
     from .train.loop import pick_device
 
+    skipped: list[Path] = []
     try:
         dev = str(pick_device(device)) if device == "auto" else device
         if dev not in ("cpu", "cuda"):
@@ -530,9 +544,10 @@ def enhance(
                               tile=tile, overlap=overlap, device=dev)
         opts.validate()
         loaded = load_enhancement_model(model, device=dev)
-        files = find_images(inputs)
+        files = find_images(inputs, skipped=skipped)
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
+    note_skipped(skipped)
     files, names = _outside(files, inputs, output)
 
     trained_on = {m for m in loaded.card.modality.upper().split("/") if m not in ("", "ANY")}
@@ -761,6 +776,7 @@ def triage(
     from .triage.score import NOTE, TriageScorer, population_shift, worklist
 
     failures: list[str] = []
+    skipped: list[Path] = []
     try:
         if output.is_dir():
             raise MedEnhanceError(f"{output}: is a folder; -o takes the worklist's file name")
@@ -779,7 +795,8 @@ def triage(
             raise MedEnhanceError(f"--heatmaps: model {scorer.model.card.name!r} scores the "
                                   "pooled features of the whole image and has no map of where "
                                   "its score comes from (use a patch-nn or supervised model)")
-        files = find_images(inputs, errors=failures)
+        files = find_images(inputs, errors=failures, skipped=skipped)
+        note_skipped(skipped)
         resolved = {f.resolve() for f in files}
         if output.resolve() in resolved:
             raise MedEnhanceError(f"{output}: is one of the input images; write the worklist "

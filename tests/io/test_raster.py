@@ -165,3 +165,22 @@ def test_linked_folders_are_searched_and_a_link_loop_ends(samples: Path, tmp_pat
     found = me.find_images(inputs)
     assert sorted(p.name for p in found) == ["a.png", "b.png"]
     assert all(p.parent == inputs / "site2" for p in found)
+
+
+def test_files_that_are_not_images_are_reported_as_skipped(samples: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medenhance.cli import app
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / ".git").mkdir()
+    (tmp_path / "a.png").write_bytes((samples / "mri_brain_glioma_Te-gl_0063.png").read_bytes())
+    for name in ("README.txt", "sub/labels.csv", ".DS_Store", ".git/config"):
+        (tmp_path / name).write_text("not an image")
+    skipped: list[Path] = []
+    assert me.find_images(tmp_path, skipped=skipped) == [tmp_path / "a.png"]
+    assert skipped == [tmp_path / "README.txt", tmp_path / "sub" / "labels.csv"]
+    result = CliRunner().invoke(app, ["info", str(tmp_path)])
+    assert result.exit_code == 0
+    assert "2 file(s) in the input folders are not images and were skipped" in result.output
+    assert "README.txt" in result.output and ".DS_Store" not in result.output

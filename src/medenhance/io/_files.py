@@ -69,11 +69,14 @@ def is_image_file(path: Path) -> bool:
 
 def find_images(inputs: Iterable[str | os.PathLike[str]] | str | os.PathLike[str], *,
                 recursive: bool = True,
-                errors: list[str] | None = None) -> list[Path]:
+                errors: list[str] | None = None,
+                skipped: list[Path] | None = None) -> list[Path]:
     """Expand files and folders into a sorted list of image files.
 
     Folders are searched (recursively by default) for files with a known suffix or a DICOM
     preamble. A named file is always returned, so that a bad file gets its own error later.
+    Other files found in folders (not hidden ones) are appended to ``skipped``, when given, so
+    that a caller can say what it left out.
 
     Raises
     ------
@@ -86,7 +89,7 @@ def find_images(inputs: Iterable[str | os.PathLike[str]] | str | os.PathLike[str
     found: list[Path] = []
     for item in inputs:
         try:
-            found.extend(_expand(Path(item), recursive))
+            found.extend(_expand(Path(item), recursive, skipped))
         except ImageReadError as exc:
             if errors is None:
                 raise
@@ -108,13 +111,22 @@ def _walk(folder: Path) -> Iterator[Path]:
             yield Path(root) / name
 
 
-def _expand(p: Path, recursive: bool) -> list[Path]:
+def _expand(p: Path, recursive: bool, skipped: list[Path] | None = None) -> list[Path]:
     if p.is_dir():
         walker: Iterator[Path] = _walk(p) if recursive else p.glob("*")
         # A broken link with an image's suffix is returned too: reading it fails with a reason
         # that the batch lists, instead of the file silently vanishing.
-        files = sorted(f for f in walker if is_image_file(f) or (
-            f.is_symlink() and not f.exists() and full_suffix(f) in SUFFIX_FORMATS))
+        files, others = [], []
+        for f in walker:
+            if is_image_file(f) or (f.is_symlink() and not f.exists()
+                                    and full_suffix(f) in SUFFIX_FORMATS):
+                files.append(f)
+            elif not f.is_dir() and not any(part.startswith(".")
+                                            for part in f.relative_to(p).parts):
+                others.append(f)
+        files.sort()
+        if skipped is not None:
+            skipped.extend(sorted(others))
         if not files:
             raise ImageReadError(p, "folder contains no image files (DICOM, PNG, JPEG, TIFF, "
                                     "NIfTI or .npy)")
