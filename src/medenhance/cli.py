@@ -119,7 +119,6 @@ def info(
     failures: list[str] = []
     skipped: list[Path] = []
     files = find_images(paths, errors=failures, skipped=skipped)
-    note_skipped(skipped)
     table = Table("file", "format", "modality", "size", "frames", "bits", "photometric",
                   "spacing", "transfer syntax", show_lines=False)
     for f in files:
@@ -134,6 +133,7 @@ def info(
                       i.bits_stored, i.photometric, i.pixel_spacing, i.transfer_syntax)
     if table.row_count:
         console.print(table)
+    note_skipped(skipped)
     report_failures(failures, len(files) + sum(1 for m in failures if "no such" in m))
 
 
