@@ -504,7 +504,8 @@ def enhance(
         "--model", "-m", help="Bundled or user model name (see `medenhance models`) or a "
                               ".safetensors checkpoint.")] = "xray-denoise",
     noise_level: Annotated[float | None, typer.Option(
-        help="Noise sigma in grey levels of 255 (e.g. 25); default: estimated per image.")] = None,
+        help="Noise sigma in grey levels of 255 (e.g. 25; 0 leaves images unchanged); default: "
+             "estimated per image.")] = None,
     tile: Annotated[int, typer.Option(help="Tile side in pixels; 0 processes whole images.")] = 512,
     overlap: Annotated[int, typer.Option(help="Pixels shared by neighbouring tiles.")] = 64,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
