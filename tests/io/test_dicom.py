@@ -189,3 +189,38 @@ def test_dicom_to_nifti_keeps_the_pixel_spacing(shared: Path, tmp_path: Path) ->
     out = me.write_image(me.read_image(source), tmp_path / "o.nii.gz")
     np.testing.assert_allclose(nib.load(out).header.get_zooms()[:2], [2.6976745128632] * 2,
                                rtol=1e-6)
+
+
+def test_slices_of_one_series_stay_one_derived_series(samples: Path, tmp_path: Path) -> None:
+    """Each slice file used to get a series of its own: a 12-slice series became 12 series."""
+    source = pydicom.dcmread(samples / "mr_head_MR1_JPLL.dcm")
+    image = me.read_image(samples / "mr_head_MR1_JPLL.dcm")
+    written = {}
+    for name, series, step in (("a", "1.2.3.1", "denoise, noise level 3.1/255"),
+                               ("b", "1.2.3.1", "denoise, noise level 7.6/255"),
+                               ("c", "1.2.3.2", "denoise, noise level 3.1/255"),
+                               ("d", "1.2.3.1", "jpeg(quality=40)")):
+        image.meta.header.SeriesInstanceUID = series
+        out = me.write_image(image.with_pixels(image.pixels, step), tmp_path / f"{name}.dcm")
+        written[name] = pydicom.dcmread(out).SeriesInstanceUID
+    assert written["a"] == written["b"]          # one series, whatever the slice's noise
+    assert len({written["a"], written["c"], written["d"], "1.2.3.1"}) == 4
+    assert source.SeriesInstanceUID not in written.values()
+
+
+def test_enhanced_objects_keep_image_type_value_2_and_mark_frames_derived(tmp_path: Path
+                                                                          ) -> None:
+    _multiframe(tmp_path / "mf.dcm")
+    ds = pydicom.dcmread(tmp_path / "mf.dcm")
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+    frame_type = Dataset()
+    frame_type.FrameType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+    shared = Dataset()
+    shared.CTImageFrameTypeSequence = [frame_type]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    ds.save_as(tmp_path / "enh.dcm", enforce_file_format=True)
+    out = pydicom.dcmread(me.write_image(me.read_image(tmp_path / "enh.dcm"),
+                                         tmp_path / "out.dcm"))
+    assert list(out.ImageType) == ["DERIVED", "PRIMARY", "AXIAL", "NONE"]
+    frames = out.SharedFunctionalGroupsSequence[0].CTImageFrameTypeSequence[0]
+    assert list(frames.FrameType) == ["DERIVED", "PRIMARY", "AXIAL", "NONE"]

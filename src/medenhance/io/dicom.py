@@ -14,6 +14,11 @@ Instance UIDs, (0008,0008) *Image Type* DERIVED\\SECONDARY, a (0008,2111) *Deriv
 a (0008,2112) *Source Image Sequence* pointing at the input, and the input's bit depth, photometric
 interpretation and every other attribute kept. Pixel data is written uncompressed (Explicit VR
 Little Endian).
+
+The slices of one source series stay one series: every image derived in one process from the same
+source series by the same steps (their parameters aside: a blind denoiser's noise level differs by
+slice) gets the same new Series Instance UID. Enhanced (multi-frame functional group) objects keep
+*Image Type* value 2, which their IODs fix to PRIMARY, and their *Frame Type* says DERIVED too.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -220,6 +226,32 @@ def _derivation_text(history: list[str]) -> str:
     return text if len(text) <= 1024 else text[:1021] + "..."  # ST holds 1024 characters
 
 
+#: Makes the derived series UIDs of this process differ from those of any other run.
+_RUN_SALT = generate_uid()
+
+
+def _derived_series_uid(source: Dataset, history: list[str]) -> str:
+    """One new UID per source series and derivation (see the module docstring)."""
+    series = str(source.get("SeriesInstanceUID", "") or "")
+    if not series:
+        return generate_uid()
+    steps = re.sub(r"[-+.0-9eE]+", "#", "; ".join(history))   # the steps, not their values
+    return generate_uid(entropy_srcs=[_RUN_SALT, series, steps])
+
+
+def _mark_frames_derived(ds: Dataset) -> None:
+    """Set value 1 of every *Frame Type* in the functional groups to DERIVED."""
+    for group in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        for item in ds.get(group, None) or []:
+            for element in item:
+                if element.VR != "SQ" or not element.keyword.endswith("FrameTypeSequence"):
+                    continue
+                for frame_type in element.value:
+                    values = list(frame_type.get("FrameType", []) or [])
+                    if values:
+                        frame_type.FrameType = ["DERIVED", *values[1:]]
+
+
 def derived_dataset(image: MedicalImage, target: Path) -> Dataset:
     """The derived DICOM dataset for ``image`` (see the module docstring)."""
     source = image.meta.header
@@ -247,13 +279,17 @@ def derived_dataset(image: MedicalImage, target: Path) -> Dataset:
             if keyword in ds:
                 setattr(ds, keyword, spacing)
     source_sop = (source.get("SOPClassUID"), source.get("SOPInstanceUID"))
-    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = _derived_series_uid(source, image.meta.history)
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     if "SOPClassUID" in ds:
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.ImplementationVersionName = f"MEDENHANCE_{__version__}"[:16]
     old_type = list(source.get("ImageType", []) or [])
-    ds.ImageType = ["DERIVED", "SECONDARY", *old_type[2:]]
+    if "SharedFunctionalGroupsSequence" in source or "PerFrameFunctionalGroupsSequence" in source:
+        ds.ImageType = ["DERIVED", *(old_type[1:] or ["PRIMARY"])]
+        _mark_frames_derived(ds)
+    else:
+        ds.ImageType = ["DERIVED", "SECONDARY", *old_type[2:]]
     ds.DerivationDescription = _derivation_text(image.meta.history)
     if any("jpeg(" in step for step in image.meta.history):
         ds.LossyImageCompression = "01"  # PS3.3 C.7.6.1.1.5: once lossy, always flagged
