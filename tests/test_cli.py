@@ -338,6 +338,20 @@ def test_enhance_notes_a_modality_the_model_was_not_trained_on(samples: Path,
     assert same.exit_code == 0 and "was trained on" not in same.output
 
 
+def test_triage_puts_a_modality_the_model_was_not_trained_on_out_of_distribution(
+        shared: Path, tmp_path: Path) -> None:
+    """The NEMA CT slice was ranked "likely abnormal" by mri-triage, with ood 0 and no note."""
+    ct, mr = shared / "dicom-samples" / "wg04" / "CT1_RLE.dcm", shared / "dicom-samples" / \
+        "wg04" / "MR1_JPLL.dcm"
+    result = run("triage", ct, mr, "-m", "mri-triage", "-o", tmp_path / "w.csv")
+    assert result.exit_code == 0, result.output
+    assert "(1 of modality CT)" in result.output.replace("\n", " ")
+    rows = {Path(r["path"]).name: r for r in csv.DictReader(open(tmp_path / "w.csv"))}
+    assert rows["CT1_RLE.dcm"]["ood"] == "1"
+    assert rows["CT1_RLE.dcm"]["note"] == "modality CT (model trained on MR): read as flagged"
+    assert "modality" not in rows["MR1_JPLL.dcm"]["note"]
+
+
 def test_evaluate_refuses_what_it_would_ignore_and_report_works_from_anywhere(
         samples: Path, tmp_path: Path, monkeypatch) -> None:
     pairs = tmp_path / "pairs"

@@ -551,13 +551,12 @@ def enhance(
     note_skipped(skipped)
     files, names = _outside(files, inputs, output)
 
-    trained_on = {m for m in loaded.card.modality.upper().split("/") if m not in ("", "ANY")}
     noted: set[str] = set()              # one note per foreign modality, not one per file
 
     def process(f: Path, targets: tuple[Path, ...]) -> None:
         image = read_image(f)
-        modality = (image.meta.modality or "").upper()
-        if trained_on and modality and modality not in trained_on | noted:
+        modality = loaded.card.foreign_modality(image.meta.modality)
+        if modality and modality not in noted:
             noted.add(modality)
             err_console.print(f"[yellow]note:[/yellow] {f}: modality {modality}, but "
                               f"{loaded.card.name} was trained on {loaded.card.modality} images "
@@ -762,8 +761,9 @@ def triage(
     Columns: `rank`, `path` and `frame` (where that frame is; 0-based), `score` (calibrated probability,
     higher = more likely abnormal), `flag` (1 at or above the model's stored threshold, set for
     one image: a study of many frames is flagged more often), `ood` (1 = unlike the training
-    images: do not trust the score), `frames` (how many showed the anatomy and counted), `files`,
-    `study` (the UID) and `note`. Unreadable files are listed, not fatal.
+    images, or a DICOM modality the model was not trained on: do not trust the score), `frames`
+    (how many showed the anatomy and counted), `files`, `study` (the UID) and `note`. Unreadable
+    files are listed, not fatal.
 
     Example: `medenhance triage ../shared/data/xray-chest-kermany-224/test -o worklist.csv`
 
@@ -816,7 +816,9 @@ def triage(
             w.writerow(["rank", "path", "frame", "score", "flag", "ood", "frames", "files",
                         "study", "note"])
             for i, r in enumerate(results, 1):
-                note = ("out of distribution: read as flagged" if r.ood else
+                note = (f"modality {r.foreign_modality} (model trained on "
+                        f"{scorer.model.card.modality}): read as flagged" if r.foreign_modality
+                        else "out of distribution: read as flagged" if r.ood else
                         "likely abnormal" if r.flag else "")
                 w.writerow([i, r.path, r.frame, f"{r.score:.6f}", r.flag, r.ood, r.frames,
                             r.files, r.study, note])
@@ -843,10 +845,13 @@ def triage(
                       f"through in {heatmaps / 'index.html'} (left: what the model saw; right: "
                       "where it looked most abnormal, scaled per image)")
     if ood:
+        foreign = sorted({r.foreign_modality for r in results if r.foreign_modality})
+        n_foreign = sum(1 for r in results if r.foreign_modality)
+        of_other = (f" ({n_foreign} of modality {', '.join(foreign)})" if foreign else "")
+        their = "its score is" if ood == 1 else "their scores are"
         err_console.print(f"[yellow]warning:[/yellow] {_count(ood, 'study does', 'studies do')} "
                           f"not look like the {scorer.model.card.modality} images the model was "
-                          f"trained on; {'its score is' if ood == 1 else 'their scores are'} not "
-                          "reliable", highlight=False)
+                          f"trained on{of_other}; {their} not reliable", highlight=False)
     shifted = population_shift(results, scorer.info)
     if shifted is not None:
         err_console.print(f"[yellow]warning:[/yellow] {shifted:.0%} of these studies lie farther "

@@ -60,6 +60,13 @@ class ModelCard:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=_jsonable)
 
+    def foreign_modality(self, modality: str | None) -> str | None:
+        """``modality`` (a DICOM Modality, upper case) when the model was trained on others;
+        ``None`` when it is one of them, unknown, or the model takes any."""
+        trained = {m for m in self.modality.upper().split("/") if m not in ("", "ANY")}
+        given = (modality or "").strip().upper()
+        return given if trained and given and given not in trained else None
+
     @classmethod
     def from_json(cls, text: str, source: str = "model card") -> ModelCard:
         try:

@@ -38,6 +38,8 @@ class TriageResult:
     frames: int = 1         # frames that took part in the score
     files: int = 1
     study: str = ""         # DICOM Study Instance UID, where the files have one
+    #: A DICOM Modality the model was not trained on (the study is then out of distribution).
+    foreign_modality: str = ""
 
 
 class TriageScorer:
@@ -112,6 +114,7 @@ class TriageScorer:
         size = int(self.info["size"])
         studies: dict[str, list[FrameScore]] = {}
         uids: dict[str, str] = {}
+        foreign_modalities: dict[str, str] = {}
         pending: list[tuple[str, str, int, np.ndarray]] = []
 
         def flush() -> None:
@@ -140,6 +143,8 @@ class TriageScorer:
             key = f"uid:{uid}" if uid and by_study else f"file:{path}"
             studies.setdefault(key, [])
             uids[key] = uid or ""
+            if foreign := self.model.card.foreign_modality(image.meta.modality):
+                foreign_modalities.setdefault(key, foreign)
             for k, frame in zip(index, frames, strict=True):
                 pending.append((key, str(path), int(k), frame))
                 if len(pending) >= batch:
@@ -148,10 +153,13 @@ class TriageScorer:
         results = []
         for key, frames in studies.items():
             worst, distance, counted = summarise(frames)
+            # Another modality is out of distribution whatever its feature distance says (the
+            # NEMA CT slice lies within mri-triage's distance limit).
+            foreign = foreign_modalities.get(key, "")
+            ood = bool(foreign) or distance > float(self.info["ood_distance"])
             results.append(TriageResult(
-                worst.path, worst.score, int(worst.score >= self.threshold),
-                int(distance > float(self.info["ood_distance"])), distance, worst.index,
-                counted, len({f.path for f in frames}), uids[key]))
+                worst.path, worst.score, int(worst.score >= self.threshold), int(ood), distance,
+                worst.index, counted, len({f.path for f in frames}), uids[key], foreign))
         return results
 
 
