@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -12,6 +13,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from medenhance.io import read_image
+from medenhance.models.card import ModelCard
 from medenhance.triage.data import MAX_FRAMES, triage_frame, triage_frames
 from medenhance.triage.score import TriageScorer
 from medenhance.triage.study import frames_with_anatomy, thumbnail
@@ -53,6 +55,7 @@ class _MeanScorer(TriageScorer):
 
     def __init__(self) -> None:
         self.info = {"kind": "oneclass", "size": 32, "threshold": 0.6, "ood_distance": 5.0}
+        self.model = SimpleNamespace(card=ModelCard("mean", "none", task="triage"))
 
     def score_frames(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         dark = 1.0 - frames[:, 12:20, 12:20].mean(axis=(1, 2))
