@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -315,7 +316,6 @@ def test_list_presets_needs_no_input() -> None:
 
 def test_models_says_when_a_user_model_is_hidden_by_a_bundled_one(tmp_path: Path,
                                                                   monkeypatch) -> None:
-    import shutil
 
     from medenhance.models.card import bundled_dir
 
@@ -404,3 +404,18 @@ def test_error_messages_keep_their_brackets(tmp_path: Path, samples: Path) -> No
 def test_train_takes_resume_or_overwrite_not_both() -> None:
     both = run("train", "-c", ROOT / "configs" / "xray-denoise.yaml", "--resume", "--overwrite")
     assert both.exit_code == 1 and "not both" in both.output
+
+
+def test_several_input_folders_keep_their_names_under_the_output(samples: Path,
+                                                                 tmp_path: Path) -> None:
+    """Two folders with files of the same name collided in the output folder's root."""
+    for site in ("site1", "site2"):
+        (tmp_path / site).mkdir()
+        shutil.copyfile(samples / "mri_brain_glioma_Te-gl_0063.png", tmp_path / site / "a.png")
+    out = tmp_path / "out"
+    result = run("enhance", tmp_path / "site1", tmp_path / "site2", "-m", "mri-denoise", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
+        "site1/a.png", "site2/a.png"]
+    one = run("enhance", tmp_path / "site1", "-m", "mri-denoise", "-o", tmp_path / "one")
+    assert one.exit_code == 0 and (tmp_path / "one" / "a.png").is_file()

@@ -144,10 +144,18 @@ def _file_seed(seed: int, name: str) -> int:
 
 
 def _relative_names(inputs: list[Path], files: list[Path]) -> list[Path]:
+    """Output names: a file's path inside the input folder it was found in, under that
+    folder's own name when several inputs are given (`a/ b/ -o out` gives out/a/..., out/b/...,
+    so that files of the same name in both do not collide); a file given itself, its name."""
     names = []
     for f in files:
         root = next((r for r in inputs if r.is_dir() and r in f.parents), None)
-        names.append(f.relative_to(root) if root else Path(f.name))
+        if root is None:
+            names.append(Path(f.name))
+        elif len(inputs) > 1:
+            names.append(Path(root.resolve().name) / f.relative_to(root))
+        else:
+            names.append(f.relative_to(root))
     return names
 
 
@@ -190,7 +198,7 @@ def _for_each_file(files: list[Path], names: list[Path], description: str, outpu
                 if target.resolve() in written:
                     raise MedEnhanceError(f"{target}: already written in this run from "
                                           f"{written[target.resolve()]} (two inputs of the same "
-                                          "name; give their folders separately)")
+                                          "name: run them one at a time, each with its own -o)")
                 if target.exists() and not overwrite:
                     raise MedEnhanceError(f"{target}: file exists (pass --overwrite to replace it)")
             process(f, targets)
@@ -514,8 +522,10 @@ def enhance(
 ) -> None:
     """Denoise images with a trained model; each output has the input's format and units.
 
-    Folders are searched recursively and their layout is kept under the output folder. A DICOM
-    output is a derived image (new UIDs, DERIVED\\SECONDARY, the model in DerivationDescription).
+    Folders are searched recursively and their layout is kept under the output folder (under
+    each folder's name when several inputs are given). A DICOM output is a derived image (new
+    UIDs, one new series per source series, DERIVED\\SECONDARY, the model in
+    DerivationDescription).
 
     Examples:
 
