@@ -316,7 +316,6 @@ def test_list_presets_needs_no_input() -> None:
 
 def test_models_says_when_a_user_model_is_hidden_by_a_bundled_one(tmp_path: Path,
                                                                   monkeypatch) -> None:
-
     from medenhance.models.card import bundled_dir
 
     monkeypatch.setenv("MEDENHANCE_MODELS", str(tmp_path))
