@@ -224,3 +224,47 @@ def test_enhanced_objects_keep_image_type_value_2_and_mark_frames_derived(tmp_pa
     assert list(out.ImageType) == ["DERIVED", "PRIMARY", "AXIAL", "NONE"]
     frames = out.SharedFunctionalGroupsSequence[0].CTImageFrameTypeSequence[0]
     assert list(frames.FrameType) == ["DERIVED", "PRIMARY", "AXIAL", "NONE"]
+
+
+def _padded_ct(shared: Path, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The NEMA CT slice in HU with noise, and -2000 (Pixel Padding Value) outside a circle;
+    returns the clean HU and the padding mask."""
+    src = pydicom.dcmread(shared / "dicom-samples" / "wg04" / "CT1_RLE.dcm")
+    clean = np.clip(src.pixel_array.astype(np.float64) * float(src.RescaleSlope)
+                    + float(src.RescaleIntercept), -1024, 3071)[128:384, 128:384]
+    noisy = np.rint(clean + np.random.default_rng(0).normal(0, 25, clean.shape))
+    yy, xx = np.mgrid[:256, :256]
+    outside = (yy - 128) ** 2 + (xx - 128) ** 2 > 120 ** 2
+    noisy[outside] = -2000
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = src.SOPClassUID, generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.PatientID = "CT", "P1"
+    ds.set_pixel_data(noisy.astype(np.int16), "MONOCHROME2", 16)
+    ds.RescaleSlope, ds.RescaleIntercept, ds.PixelPaddingValue = 1, 0, -2000
+    ds.save_as(path, enforce_file_format=True)
+    return clean, outside
+
+
+def test_pixel_padding_is_left_out_and_written_back(shared: Path, tmp_path: Path) -> None:
+    """The padding outside a CT's field of view was denoised as tissue: viewers no longer hid
+    it, and the ring inside the edge came out worse than the noisy input."""
+    from medenhance.degrade import Pipeline, degrade_image
+    from medenhance.inference.enhance import enhance_image
+    from medenhance.io.dicom import padding_mask
+
+    clean, outside = _padded_ct(shared, tmp_path / "pad.dcm")
+    image = me.read_image(tmp_path / "pad.dcm")
+    np.testing.assert_array_equal(padding_mask(image), outside)
+    out = pydicom.dcmread(me.write_image(enhance_image(image, "xray-denoise"),
+                                         tmp_path / "out.dcm"))
+    assert (out.pixel_array[outside] == -2000).all()
+    yy, xx = np.mgrid[:256, :256]
+    ring = ~outside & ((yy - 128) ** 2 + (xx - 128) ** 2 > 100 ** 2)
+    error = lambda v: np.sqrt(np.mean((v[ring] - clean[ring]) ** 2))  # noqa: E731
+    assert error(out.pixel_array.astype(np.float64)) < 0.9 * error(image.values())
+    degraded, _ = degrade_image(image, Pipeline.from_preset("gaussian-blind"), seed=0)
+    np.testing.assert_array_equal(degraded.values()[outside], -2000)
+    assert not np.array_equal(degraded.values()[~outside], image.values()[~outside])

@@ -63,10 +63,26 @@ def _loaded(model: LoadedModel | str | os.PathLike[str]) -> LoadedModel:
     return check_enhancement_model(model if isinstance(model, LoadedModel) else load_model(model))
 
 
+def _fill_from_nearest(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``frame`` with its ``mask`` pixels set to the nearest unmasked pixel's value."""
+    if mask.all():
+        return frame
+    from scipy.ndimage import distance_transform_edt
+
+    index = distance_transform_edt(mask, return_distances=False, return_indices=True)
+    return frame[tuple(index)]
+
+
 @torch.inference_mode()
-def enhance_array(frames: np.ndarray, model: LoadedModel, options: EnhanceOptions | None = None
-                  ) -> tuple[np.ndarray, list[float | None]]:
-    """Enhance ``(H, W)`` or ``(N, H, W)`` pixels in [0, 1]; returns pixels and sigma per frame."""
+def enhance_array(frames: np.ndarray, model: LoadedModel, options: EnhanceOptions | None = None,
+                  keep: np.ndarray | None = None) -> tuple[np.ndarray, list[float | None]]:
+    """Enhance ``(H, W)`` or ``(N, H, W)`` pixels in [0, 1]; returns pixels and sigma per frame.
+
+    ``keep`` (the shape of ``frames``): pixels that are not part of the picture, such as DICOM
+    padding outside a CT's field of view. They are returned unchanged, and the network sees them
+    filled from the nearest picture pixels, so that the edge of the field of view is not a step
+    (a -2000 HU border made the denoised ring inside it twice as far from the truth as the noisy
+    input was)."""
     opts = options or EnhanceOptions()
     opts.validate()
     net = model.network
@@ -86,13 +102,19 @@ def enhance_array(frames: np.ndarray, model: LoadedModel, options: EnhanceOption
     if not np.isfinite(stack).all():
         raise InvalidImageError("pixels hold NaN or infinite values")
     check_enhancement_model(model)
+    masks = None if keep is None else (keep[None] if single else keep)
+    if masks is not None and masks.shape != stack.shape:
+        raise InvalidImageError(f"keep mask of shape {keep.shape} for pixels of shape "
+                                f"{frames.shape}")
     outputs, sigmas = [], []
-    for frame in stack:
+    for i, frame in enumerate(stack):
         x = torch.from_numpy(np.ascontiguousarray(frame, dtype=np.float32))[None, None].to(device)
         sigma: float | None = None
         if getattr(net, "uses_sigma", False):
+            # From the frame as it is: padding is flat and clipped, so the estimate leaves it out.
             sigma = (opts.noise_level if opts.noise_level is not None
                      else float(estimate_sigma(x)[0]))
+        mask = None if masks is None or not masks[i].any() else masks[i]
         # Nothing to remove: a flat frame (an empty slice, padding) or a declared noise level of
         # 0 comes back as it is. The networks were trained on noise of at least 2/255 and would
         # otherwise still change it (a flat frame by up to 0.02, a clean MR slice by 1.4/255 on
@@ -101,6 +123,9 @@ def enhance_array(frames: np.ndarray, model: LoadedModel, options: EnhanceOption
             outputs.append(np.array(frame, dtype=np.float32))
             sigmas.append(0.0 if sigma is not None else None)
             continue
+        if mask is not None:
+            filled = _fill_from_nearest(np.asarray(frame, dtype=np.float32), mask)
+            x = torch.from_numpy(np.ascontiguousarray(filled))[None, None].to(device)
 
         def predict(batch: torch.Tensor, sigma: float | None = sigma) -> torch.Tensor:
             batch = batch.contiguous(memory_format=memory_format)
@@ -111,7 +136,8 @@ def enhance_array(frames: np.ndarray, model: LoadedModel, options: EnhanceOption
         y = tiled_apply(x, predict, tile=tile, overlap=opts.overlap,
                         batch_size=opts.batch_size, size_multiple=int(net.size_multiple),
                         scale=int(net.scale), output_device="cpu")
-        outputs.append(y[0, 0].clamp(0, 1).numpy())
+        out = y[0, 0].clamp(0, 1).numpy()
+        outputs.append(out if mask is None else np.where(mask, frame, out).astype(np.float32))
         sigmas.append(sigma)
     out = np.stack(outputs)
     return (out[0] if single else out), sigmas
@@ -124,8 +150,10 @@ def enhance_image(image: MedicalImage, model: LoadedModel | str | os.PathLike[st
     The result keeps the input's metadata (so it is written in the same format and units) and
     records the model and the noise level used in its history.
     """
+    from ..io.dicom import padding_mask
+
     loaded = _loaded(model)
-    pixels, sigmas = enhance_array(image.pixels, loaded, options)
+    pixels, sigmas = enhance_array(image.pixels, loaded, options, keep=padding_mask(image))
     known = [s for s in sigmas if s is not None]
     level = f", noise level {np.mean(known) * 255:.1f}/255" if known else ""
     return image.with_pixels(pixels, f"{loaded.card.task} with model {loaded.card.name}{level}")

@@ -193,6 +193,7 @@ def read_dicom(path: str | Path) -> MedicalImage:
     for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if keyword in header:
             del header[keyword]
+    padding = _padding_range(ds, arr.dtype.kind == "i")
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     meta = ImageMeta(
         source_format="dicom", window=window, stored_dtype=arr.dtype.name, bits_stored=bits_stored,
@@ -200,9 +201,50 @@ def read_dicom(path: str | Path) -> MedicalImage:
         header=header, source_path=str(p),
         extra={"rescale": (slope, intercept), "transfer_syntax": str(syntax) if syntax else None,
                "bits_allocated": int(ds.get("BitsAllocated", arr.dtype.itemsize * 8)),
-               "signed": arr.dtype.kind == "i"},
+               "signed": arr.dtype.kind == "i",
+               **({"padding": padding} if padding else {})},
     )
     return MedicalImage(window.to_unit(values), meta)
+
+
+def _padding_range(ds: Dataset, signed: bool) -> tuple[int, int] | None:
+    """Stored values that mark (0028,0120) *Pixel Padding Value* pixels (outside a CT's field
+    of view, say), up to (0028,0121) *Pixel Padding Range Limit* when given."""
+    if ds.get("PixelPaddingValue") is None:
+        return None
+    bits = int(ds.get("BitsAllocated", 16))
+
+    def as_stored(v: object) -> int:
+        v = int(v)  # type: ignore[call-overload]
+        # Read without its VR (US or SS), a negative value can come back as unsigned.
+        return v - 2**bits if signed and v >= 2 ** (bits - 1) else v
+
+    first = as_stored(ds.PixelPaddingValue)
+    limit = ds.get("PixelPaddingRangeLimit")
+    last = first if limit is None else as_stored(limit)
+    return min(first, last), max(first, last)
+
+
+def padding_mask(image: MedicalImage) -> np.ndarray | None:
+    """Where ``image`` holds padding (see :func:`_padding_range`), or ``None`` if nowhere.
+
+    Padding is not part of the picture: processing leaves it out and writes it back as it was,
+    so that viewers still hide it and the edge of the field of view is not a step to smooth."""
+    padding = image.meta.extra.get("padding")
+    if not padding:
+        return None
+    slope, intercept = image.meta.extra.get("rescale", (1.0, 0.0))
+    stored = np.rint((image.values() - intercept) / slope)
+    mask = (stored >= padding[0]) & (stored <= padding[1])
+    return mask if mask.any() else None
+
+
+def keep_padding(image: MedicalImage, pixels: np.ndarray) -> np.ndarray:
+    """``pixels`` (a processed copy of ``image``'s) with ``image``'s padding put back."""
+    mask = padding_mask(image)
+    if mask is None or pixels.shape != image.pixels.shape:
+        return pixels
+    return np.where(mask, image.pixels, pixels)
 
 
 def _stored_array(image: MedicalImage, target: Path) -> np.ndarray:
