@@ -78,8 +78,9 @@ def note_skipped(skipped: list[Path]) -> None:
     if not skipped:
         return
     shown = ", ".join(str(p) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
-    err_console.print(f"note: {len(skipped)} file(s) in the input folders are not images and "
-                      f"were skipped: {escape(shown)}", highlight=False, soft_wrap=True)
+    err_console.print(f"note: {len(skipped)} file(s) in the input folders are not images of a "
+                      f"supported format and were skipped: {escape(shown)}", highlight=False,
+                      soft_wrap=True)
 
 
 def version_callback(value: bool) -> None:

@@ -182,5 +182,13 @@ def test_files_that_are_not_images_are_reported_as_skipped(samples: Path, tmp_pa
     assert skipped == [tmp_path / "README.txt", tmp_path / "sub" / "labels.csv"]
     result = CliRunner().invoke(app, ["info", str(tmp_path)])
     assert result.exit_code == 0
-    assert "2 file(s) in the input folders are not images and were skipped" in result.output
+    assert "2 file(s) in the input folders are not images of a supported format and were skipped" in result.output
     assert "README.txt" in result.output and ".DS_Store" not in result.output
+
+
+def test_info_says_a_signed_nifti_is_signed(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.arange(-300, 300, dtype=np.int16).reshape(20, 30), np.eye(4)),
+             tmp_path / "v.nii.gz")
+    assert me.inspect_image(tmp_path / "v.nii.gz").bits_stored == "16 signed"

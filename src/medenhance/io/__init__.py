@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import ImageReadError, ImageWriteError, MedEnhanceError
 from ..image import MedicalImage
 from ._files import SUFFIX_FORMATS, atomic_write, detect_format, find_images, full_suffix, stem
@@ -145,6 +147,7 @@ def inspect_image(path: str | os.PathLike[str]) -> ImageInfo:
     h, w = image.pixels.shape[-2:]
     spacing = (f"{meta.pixel_spacing[0]:g} x {meta.pixel_spacing[1]:g} mm"
                if meta.pixel_spacing else "-")
-    bits = str(meta.bits_stored) if meta.bits_stored else meta.stored_dtype
+    signed = " signed" if np.dtype(meta.stored_dtype).kind == "i" else ""
+    bits = f"{meta.bits_stored}{signed}" if meta.bits_stored else meta.stored_dtype
     return ImageInfo(str(p), fmt.upper() if fmt != "nifti" else "NIfTI", meta.modality or "-",
                      h, w, image.n_frames, bits, meta.photometric, spacing, "-")
