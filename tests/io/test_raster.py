@@ -182,7 +182,8 @@ def test_files_that_are_not_images_are_reported_as_skipped(samples: Path, tmp_pa
     assert skipped == [tmp_path / "README.txt", tmp_path / "sub" / "labels.csv"]
     result = CliRunner().invoke(app, ["info", str(tmp_path)])
     assert result.exit_code == 0
-    assert "2 file(s) in the input folders are not images of a supported format and were skipped" in result.output
+    assert ("2 file(s) in the input folders are not images of a supported format and were "
+            "skipped") in result.output
     assert "README.txt" in result.output and ".DS_Store" not in result.output
 
 
