@@ -83,6 +83,14 @@ def note_skipped(skipped: list[Path]) -> None:
                       soft_wrap=True)
 
 
+def note_repeats(repeats: list[str]) -> None:
+    """Say which DICOM files were left out as copies of an image already read."""
+    if repeats:
+        err_console.print(f"note: {len(repeats)} file(s) repeat an image already read and were "
+                          f"counted once, e.g. {escape(repeats[0])}", highlight=False,
+                          soft_wrap=True)
+
+
 def version_callback(value: bool) -> None:
     if value:
         console.print(f"medenhance {__version__}")
@@ -774,7 +782,7 @@ def triage(
     one image: a study of many frames is flagged more often), `ood` (1 = unlike the training
     images, or a DICOM modality the model was not trained on: do not trust the score), `frames`
     (how many showed the anatomy and counted), `files`, `study` (the UID) and `note`. Unreadable
-    files are listed, not fatal.
+    files are listed, not fatal; copies of a DICOM image (same SOP Instance UID) count once.
 
     Example: `medenhance triage ../shared/data/xray-chest-kermany-224/test -o worklist.csv`
 
@@ -816,8 +824,10 @@ def triage(
         if heatmaps is not None and any(f.is_relative_to(heatmaps.resolve()) for f in resolved):
             raise MedEnhanceError(f"{heatmaps}: holds input images; write the heatmaps to "
                                   "another folder")
+        repeats: list[str] = []
         results = worklist(scorer.score_files(files, failures, by_study=not by_file,
-                                              progress=lambda f: track(f, "scoring")))
+                                              progress=lambda f: track(f, "scoring"),
+                                              repeats=repeats))
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
 
@@ -834,6 +844,7 @@ def triage(
                 w.writerow([i, r.path, r.frame, f"{r.score:.6f}", r.flag, r.ood, r.frames,
                             r.files, r.study, note])
 
+    note_repeats(repeats)
     if results:
         atomic_write(output, write, overwrite=overwrite)
     flagged, ood = sum(r.flag for r in results), sum(r.ood for r in results)
@@ -936,6 +947,7 @@ def evaluate_triage(
             changes.add_row(name, *(f"{row[k]:.4f}" for k in ("all", "normal_only",
                                                                "abnormal_only")))
         console.print(changes)
+    note_repeats(result["repeats"])
     w = result["waits"]
     console.print(f"abnormal studies wait {w['arrival_mean']:.0f} min on average "
                   f"(90th percentile {w['arrival_p90']:.0f}) in arrival order, "

@@ -147,6 +147,17 @@ def test_triage_cli_groups_a_study_unless_told_otherwise(tmp_path: Path) -> None
     assert sorted(r["path"] for r in rows) == files and {r["study"] for r in rows} == {study}
     # The study's score is that of its highest-scored file.
     assert float(row["score"]) == max(float(r["score"]) for r in rows)
+    # A copy of the series elsewhere was counted again: 6 files, frames 6, without a word.
+    copies = tmp_path / "copy"
+    copies.mkdir()
+    for f in files:
+        (copies / Path(f).name).write_bytes(Path(f).read_bytes())
+    out = runner.invoke(app, ["triage", *files, str(copies), "-m", "mri-triage", "-o",
+                              str(tmp_path / "copies.csv")])
+    assert out.exit_code == 0 and "1 study (3 files)" in out.output, out.output
+    assert "3 file(s) repeat an image already read and were counted once" in out.output
+    (again,) = list(csv.DictReader(open(tmp_path / "copies.csv")))
+    assert again["score"] == row["score"] and again["frames"] == row["frames"]
 
 
 def test_triage_cli_guards_its_inputs_and_outputs(tmp_path: Path) -> None:

@@ -52,7 +52,9 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
     entries = labelled_files(base, splits=[split] if split else None)
     label_of = {str(e.path): e.label for e in entries}
     failures: list[str] = []
-    results = scorer.score_files([e.path for e in entries], failures, progress=progress)
+    repeats: list[str] = []
+    results = scorer.score_files([e.path for e in entries], failures, progress=progress,
+                                 repeats=repeats)
     if not results:
         raise DatasetError(f"{base}: none of its {len(entries)} images could be read, e.g. "
                            f"{failures[0]}")
@@ -78,7 +80,7 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
                               "threshold": t, "n_normal": int((labels == 0).sum()),
                               "n_abnormal": int(labels.sum()),
                               "ood": int(sum(r.ood for r in results)), "note": NOTE,
-                              "failures": failures}
+                              "failures": failures, "repeats": repeats}
     for name, fn in stats.items():
         result[name] = float(fn(labels, scores))
         result[f"{name}_ci"] = list(bootstrap_ci(labels, scores, fn, n=n_bootstrap))

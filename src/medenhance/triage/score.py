@@ -104,11 +104,14 @@ class TriageScorer:
 
     def score_files(self, paths: list[Path] | str | os.PathLike[str],
                     failures: list[str] | None = None,
-                    progress=None, batch: int = 32, by_study: bool = False
-                    ) -> list[TriageResult]:
+                    progress=None, batch: int = 32, by_study: bool = False,
+                    repeats: list[str] | None = None) -> list[TriageResult]:
         """One result per file, or per DICOM study with ``by_study`` (files without a Study
         Instance UID stay studies of their own), in the order first read. A file of several
-        frames scores by its most abnormal frame that shows the anatomy (:mod:`.study`)."""
+        frames scores by its most abnormal frame that shows the anatomy (:mod:`.study`).
+
+        A DICOM file with the SOP Instance UID of one already read (a copy) is left out, and
+        named in ``repeats`` when given."""
         if isinstance(paths, (str, os.PathLike)):     # one file, not its characters
             paths = [Path(paths)]
         size = int(self.info["size"])
@@ -127,6 +130,7 @@ class TriageScorer:
             pending.clear()
 
         seen: set[Path] = set()
+        instances: dict[str, str] = {}      # SOP Instance UID -> the file read with it
         for path in (progress(paths) if progress else paths):
             if Path(path).resolve() in seen:       # given twice (a folder and its sub-folder)
                 continue
@@ -139,6 +143,14 @@ class TriageScorer:
                     raise
                 failures.append(str(exc))
                 continue
+            sop = str(getattr(image.meta.header, "get", lambda _k: "")("SOPInstanceUID") or "")
+            if sop and sop in instances:
+                if repeats is not None:
+                    repeats.append(f"{path}: the same image (SOP Instance UID) as "
+                                   f"{instances[sop]}")
+                continue
+            if sop:
+                instances[sop] = str(path)
             uid = study_key(image)
             key = f"uid:{uid}" if uid and by_study else f"file:{path}"
             studies.setdefault(key, [])
