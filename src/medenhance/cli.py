@@ -837,7 +837,8 @@ def triage(
             w.writerow(["rank", "path", "frame", "score", "flag", "ood", "frames", "files",
                         "study", "note"])
             for i, r in enumerate(results, 1):
-                note = (f"modality {r.foreign_modality} (model trained on "
+                note = ("empty (one value throughout): read as flagged" if r.empty else
+                        f"modality {r.foreign_modality} (model trained on "
                         f"{scorer.model.card.modality}): read as flagged" if r.foreign_modality
                         else "out of distribution: read as flagged" if r.ood else
                         "likely abnormal" if r.flag else "")

@@ -205,3 +205,12 @@ def test_triage_cli_guards_its_inputs_and_outputs(tmp_path: Path) -> None:
     out = triage(empty, "-o", tmp_path / "none.csv")
     assert out.exit_code == 1 and "no worklist written" in out.output
     assert not (tmp_path / "none.csv").exists()
+
+
+def test_an_empty_volume_is_said_to_be_empty(tmp_path: Path) -> None:
+    """An all-zero volume was "out of distribution" with frames 10, like a real outlier."""
+    empty = _nifti(tmp_path / "zeros.nii.gz", np.zeros((32, 32, 10)), np.eye(4))
+    head = _nifti(tmp_path / "head.nii.gz", np.transpose(_head(), (2, 1, 0)) * 1000, np.eye(4))
+    results = {Path(r.path).name: r for r in TriageScorer("mri-triage").score_files([empty, head])}
+    assert results["zeros.nii.gz"].empty and results["zeros.nii.gz"].ood == 1
+    assert not results["head.nii.gz"].empty

@@ -40,6 +40,8 @@ class TriageResult:
     study: str = ""         # DICOM Study Instance UID, where the files have one
     #: A DICOM Modality the model was not trained on (the study is then out of distribution).
     foreign_modality: str = ""
+    #: Every frame holds one value (no picture at all; the study is then out of distribution).
+    empty: bool = False
 
 
 class TriageScorer:
@@ -131,6 +133,7 @@ class TriageScorer:
 
         seen: set[Path] = set()
         instances: dict[str, str] = {}      # SOP Instance UID -> the file read with it
+        pictured: set[str] = set()          # studies with a frame that is not one flat value
         for path in (progress(paths) if progress else paths):
             if Path(path).resolve() in seen:       # given twice (a folder and its sub-folder)
                 continue
@@ -157,6 +160,8 @@ class TriageScorer:
             uids[key] = uid or ""
             if foreign := self.model.card.foreign_modality(image.meta.modality):
                 foreign_modalities.setdefault(key, foreign)
+            if any(frame.max() > frame.min() for frame in frames):
+                pictured.add(key)
             for k, frame in zip(index, frames, strict=True):
                 pending.append((key, str(path), int(k), frame))
                 if len(pending) >= batch:
@@ -167,11 +172,11 @@ class TriageScorer:
             worst, distance, counted = summarise(frames)
             # Another modality is out of distribution whatever its feature distance says (the
             # NEMA CT slice lies within mri-triage's distance limit).
-            foreign = foreign_modalities.get(key, "")
-            ood = bool(foreign) or distance > float(self.info["ood_distance"])
+            foreign, empty = foreign_modalities.get(key, ""), key not in pictured
+            ood = bool(foreign) or empty or distance > float(self.info["ood_distance"])
             results.append(TriageResult(
                 worst.path, worst.score, int(worst.score >= self.threshold), int(ood), distance,
-                worst.index, counted, len({f.path for f in frames}), uids[key], foreign))
+                worst.index, counted, len({f.path for f in frames}), uids[key], foreign, empty))
         return results
 
 
