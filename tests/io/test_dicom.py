@@ -253,7 +253,7 @@ def test_pixel_padding_is_left_out_and_written_back(shared: Path, tmp_path: Path
     it, and the ring inside the edge came out worse than the noisy input."""
     from medenhance.degrade import Pipeline, degrade_image
     from medenhance.inference.enhance import enhance_image
-    from medenhance.io.dicom import padding_mask
+    from medenhance.io.padding import padding_mask
 
     clean, outside = _padded_ct(shared, tmp_path / "pad.dcm")
     image = me.read_image(tmp_path / "pad.dcm")

@@ -117,3 +117,33 @@ def test_prepare_writes_nifti_slices_as_viewers_show_them(tmp_path: Path) -> Non
     for row in result.kept:
         frame = me.read_image(tmp_path / "out" / row["path"]).frames()[0]
         assert frame.shape == (24, 20) and frame[0, 0] == frame.max() > frame[-1, -1]
+
+
+def test_nan_outside_a_mask_is_kept_out_and_written_back(tmp_path: Path) -> None:
+    """SPM/FSL volumes with NaN outside the brain were refused, even by `info`."""
+    from medenhance.degrade import Pipeline, degrade_image
+    from medenhance.inference.enhance import enhance_image
+    from medenhance.io.padding import padding_mask
+
+    rng = np.random.default_rng(0)
+    volume = (200 + 50 * rng.random((48, 40, 3))).astype(np.float32)
+    volume[:10] = np.nan
+    affine = np.diag([0.9, 1.1, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(volume, affine), tmp_path / "masked.nii.gz")
+    image = me.read_image(tmp_path / "masked.nii.gz")
+    assert np.isfinite(image.pixels).all()
+    assert padding_mask(image).sum() == np.isnan(volume).sum()
+    back = nib.load(me.write_image(image, tmp_path / "same.nii.gz")).get_fdata()
+    np.testing.assert_array_equal(np.isnan(back), np.isnan(volume))
+    np.testing.assert_allclose(back[10:], volume[10:], rtol=1e-6)
+    for name, processed in (
+            ("enhanced", enhance_image(image, "mri-denoise")),
+            ("degraded", degrade_image(image, Pipeline.from_preset("gaussian-blind"), seed=0)[0])):
+        out = nib.load(me.write_image(processed, tmp_path / f"{name}.nii.gz")).get_fdata()
+        np.testing.assert_array_equal(np.isnan(out), np.isnan(volume))
+        assert not np.allclose(out[10:], volume[10:]), name
+    assert me.inspect_image(tmp_path / "masked.nii.gz").frames == 3
+    only_nan = np.full((8, 8, 2), np.nan, np.float32)
+    nib.save(nib.Nifti1Image(only_nan, affine), tmp_path / "empty.nii.gz")
+    with pytest.raises(ImageReadError, match="only NaN"):
+        me.read_image(tmp_path / "empty.nii.gz")

@@ -295,7 +295,7 @@ def degrade_image(image: MedicalImage, pipeline: Pipeline | DegradationRecord,
         if seed is None:
             raise DegradationError("degrade_image needs an explicit seed (or a record to replay)")
         record = pipeline.sample(seed)
-    from ..io.dicom import keep_padding
+    from ..io.padding import keep_padding
 
     # Padding outside a CT's field of view is not acquired: no noise or blur reaches it.
     pixels = keep_padding(image, apply_record(image.pixels, record))

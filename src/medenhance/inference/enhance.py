@@ -150,7 +150,7 @@ def enhance_image(image: MedicalImage, model: LoadedModel | str | os.PathLike[st
     The result keeps the input's metadata (so it is written in the same format and units) and
     records the model and the noise level used in its history.
     """
-    from ..io.dicom import padding_mask
+    from ..io.padding import padding_mask
 
     loaded = _loaded(model)
     pixels, sigmas = enhance_array(image.pixels, loaded, options, keep=padding_mask(image))

@@ -225,28 +225,6 @@ def _padding_range(ds: Dataset, signed: bool) -> tuple[int, int] | None:
     return min(first, last), max(first, last)
 
 
-def padding_mask(image: MedicalImage) -> np.ndarray | None:
-    """Where ``image`` holds padding (see :func:`_padding_range`), or ``None`` if nowhere.
-
-    Padding is not part of the picture: processing leaves it out and writes it back as it was,
-    so that viewers still hide it and the edge of the field of view is not a step to smooth."""
-    padding = image.meta.extra.get("padding")
-    if not padding:
-        return None
-    slope, intercept = image.meta.extra.get("rescale", (1.0, 0.0))
-    stored = np.rint((image.values() - intercept) / slope)
-    mask = (stored >= padding[0]) & (stored <= padding[1])
-    return mask if mask.any() else None
-
-
-def keep_padding(image: MedicalImage, pixels: np.ndarray) -> np.ndarray:
-    """``pixels`` (a processed copy of ``image``'s) with ``image``'s padding put back."""
-    mask = padding_mask(image)
-    if mask is None or pixels.shape != image.pixels.shape:
-        return pixels
-    return np.where(mask, image.pixels, pixels)
-
-
 def _stored_array(image: MedicalImage, target: Path) -> np.ndarray:
     meta = image.meta
     slope, intercept = meta.extra.get("rescale", (1.0, 0.0))

@@ -75,8 +75,15 @@ def read_nifti(path: str | Path) -> MedicalImage:
     if data.dtype.kind not in "uif":
         raise ImageReadError(p, f"unsupported NIfTI data type {data.dtype}")
     values = data.astype(np.float64) * slope + inter if (slope, inter) != (1.0, 0.0) else data
+    nan = None
     if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
-        raise ImageReadError(p, "volume contains NaN or infinite values")
+        if np.isinf(values).any():
+            raise ImageReadError(p, "volume contains infinite values")
+        nan = np.isnan(values)
+        if nan.all():
+            raise ImageReadError(p, "volume holds only NaN")
+        # Outside a mask (SPM, FSL): the lowest value of the picture, remembered (io.padding).
+        values = np.where(nan, np.nanmin(values), values)
     integer = (slope, inter) == (1.0, 0.0) and data.dtype.kind in "ui"
     window = choose_window(values, integer_bits=data.dtype.itemsize * 8 if integer else None,
                            signed=data.dtype.kind == "i")
@@ -89,7 +96,8 @@ def read_nifti(path: str | Path) -> MedicalImage:
         modality="MR" if "mr" in str(img.header.get("descrip", b"")).lower() else None,
         header=img.header.copy(), source_path=str(p),
         extra={"affine": img.affine.copy(), "scaling": (slope, inter), "raw_shape": raw.shape,
-               "nifti_class": type(img).__name__},
+               "nifti_class": type(img).__name__,
+               **({"nan_mask": np.transpose(nan, (2, 1, 0))} if nan is not None else {})},
     )
     return MedicalImage(window.to_unit(frames), meta)
 
@@ -100,6 +108,9 @@ def write_nifti(image: MedicalImage, tmp_path: Path, target: Path) -> None:
     frames = image.values()
     if frames.ndim == 2:
         frames = frames[None]
+    nan = meta.extra.get("nan_mask")
+    if nan is not None and np.shape(nan) == frames.shape:
+        frames = np.where(nan, np.nan, frames)       # float data: NaN as read
     volume = np.transpose(frames, (2, 1, 0))
     if meta.source_format == "nifti" and meta.header is not None:
         slope, inter = meta.extra.get("scaling", (1.0, 0.0))
