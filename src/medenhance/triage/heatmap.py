@@ -18,7 +18,7 @@ from matplotlib import colormaps
 from PIL import Image
 
 from ..io import read_image
-from ..io._files import atomic_write
+from ..io._files import atomic_write, stem
 from .data import model_inputs, triage_frames
 from .score import NOTE, TriageResult, TriageScorer
 
@@ -51,7 +51,7 @@ def write_heatmaps(scorer: TriageScorer, ranked: Sequence[tuple[int, TriageResul
         _, frame = triage_frames(read_image(result.path), size, index=[result.frame])
         frame = model_inputs(frame, scorer.info)
         picture = overlay(frame[0], scorer.evidence_maps(frame)[0])
-        target = folder / f"{rank:04d}_{Path(result.path).stem}.png"
+        target = folder / f"{rank:04d}_{stem(result.path)}.png"
         atomic_write(target, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"),
                      overwrite=True)
         written.append(target)
