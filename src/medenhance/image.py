@@ -24,6 +24,7 @@ Noise levels (sigma) and metrics are stated on the [0, 1] scale.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,24 +183,46 @@ class MedicalImage:
         """Pixels in the input's own units (e.g. HU), float64, not rounded."""
         return self.meta.window.to_values(self.pixels)
 
-    def with_pixels(self, pixels: np.ndarray, operation: str) -> MedicalImage:
+    def with_pixels(self, pixels: np.ndarray, operation: str,
+                    derivation: str | None = None) -> MedicalImage:
         """A new image with other pixels, the same metadata and ``operation`` added to the history.
 
         If the frame size changed (super-resolution, down-sampling), the pixel spacing is scaled so
-        that the field of view stays the same. Pixels are clipped to [0, 1]: the write-back maps
-        [0, 1] exactly onto the input's range, so values outside it have no stored representation.
+        that the field of view stays the same, and a mask of pixels outside the picture
+        (``extra["nan_mask"]``) is resampled to the new size. Pixels are clipped to [0, 1]: the
+        write-back maps [0, 1] exactly onto the input's range, so values outside it have no stored
+        representation.
+
+        ``derivation`` names the operation without its per-image values (the model file and
+        settings, the degradation pipeline): DICOM images derived from one series by the same
+        derivations become one new series. Without it, the history with its numbers left out
+        stands in.
         """
         new = np.clip(np.asarray(pixels, dtype=np.float32), 0.0, 1.0)
         if new.ndim != self.pixels.ndim:
             raise InvalidImageError(
                 f"{operation}: result has {new.ndim} dimensions, the input had {self.pixels.ndim}")
-        meta = dataclasses.replace(self.meta, history=[*self.meta.history, operation],
-                                   extra=dict(self.meta.extra))
+        extra = dict(self.meta.extra)
+        extra["derivation"] = [*extra.get("derivation", []),
+                               derivation or re.sub(r"[-+.0-9eE]+", "#", operation)]
+        meta = dataclasses.replace(self.meta, history=[*self.meta.history, operation], extra=extra)
         old_hw, new_hw = self.pixels.shape[-2:], new.shape[-2:]
-        if meta.pixel_spacing is not None and old_hw != new_hw:
-            meta.pixel_spacing = (meta.pixel_spacing[0] * old_hw[0] / new_hw[0],
-                                  meta.pixel_spacing[1] * old_hw[1] / new_hw[1])
+        if old_hw != new_hw:
+            if meta.pixel_spacing is not None:
+                meta.pixel_spacing = (meta.pixel_spacing[0] * old_hw[0] / new_hw[0],
+                                      meta.pixel_spacing[1] * old_hw[1] / new_hw[1])
+            if extra.get("nan_mask") is not None:
+                extra["nan_mask"] = resize_nearest(extra["nan_mask"], new.shape)
         return MedicalImage(new, meta)
+
+
+def resize_nearest(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``mask`` (``(H, W)`` or ``(N, H, W)``) resampled to ``shape`` by the nearest pixel."""
+    rows = np.minimum((np.arange(shape[-2]) + 0.5) * mask.shape[-2] / shape[-2],
+                      mask.shape[-2] - 1).astype(int)
+    cols = np.minimum((np.arange(shape[-1]) + 0.5) * mask.shape[-1] / shape[-1],
+                      mask.shape[-1] - 1).astype(int)
+    return mask[..., rows[:, None], cols[None, :]]
 
 
 def from_array(array: np.ndarray, *, modality: str | None = None,

@@ -104,9 +104,15 @@ def test_nothing_to_remove_leaves_the_pixels_as_they_are(xray_model, radiograph:
     flat[1] = 0.7
     out, sigmas = enhance_array(flat, xray_model)
     np.testing.assert_array_equal(out, flat)
-    assert sigmas == [0.0, 0.0]
-    out, _ = enhance_array(crop, xray_model, EnhanceOptions(noise_level=0.0))
+    assert sigmas == [None, None]                # no level was used on them
+    out, sigmas = enhance_array(crop, xray_model, EnhanceOptions(noise_level=0.0))
     np.testing.assert_array_equal(out, crop)
+    assert sigmas == [0.0]
+    # An estimated level of 0 (quantised dark MR backgrounds give it) still runs the network.
+    steps = np.repeat(np.linspace(0.2, 0.8, 16, dtype=np.float32), 8)
+    blocky = np.add.outer(steps, steps) / 2
+    out, sigmas = enhance_array(blocky, xray_model)
+    assert sigmas == [0.0] and not np.array_equal(out, blocky)
     out, _ = enhance_array(crop, xray_model, EnhanceOptions(noise_level=1 / 255))
     assert np.abs(out - crop).max() > 0      # any level above 0 is the network's
 

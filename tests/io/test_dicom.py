@@ -268,3 +268,42 @@ def test_pixel_padding_is_left_out_and_written_back(shared: Path, tmp_path: Path
     degraded, _ = degrade_image(image, Pipeline.from_preset("gaussian-blind"), seed=0)
     np.testing.assert_array_equal(degraded.values()[outside], -2000)
     assert not np.array_equal(degraded.values()[~outside], image.values()[~outside])
+
+
+def test_two_models_of_one_name_make_two_series(samples: Path, tmp_path: Path) -> None:
+    """Outputs of runs/…/best.safetensors and of the bundled model of the same card name, or of
+    two noise levels, shared one series: a PACS would have merged them."""
+    import shutil
+
+    from medenhance.inference.enhance import EnhanceOptions, enhance_image
+    from medenhance.models.card import bundled_dir
+
+    for suffix in (".safetensors", ".json"):
+        shutil.copyfile(bundled_dir() / f"mri-denoise{suffix}", tmp_path / f"copy{suffix}")
+    image = me.read_image(samples / "mr_head_MR1_JPLL.dcm")
+    image = image.with_pixels(image.pixels[:64, :64], "cropped for speed")
+    series = {}
+    for name, model, level in (("bundled", "mri-denoise", None), ("again", "mri-denoise", None),
+                               ("copy", tmp_path / "copy.safetensors", None),
+                               ("level", "mri-denoise", 5 / 255)):
+        out = enhance_image(image, model, EnhanceOptions(noise_level=level))
+        series[name] = pydicom.dcmread(me.write_image(out, tmp_path / f"{name}.dcm"))\
+            .SeriesInstanceUID
+    assert series["bundled"] == series["again"]
+    assert len({series["bundled"], series["copy"], series["level"]}) == 3
+
+
+def test_padding_survives_resizing_and_noise_does_not_turn_tissue_into_padding(
+        shared: Path, tmp_path: Path) -> None:
+    from medenhance.degrade import Pipeline, degrade_image
+
+    _, outside = _padded_ct(shared, tmp_path / "pad.dcm")
+    image = me.read_image(tmp_path / "pad.dcm")
+    small, _ = degrade_image(image, Pipeline.from_preset("sr-x2"), seed=0)
+    stored = pydicom.dcmread(me.write_image(small, tmp_path / "small.dcm")).pixel_array
+    assert stored.shape == (128, 128)
+    np.testing.assert_array_equal(stored == -2000, outside[1::2, 1::2])  # nearest to centres
+    noisy, _ = degrade_image(image, Pipeline.from_preset("gaussian-50"), seed=0)
+    stored = pydicom.dcmread(me.write_image(noisy, tmp_path / "noisy.dcm")).pixel_array
+    np.testing.assert_array_equal(stored == -2000, outside)      # no tissue pixel on -2000
+    assert stored[~outside].min() == -1999                       # clipped noise moved off it

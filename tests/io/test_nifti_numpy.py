@@ -142,6 +142,10 @@ def test_nan_outside_a_mask_is_kept_out_and_written_back(tmp_path: Path) -> None
         out = nib.load(me.write_image(processed, tmp_path / f"{name}.nii.gz")).get_fdata()
         np.testing.assert_array_equal(np.isnan(out), np.isnan(volume))
         assert not np.allclose(out[10:], volume[10:]), name
+    small, _ = degrade_image(image, Pipeline.from_preset("sr-x2"), seed=0)
+    out = nib.load(me.write_image(small, tmp_path / "small.nii.gz")).get_fdata()
+    assert out.shape == (24, 20, 3)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(volume)[1::2, 1::2])
     assert me.inspect_image(tmp_path / "masked.nii.gz").frames == 3
     only_nan = np.full((8, 8, 2), np.nan, np.float32)
     nib.save(nib.Nifti1Image(only_nan, affine), tmp_path / "empty.nii.gz")

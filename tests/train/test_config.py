@@ -105,3 +105,13 @@ def test_errors_name_the_file_or_the_set_item_they_come_from(tmp_path: Path) -> 
     bad.write_text((ROOT / "configs" / "mri-triage.yaml").read_text() + "epochs: many\n")
     with pytest.raises(ConfigError, match=r"^\S*bad.yaml: epochs: expected int"):
         load_triage_config(bad, ["lr=0.1"])
+
+
+def test_a_set_item_can_mend_a_wrong_value_in_the_file(tmp_path: Path) -> None:
+    from medenhance.triage.train import load_triage_config
+
+    path = tmp_path / "t.yaml"
+    path.write_text("name: t\nkind: oneclass\ndata: x\nepochs: none-yet\ninit_from: xray-triage\n")
+    assert load_triage_config(path, ["epochs=0"]).epochs == 0
+    with pytest.raises(ConfigError, match=r"t.yaml: epochs: expected int, got 'none-yet'"):
+        load_triage_config(path, ["lr=0.1"])

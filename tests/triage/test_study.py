@@ -88,14 +88,14 @@ def test_long_series_are_sampled_evenly(tmp_path: Path) -> None:
     assert index[-1] == MAX_FRAMES + 99 and np.all(np.diff(index) >= 1)
 
 
-def _dicom(path: Path, pixels: np.ndarray, study: str) -> Path:
+def _dicom(path: Path, pixels: np.ndarray, study: str, modality: str = "OT") -> Path:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"        # Secondary Capture
     ds.SOPInstanceUID = generate_uid()
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
-    ds.Modality, ds.PatientID = "OT", "P1"
+    ds.Modality, ds.PatientID = modality, "P1"
     ds.set_pixel_data((pixels * 4095).astype(np.uint16), "MONOCHROME2", 12)
     ds.save_as(path, enforce_file_format=True)
     return path
@@ -214,3 +214,19 @@ def test_an_empty_volume_is_said_to_be_empty(tmp_path: Path) -> None:
     results = {Path(r.path).name: r for r in TriageScorer("mri-triage").score_files([empty, head])}
     assert results["zeros.nii.gz"].empty and results["zeros.nii.gz"].ood == 1
     assert not results["head.nii.gz"].empty
+
+
+def test_files_of_another_modality_do_not_count_in_a_study_of_the_models_own(
+        tmp_path: Path) -> None:
+    """One CT file in an MR study put the whole study out of distribution and still counted."""
+    study, alone = generate_uid(), generate_uid()
+    body = 0.2 + 0.6 * (np.hypot(*np.mgrid[-32:32, -32:32]) < 28)
+    mr = _dicom(tmp_path / "mr.dcm", body, study, "MR")
+    ct = _dicom(tmp_path / "ct.dcm", body[::-1] * 0.3, study, "CT")
+    ct_alone = _dicom(tmp_path / "ct2.dcm", body, alone, "CT")
+    scorer = TriageScorer("mri-triage")
+    mixed, only_ct = scorer.score_files([mr, ct, ct_alone], by_study=True)
+    (mr_alone,) = scorer.score_files([mr])
+    assert mixed.files == 2 and mixed.foreign_modality == "" and mixed.path == str(mr)
+    assert mixed.score == pytest.approx(mr_alone.score, abs=1e-6) and mixed.ood == mr_alone.ood
+    assert only_ct.foreign_modality == "CT" and only_ct.ood == 1

@@ -589,4 +589,4 @@ def test_a_failed_training_leaves_no_empty_run_folder(folders: Path, tmp_path: P
     kept.mkdir()
     result = runner.invoke(app, ["train-triage", "-c", str(config), "--set",
                                  f"output_dir={kept}"])
-    assert result.exit_code == 1 and kept.is_dir()
+    assert result.exit_code == 1 and "normal and abnormal" in result.output and kept.is_dir()

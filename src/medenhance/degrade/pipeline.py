@@ -291,12 +291,14 @@ def degrade_image(image: MedicalImage, pipeline: Pipeline | DegradationRecord,
     """Degrade a :class:`MedicalImage`; the record is also added to the image's history."""
     if isinstance(pipeline, DegradationRecord):
         record = pipeline
+        derivation = f"degrade replay {record.pipeline or [s.op for s in record.steps]}"
     else:
         if seed is None:
             raise DegradationError("degrade_image needs an explicit seed (or a record to replay)")
         record = pipeline.sample(seed)
+        derivation = f"degrade {pipeline.name} {json.dumps(pipeline.steps, sort_keys=True)}"
     from ..io.padding import keep_padding
 
     # Padding outside a CT's field of view is not acquired: no noise or blur reaches it.
     pixels = keep_padding(image, apply_record(image.pixels, record))
-    return image.with_pixels(pixels, record.describe()), record
+    return image.with_pixels(pixels, record.describe(), derivation), record

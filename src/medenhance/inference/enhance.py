@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -102,7 +103,8 @@ def enhance_array(frames: np.ndarray, model: LoadedModel, options: EnhanceOption
     if not np.isfinite(stack).all():
         raise InvalidImageError("pixels hold NaN or infinite values")
     check_enhancement_model(model)
-    masks = None if keep is None else (keep[None] if single else keep)
+    same_size = int(net.scale) == 1     # what is kept as it is needs the output's size
+    masks = None if keep is None or not same_size else (keep[None] if single else keep)
     if masks is not None and masks.shape != stack.shape:
         raise InvalidImageError(f"keep mask of shape {keep.shape} for pixels of shape "
                                 f"{frames.shape}")
@@ -115,13 +117,13 @@ def enhance_array(frames: np.ndarray, model: LoadedModel, options: EnhanceOption
             sigma = (opts.noise_level if opts.noise_level is not None
                      else float(estimate_sigma(x)[0]))
         mask = None if masks is None or not masks[i].any() else masks[i]
-        # Nothing to remove: a flat frame (an empty slice, padding) or a declared noise level of
-        # 0 comes back as it is. The networks were trained on noise of at least 2/255 and would
-        # otherwise still change it (a flat frame by up to 0.02, a clean MR slice by 1.4/255 on
-        # average at level 0).
-        if frame.min() == frame.max() or sigma == 0:
+        # Nothing to remove: a flat frame (an empty slice) or a declared noise level of 0 comes
+        # back as it is. The networks were trained on noise of at least 2/255 and would still
+        # change it (a flat frame by up to 0.02, a clean MR slice by 1.4/255 on average at 0).
+        # An estimated 0 is not enough: quantised dark backgrounds give it to real MR slices.
+        if same_size and (frame.min() == frame.max() or opts.noise_level == 0):
             outputs.append(np.array(frame, dtype=np.float32))
-            sigmas.append(0.0 if sigma is not None else None)
+            sigmas.append(None if frame.min() == frame.max() else 0.0)
             continue
         if mask is not None:
             filled = _fill_from_nearest(np.asarray(frame, dtype=np.float32), mask)
@@ -150,13 +152,19 @@ def enhance_image(image: MedicalImage, model: LoadedModel | str | os.PathLike[st
     The result keeps the input's metadata (so it is written in the same format and units) and
     records the model and the noise level used in its history.
     """
-    from ..io.padding import padding_mask
+    from ..io.padding import keep_padding, padding_mask
 
     loaded = _loaded(model)
-    pixels, sigmas = enhance_array(image.pixels, loaded, options, keep=padding_mask(image))
-    known = [s for s in sigmas if s is not None]
+    opts = options or EnhanceOptions()
+    pixels, sigmas = enhance_array(image.pixels, loaded, opts, keep=padding_mask(image))
+    known = [s for s in sigmas if s is not None]          # flat frames had no level
     level = f", noise level {np.mean(known) * 255:.1f}/255" if known else ""
-    return image.with_pixels(pixels, f"{loaded.card.task} with model {loaded.card.name}{level}")
+    # Identifies the derivation for the derived DICOM series: the weights and the settings.
+    derivation = (f"{loaded.card.task} {Path(loaded.path).resolve()} "
+                  f"noise_level={opts.noise_level}")
+    return image.with_pixels(keep_padding(image, pixels),
+                             f"{loaded.card.task} with model {loaded.card.name}{level}",
+                             derivation)
 
 
 def enhance_images(images: Sequence[MedicalImage], model: LoadedModel | str | os.PathLike[str],

@@ -16,8 +16,9 @@ interpretation and every other attribute kept. Pixel data is written uncompresse
 Little Endian).
 
 The slices of one source series stay one series: every image derived in one process from the same
-source series by the same steps (their parameters aside: a blind denoiser's noise level differs by
-slice) gets the same new Series Instance UID. Enhanced (multi-frame functional group) objects keep
+source series by the same derivation (:meth:`MedicalImage.with_pixels`: the same model file and
+settings, or the same degradation pipeline, whatever per-slice values they drew or estimated) gets
+the same new Series Instance UID. Enhanced (multi-frame functional group) objects keep
 *Image Type* value 2, which their IODs fix to PRIMARY, and their *Frame Type* says DERIVED too.
 """
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -250,13 +250,12 @@ def _derivation_text(history: list[str]) -> str:
 _RUN_SALT = generate_uid()
 
 
-def _derived_series_uid(source: Dataset, history: list[str]) -> str:
+def _derived_series_uid(source: Dataset, derivation: list[str]) -> str:
     """One new UID per source series and derivation (see the module docstring)."""
     series = str(source.get("SeriesInstanceUID", "") or "")
     if not series:
         return generate_uid()
-    steps = re.sub(r"[-+.0-9eE]+", "#", "; ".join(history))   # the steps, not their values
-    return generate_uid(entropy_srcs=[_RUN_SALT, series, steps])
+    return generate_uid(entropy_srcs=[_RUN_SALT, series, *derivation])
 
 
 def _mark_frames_derived(ds: Dataset) -> None:
@@ -299,7 +298,7 @@ def derived_dataset(image: MedicalImage, target: Path) -> Dataset:
             if keyword in ds:
                 setattr(ds, keyword, spacing)
     source_sop = (source.get("SOPClassUID"), source.get("SOPInstanceUID"))
-    ds.SeriesInstanceUID = _derived_series_uid(source, image.meta.history)
+    ds.SeriesInstanceUID = _derived_series_uid(source, image.meta.extra.get("derivation", []))
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     if "SOPClassUID" in ds:
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID

@@ -14,28 +14,59 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..image import MedicalImage
+from ..image import MedicalImage, resize_nearest
+
+
+def _stored(image: MedicalImage, pixels: np.ndarray) -> np.ndarray:
+    """DICOM stored values of ``pixels`` on ``image``'s scale (one frame at a time keeps a
+    volume's float64 copies small)."""
+    slope, intercept = image.meta.extra.get("rescale", (1.0, 0.0))
+    return np.rint((image.meta.window.to_values(pixels) - intercept) / slope)
+
+
+def _frames(a: np.ndarray) -> np.ndarray:
+    return a.reshape(-1, *a.shape[-2:])
 
 
 def padding_mask(image: MedicalImage) -> np.ndarray | None:
     """Where ``image`` holds padding or NaN (see the module docstring), or ``None``."""
     extra = image.meta.extra
-    mask = None
+    mask = np.zeros(image.pixels.shape, bool)
     nan = extra.get("nan_mask")
     if nan is not None and np.shape(nan) == image.pixels.shape:
-        mask = np.asarray(nan, dtype=bool)
+        mask |= np.asarray(nan, dtype=bool)
     padding = extra.get("padding")
     if padding:
-        slope, intercept = extra.get("rescale", (1.0, 0.0))
-        stored = np.rint((image.values() - intercept) / slope)
-        padded = (stored >= padding[0]) & (stored <= padding[1])
-        mask = padded if mask is None else mask | padded
-    return mask if mask is not None and mask.any() else None
+        for out, frame in zip(_frames(mask), _frames(image.pixels), strict=True):
+            stored = _stored(image, frame)
+            out |= (stored >= padding[0]) & (stored <= padding[1])
+    return mask if mask.any() else None
 
 
 def keep_padding(image: MedicalImage, pixels: np.ndarray) -> np.ndarray:
-    """``pixels`` (a processed copy of ``image``'s) with ``image``'s padding put back."""
+    """``pixels``, a processed copy of ``image``'s, with ``image``'s padding put back (resampled
+    to the nearest pixel when the size changed), and no other pixel on a padding value: noise
+    clipped at the window's low end would otherwise turn tissue into padding, which viewers
+    hide and later processing leaves out."""
     mask = padding_mask(image)
-    if mask is None or pixels.shape != image.pixels.shape:
+    if mask is None:
         return pixels
-    return np.where(mask, image.pixels, pixels)
+    if pixels.shape == image.pixels.shape:
+        out = np.where(mask, image.pixels, pixels).astype(np.float32)
+    else:
+        fill = image.pixels[mask].min()
+        mask = resize_nearest(mask, pixels.shape)
+        out = np.where(mask, fill, pixels).astype(np.float32)
+    padding = image.meta.extra.get("padding")
+    if padding:
+        low, high = padding
+        bits = int(image.meta.bits_stored or 16)
+        signed = bool(image.meta.extra.get("signed", False))
+        top = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+        moved = high + 1 if high + 1 <= top else low - 1    # the nearest value outside the range
+        slope, intercept = image.meta.extra.get("rescale", (1.0, 0.0))
+        unit = image.meta.window.to_unit(np.array([moved * slope + intercept]))[0]
+        for frame, keep in zip(_frames(out), _frames(mask), strict=True):
+            stored = _stored(image, frame)
+            frame[(stored >= low) & (stored <= high) & ~keep] = unit
+    return out

@@ -62,10 +62,11 @@ class ModelCard:
 
     def foreign_modality(self, modality: str | None) -> str | None:
         """``modality`` (a DICOM Modality, upper case) when the model was trained on others;
-        ``None`` when it is one of them, unknown, or the model takes any."""
+        ``None`` when it is one of them, unknown (absent, or OT: "other"), or the model takes
+        any."""
         trained = {m for m in self.modality.upper().split("/") if m not in ("", "ANY")}
         given = (modality or "").strip().upper()
-        return given if trained and given and given not in trained else None
+        return given if trained and given not in ("", "OT") and given not in trained else None
 
     @classmethod
     def from_json(cls, text: str, source: str = "model card") -> ModelCard:

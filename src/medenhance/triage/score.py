@@ -38,7 +38,8 @@ class TriageResult:
     frames: int = 1         # frames that took part in the score
     files: int = 1
     study: str = ""         # DICOM Study Instance UID, where the files have one
-    #: A DICOM Modality the model was not trained on (the study is then out of distribution).
+    #: A DICOM Modality the model was not trained on, when every file of the study has it (the
+    #: study is then out of distribution; in a mixed study such files do not count).
     foreign_modality: str = ""
     #: Every frame holds one value (no picture at all; the study is then out of distribution).
     empty: bool = False
@@ -119,7 +120,7 @@ class TriageScorer:
         size = int(self.info["size"])
         studies: dict[str, list[FrameScore]] = {}
         uids: dict[str, str] = {}
-        foreign_modalities: dict[str, str] = {}
+        foreign_files: dict[str, str] = {}     # file -> its modality the model does not know
         pending: list[tuple[str, str, int, np.ndarray]] = []
 
         def flush() -> None:
@@ -159,7 +160,7 @@ class TriageScorer:
             studies.setdefault(key, [])
             uids[key] = uid or ""
             if foreign := self.model.card.foreign_modality(image.meta.modality):
-                foreign_modalities.setdefault(key, foreign)
+                foreign_files[str(path)] = foreign
             if any(frame.max() > frame.min() for frame in frames):
                 pictured.add(key)
             for k, frame in zip(index, frames, strict=True):
@@ -169,10 +170,13 @@ class TriageScorer:
         flush()
         results = []
         for key, frames in studies.items():
-            worst, distance, counted = summarise(frames)
-            # Another modality is out of distribution whatever its feature distance says (the
-            # NEMA CT slice lies within mri-triage's distance limit).
-            foreign, empty = foreign_modalities.get(key, ""), key not in pictured
+            # Files of another modality (a screen capture in an MR study) do not count while the
+            # study has files of the model's own; a study of only those is out of distribution
+            # whatever its features say (the NEMA CT slice lies within mri-triage's limit).
+            own = [f for f in frames if f.path not in foreign_files]
+            worst, distance, counted = summarise(own or frames)
+            foreign = "" if own else foreign_files[frames[0].path]
+            empty = key not in pictured
             ood = bool(foreign) or empty or distance > float(self.info["ood_distance"])
             results.append(TriageResult(
                 worst.path, worst.score, int(worst.score >= self.threshold), int(ood), distance,

@@ -34,8 +34,9 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+import typing
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ from ..models.card import (ModelCard, check_model_name, check_registration, load
                           resolve_model, save_checkpoint, user_dir)
 from ..models.classifier import all_views, transform8
 from ..models.registry import create_model
-from ..train.config import _build
+from ..train.config import _build, _coerce
 from ..train.loop import pick_device
 from .data import VAL_SPLITS, load_labelled, model_inputs, train_val_split
 from .patch_memory import candidate_patches, greedy_coreset
@@ -192,30 +193,33 @@ def load_triage_config(path: str | Path, overrides: list[str] | None = None) -> 
     overrides = overrides or []
     try:
         data = yaml.safe_load(path.read_text()) or {}
-        config = _build(TriageConfig, data, "")
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    known = [f.name for f in fields(TriageConfig)]
-    for item in overrides:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    hints = typing.get_type_hints(TriageConfig)
+    for item in overrides:       # each value checked alone, so that the item is named
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. epochs=3")
-        if key not in known:
+        if key not in hints:
             raise ConfigError(f"--set {item!r}: unknown key {key!r}; known: "
-                              f"{', '.join(sorted(known))}")
+                              f"{', '.join(sorted(hints))}")
         try:
-            data[key] = yaml.safe_load(text)
+            value = yaml.safe_load(text)
         except yaml.YAMLError:
-            data[key] = text
+            value = text
         try:
-            config = _build(TriageConfig, data, "")
+            data[key] = _coerce(hints[key], value, key)
         except ConfigError as exc:
             raise ConfigError(f"--set {item!r}: {exc}") from None
+    try:
+        config = _build(TriageConfig, data, "")   # what is wrong now is in the file
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     try:
         config.validate()
     except ConfigError as exc:
