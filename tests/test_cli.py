@@ -418,3 +418,12 @@ def test_several_input_folders_keep_their_names_under_the_output(samples: Path,
         "site1/a.png", "site2/a.png"]
     one = run("enhance", tmp_path / "site1", "-m", "mri-denoise", "-o", tmp_path / "one")
     assert one.exit_code == 0 and (tmp_path / "one" / "a.png").is_file()
+    # A folder with a sub-folder of its own given too: each file once, no name clash.
+    (tmp_path / "site1" / "sub").mkdir()
+    shutil.copyfile(samples / "mri_brain_glioma_Te-gl_0063.png", tmp_path / "site1" / "sub" /
+                    "b.png")
+    both = run("enhance", tmp_path / "site1", tmp_path / "site1" / "sub", "-m", "mri-denoise",
+               "-o", tmp_path / "both")
+    assert both.exit_code == 0, both.output
+    assert sorted(p.relative_to(tmp_path / "both").as_posix()
+                  for p in (tmp_path / "both").rglob("*.png")) == ["site1/a.png", "site1/sub/b.png"]

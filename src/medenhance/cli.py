@@ -73,14 +73,18 @@ def report_failures(failures: list[str], total: int) -> None:
     raise typer.Exit(1)
 
 
-def note_skipped(skipped: list[Path]) -> None:
-    """Say which files in the input folders were left out as not images (e.g. a README)."""
+def note_skipped(skipped: list[Path], output: Path | None = None) -> None:
+    """Say which files in the input folders were left out as not images (e.g. a README), except
+    those inside ``output`` (an earlier run's records)."""
+    if output is not None:
+        out_root = output.resolve()
+        skipped = [p for p in skipped if out_root not in p.resolve().parents]
     if not skipped:
         return
     shown = ", ".join(str(p) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
-    err_console.print(f"note: {len(skipped)} file(s) in the input folders are not images of a "
-                      f"supported format and were skipped: {escape(shown)}", highlight=False,
-                      soft_wrap=True)
+    err_console.print(f"note: {len(skipped)} file(s) in the input folders are not recognised as "
+                      f"images (no known suffix or DICOM preamble) and were skipped: "
+                      f"{escape(shown)}", highlight=False, soft_wrap=True)
 
 
 def note_repeats(repeats: list[str]) -> None:
@@ -161,8 +165,9 @@ def _relative_names(inputs: list[Path], files: list[Path]) -> list[Path]:
         root = next((r for r in inputs if r.is_dir() and r in f.parents), None)
         if root is None:
             names.append(Path(f.name))
-        elif len(inputs) > 1:
-            names.append(Path(root.resolve().name) / f.relative_to(root))
+        elif len(inputs) > 1:     # the folder's name as typed ("." and ".." as resolved)
+            names.append(Path(root.name if root.name not in ("", ".", "..") else
+                              root.resolve().name) / f.relative_to(root))
         else:
             names.append(f.relative_to(root))
     return names
@@ -175,11 +180,12 @@ def _outside(files: list[Path], inputs: list[Path], output: Path
     Never read our own earlier outputs back as inputs (e.g. `degrade scans -o scans/pairs`).
     """
     out_root = output.resolve()
-    kept = [f for f in files if out_root not in f.resolve().parents]
+    unique = list({f.resolve(): f for f in reversed(files)}.values())[::-1]  # `data data/a`
+    kept = [f for f in unique if out_root not in f.resolve().parents]
     if files and not kept:
         raise fail(f"{output}: every input lies inside the output folder; choose another one")
-    if len(kept) < len(files):
-        err_console.print(f"[yellow]note:[/yellow] {len(files) - len(kept)} file(s) inside the "
+    if len(kept) < len(unique):
+        err_console.print(f"[yellow]note:[/yellow] {len(unique) - len(kept)} file(s) inside the "
                           f"output folder {output} skipped (earlier outputs are not inputs)",
                           highlight=False)
     return kept, _relative_names(inputs, kept)
@@ -279,7 +285,7 @@ def degrade(
         files = find_images(inputs, skipped=skipped)
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
-    note_skipped(skipped)
+    note_skipped(skipped, output)
     files, names = _outside(files, inputs, output)
 
     def targets_of(name: Path) -> tuple[Path, ...]:
@@ -567,7 +573,7 @@ def enhance(
         files = find_images(inputs, skipped=skipped)
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
-    note_skipped(skipped)
+    note_skipped(skipped, output)
     files, names = _outside(files, inputs, output)
 
     noted: set[str] = set()              # one note per foreign modality, not one per file

@@ -182,9 +182,16 @@ def test_files_that_are_not_images_are_reported_as_skipped(samples: Path, tmp_pa
     assert skipped == [tmp_path / "README.txt", tmp_path / "sub" / "labels.csv"]
     result = CliRunner().invoke(app, ["info", str(tmp_path)])
     assert result.exit_code == 0
-    assert ("2 file(s) in the input folders are not images of a supported format and were "
-            "skipped") in result.output
+    assert ("2 file(s) in the input folders are not recognised as images (no known suffix or "
+            "DICOM preamble) and were skipped") in " ".join(result.output.split())
     assert "README.txt" in result.output and ".DS_Store" not in result.output
+    # An earlier run's records inside the output folder are not listed as skipped inputs.
+    out = tmp_path / "pairs"
+    first = CliRunner().invoke(app, ["degrade", str(tmp_path), "-p", "jpeg", "-o", str(out)])
+    assert first.exit_code == 0 and any((out / "records").glob("*.json"))
+    again = CliRunner().invoke(app, ["degrade", str(tmp_path), "-p", "jpeg", "-o", str(out),
+                                     "--overwrite"])
+    assert again.exit_code == 0 and "2 file(s) in the input folders" in again.output
 
 
 def test_info_says_a_signed_nifti_is_signed(tmp_path: Path) -> None:
