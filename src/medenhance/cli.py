@@ -798,7 +798,7 @@ def triage(
     import csv as _csv
 
     from .io import find_images
-    from .io._files import atomic_write
+    from .io._files import atomic_write, writable_target
     from .triage.score import NOTE, TriageScorer, population_shift, worklist
 
     failures: list[str] = []
@@ -806,8 +806,7 @@ def triage(
     try:
         if output.is_dir():
             raise MedEnhanceError(f"{output}: is a folder; -o takes the worklist's file name")
-        if output.exists() and not overwrite:
-            raise MedEnhanceError(f"{output}: file exists (pass --overwrite to replace it)")
+        writable_target(output, overwrite=overwrite)     # now, not after scoring them all
         if heatmaps is not None and heatmaps.resolve() == output.resolve():
             raise MedEnhanceError(f"{heatmaps}: is also the worklist (-o); --heatmaps takes a "
                                   "folder of its own")

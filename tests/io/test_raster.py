@@ -200,3 +200,30 @@ def test_info_says_a_signed_nifti_is_signed(tmp_path: Path) -> None:
     nib.save(nib.Nifti1Image(np.arange(-300, 300, dtype=np.int16).reshape(20, 30), np.eye(4)),
              tmp_path / "v.nii.gz")
     assert me.inspect_image(tmp_path / "v.nii.gz").bits_stored == "16 signed"
+
+
+def test_writing_goes_through_links_and_never_replaces_a_pipe_or_device(tmp_path: Path) -> None:
+    """`-o link.csv` replaced the link by a file; `-o fifo` and `-o /dev/stdout` replaced the
+    pipe or the file behind fd 1."""
+    import os
+
+    from medenhance.io._files import atomic_write
+
+    def write(text: str):
+        return lambda tmp: Path(tmp).write_text(text)
+
+    (tmp_path / "real.txt").write_text("old")
+    (tmp_path / "link.txt").symlink_to(tmp_path / "real.txt")
+    atomic_write(tmp_path / "link.txt", write("new"), overwrite=True)
+    assert (tmp_path / "link.txt").is_symlink() and (tmp_path / "real.txt").read_text() == "new"
+    os.mkfifo(tmp_path / "fifo")
+    for special in (tmp_path / "fifo", Path("/dev/stdout"), tmp_path):
+        with pytest.raises(ImageWriteError, match="not a regular file"):
+            atomic_write(special, write("x"), overwrite=True)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ImageWriteError, match="is a file, not a folder"):
+        atomic_write(tmp_path / "afile" / "out.txt", write("x"))
+    long_name = tmp_path / ("L" * 250 + ".txt")          # the temporary name must stay short
+    atomic_write(long_name, write("long"))
+    assert long_name.read_text() == "long"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

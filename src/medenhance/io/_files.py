@@ -136,20 +136,46 @@ def _expand(p: Path, recursive: bool, skipped: list[Path] | None = None) -> list
     raise ImageReadError(p, "no such file or folder")
 
 
+def writable_target(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """The file that writing ``path`` would replace (a link's target), after the checks that
+    :func:`atomic_write` makes, so that a command can make them before its work."""
+    target = Path(path)
+    # /dev/stdout resolves to whatever fd 1 is (a log file, say), which a rename would replace.
+    device = str(target.absolute()).startswith(("/dev/", "/proc/"))
+    if target.is_symlink() and target.exists():
+        target = target.resolve()
+    if device or (target.exists() and not target.is_file()):
+        raise ImageWriteError(Path(path), "is not a regular file (a folder, device or pipe); "
+                                          "write to a file")
+    if target.exists() and not overwrite:
+        raise ImageWriteError(Path(path), "file exists (pass --overwrite to replace it)")
+    for parent in target.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ImageWriteError(Path(path), f"{parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ImageWriteError(Path(path), f"cannot write in {parent} (permission denied)")
+            break
+    return target
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None], *,
                  overwrite: bool = False) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place.
 
     An interrupted or failed write leaves nothing behind, and an existing file is only replaced
-    when ``overwrite`` is true.
+    when ``overwrite`` is true. A link is written through (the file it points to is replaced, the
+    link stays); a device, pipe or folder is never replaced.
     """
-    target = Path(path)
-    if target.exists() and not overwrite:
-        raise ImageWriteError(target, "file exists (pass --overwrite to replace it)")
-    if not target.parent.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + full_suffix(target),
-                                    dir=target.parent)
+    target = writable_target(path, overwrite=overwrite)
+    try:
+        if not target.parent.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+        # A short name: the target's own may be near the file system's 255-byte limit.
+        fd, tmp_name = tempfile.mkstemp(prefix=".medenhance-", suffix=".tmp" + full_suffix(target),
+                                        dir=target.parent)
+    except OSError as exc:      # named by the file the user asked for, not the temporary one
+        raise ImageWriteError(Path(path), exc.strerror or str(exc)) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -159,6 +185,12 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None], *,
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
+    except ImageWriteError:
+        tmp.unlink(missing_ok=True)
+        raise
+    except OSError as exc:      # e.g. a full disk: named by the target, not the temporary file
+        tmp.unlink(missing_ok=True)
+        raise ImageWriteError(Path(path), exc.strerror or str(exc)) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
