@@ -180,12 +180,11 @@ def _outside(files: list[Path], inputs: list[Path], output: Path
     Never read our own earlier outputs back as inputs (e.g. `degrade scans -o scans/pairs`).
     """
     out_root = output.resolve()
-    unique = list({f.resolve(): f for f in reversed(files)}.values())[::-1]  # `data data/a`
-    kept = [f for f in unique if out_root not in f.resolve().parents]
+    kept = [f for f in files if out_root not in f.resolve().parents]
     if files and not kept:
         raise fail(f"{output}: every input lies inside the output folder; choose another one")
-    if len(kept) < len(unique):
-        err_console.print(f"[yellow]note:[/yellow] {len(unique) - len(kept)} file(s) inside the "
+    if len(kept) < len(files):
+        err_console.print(f"[yellow]note:[/yellow] {len(files) - len(kept)} file(s) inside the "
                           f"output folder {output} skipped (earlier outputs are not inputs)",
                           highlight=False)
     return kept, _relative_names(inputs, kept)

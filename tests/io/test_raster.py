@@ -138,6 +138,8 @@ def test_minimum_is_white_sources_keep_their_picture_in_every_format(
 def test_single_paths_are_not_read_as_lists_of_characters(samples: Path) -> None:
     assert me.find_images(samples) == me.find_images([samples])
     assert me.find_images(str(samples)) == me.find_images([samples])
+    one = samples / "mri_brain_glioma_Te-gl_0063.png"          # reached twice, listed once
+    assert me.find_images([samples, one, samples / "." / one.name]) == me.find_images(samples)
 
 
 def test_colour_tiff_with_separate_planes_is_read_like_interleaved(tmp_path: Path) -> None:

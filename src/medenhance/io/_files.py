@@ -76,7 +76,8 @@ def find_images(inputs: Iterable[str | os.PathLike[str]] | str | os.PathLike[str
     Folders are searched (recursively by default) for files with a known suffix or a DICOM
     preamble. A named file is always returned, so that a bad file gets its own error later.
     Other files found in folders (not hidden ones) are appended to ``skipped``, when given, so
-    that a caller can say what it left out.
+    that a caller can say what it left out. A file reached twice (a folder and a file or
+    sub-folder in it) is listed once.
 
     Raises
     ------
@@ -86,15 +87,16 @@ def find_images(inputs: Iterable[str | os.PathLike[str]] | str | os.PathLike[str
     """
     if isinstance(inputs, (str, os.PathLike)):        # one path, not its characters
         inputs = [inputs]
-    found: list[Path] = []
+    found: dict[Path, Path] = {}    # each file once, as first found (`A A/x.png`, `A A/sub`)
     for item in inputs:
         try:
-            found.extend(_expand(Path(item), recursive, skipped))
+            for f in _expand(Path(item), recursive, skipped):
+                found.setdefault(f.resolve(), f)
         except ImageReadError as exc:
             if errors is None:
                 raise
             errors.append(str(exc))
-    return found
+    return list(found.values())
 
 
 def _walk(folder: Path) -> Iterator[Path]:
