@@ -787,7 +787,8 @@ def triage(
     one image: a study of many frames is flagged more often), `ood` (1 = unlike the training
     images, or a DICOM modality the model was not trained on: do not trust the score), `frames`
     (how many showed the anatomy and counted), `files`, `study` (the UID) and `note`. Unreadable
-    files are listed, not fatal; copies of a DICOM image (same SOP Instance UID) count once.
+    files are not fatal: they head the worklist (no score, flag 1) and are listed at the end, and
+    the exit status is 1. Copies of a DICOM image (same SOP Instance UID) count once.
 
     Example: `medenhance triage ../shared/data/xray-chest-kermany-224/test -o worklist.csv`
 
@@ -829,9 +830,10 @@ def triage(
             raise MedEnhanceError(f"{heatmaps}: holds input images; write the heatmaps to "
                                   "another folder")
         repeats: list[str] = []
+        unreadable: list[tuple[str, str]] = []
         results = worklist(scorer.score_files(files, failures, by_study=not by_file,
                                               progress=lambda f: track(f, "scoring"),
-                                              repeats=repeats))
+                                              repeats=repeats, unreadable=unreadable))
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
 
@@ -840,7 +842,10 @@ def triage(
             w = _csv.writer(fh, lineterminator="\n")
             w.writerow(["rank", "path", "frame", "score", "flag", "ood", "frames", "files",
                         "study", "note"])
-            for i, r in enumerate(results, 1):
+            # A study the model could not score must not drop out of the reading: first.
+            for i, (path, reason) in enumerate(unreadable, 1):
+                w.writerow([i, path, "", "", 1, 1, 0, 1, "", f"unreadable ({reason}): read it"])
+            for i, r in enumerate(results, len(unreadable) + 1):
                 note = ("empty (one value throughout): read as flagged" if r.empty else
                         f"modality {r.foreign_modality} (model trained on "
                         f"{scorer.model.card.modality}): read as flagged" if r.foreign_modality
@@ -850,27 +855,16 @@ def triage(
                             r.files, r.study, note])
 
     note_repeats(repeats)
-    if results:
+    if results or unreadable:
         atomic_write(output, write, overwrite=overwrite)
     flagged, ood = sum(r.flag for r in results), sum(r.ood for r in results)
     n_files = sum(r.files for r in results)
     grouped = f" ({n_files} files)" if n_files != len(results) else ""
-    where = f"worklist {output}" if results else "no worklist written"
+    where = f"worklist {output}" if results or unreadable else "no worklist written"
+    first = f"; the {len(unreadable)} unreadable file(s) head it" if unreadable else ""
     console.print(f"{_count(len(results), 'study', 'studies')}{grouped} scored with "
                   f"{scorer.model.card.name}: {flagged} flagged (threshold "
-                  f"{scorer.threshold:.3f}), {ood} out of distribution; {where} ({NOTE})")
-    if heatmaps is not None:
-        from .triage.heatmap import write_heatmaps
-
-        ranked = [(i, r) for i, r in enumerate(results, 1) if r.flag]
-        try:
-            written = write_heatmaps(scorer, ranked, heatmaps,
-                                     progress=lambda f: track(f, "heatmaps"))
-        except MedEnhanceError as exc:
-            raise fail(str(exc)) from None
-        console.print(f"{len(written)} heatmap(s) of flagged studies in {heatmaps}/, to look "
-                      f"through in {heatmaps / 'index.html'} (left: what the model saw; right: "
-                      "where it looked most abnormal, scaled per image)")
+                  f"{scorer.threshold:.3f}), {ood} out of distribution; {where}{first} ({NOTE})")
     if ood:
         foreign = sorted({r.foreign_modality for r in results if r.foreign_modality})
         n_foreign = sum(1 for r in results if r.foreign_modality)
@@ -886,7 +880,26 @@ def triage(
                           "a group they do not look like the population the model was trained "
                           "on (another hospital, age group or protocol?), so its scores and "
                           "threshold may not hold for them", highlight=False)
+    if heatmaps is not None:
+        from .triage.heatmap import write_heatmaps
+
+        ranked = [(i, r) for i, r in enumerate(results, len(unreadable) + 1) if r.flag]
+        heat_failures: list[str] = []
+        try:
+            written = write_heatmaps(scorer, ranked, heatmaps, failures=heat_failures,
+                                     progress=lambda f: track(f, "heatmaps"))
+        except MedEnhanceError as exc:       # the folder itself cannot be written
+            heat_failures.append(str(exc))
+            written = []
+        console.print(f"{len(written)} heatmap(s) of flagged studies in {heatmaps}/, to look "
+                      f"through in {heatmaps / 'index.html'} (left: what the model saw; right: "
+                      "where it looked most abnormal, scaled per image)")
+        for line in heat_failures:
+            err_console.print(f"[yellow]heatmap not written:[/yellow] {escape(line)}",
+                              highlight=False, soft_wrap=True)
     report_failures(failures, n_files + len(failures))
+    if heatmaps is not None and heat_failures:
+        raise typer.Exit(1)
 
 
 @app.command("evaluate-triage")
@@ -961,6 +974,8 @@ def evaluate_triage(
                   f"{output}/scores.csv, {output}/roc.png, {output}/scores.png, "
                   + (f"{output}/robustness.png, " if shifts else "")
                   + f"{output}/summary.json ({RESEARCH_NOTE})")
+    failed = result["failures"]        # the metrics are of the others; say so, and exit 1
+    report_failures(failed, result["n_normal"] + result["n_abnormal"] + len(failed))
 
 
 def main() -> None:

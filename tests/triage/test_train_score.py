@@ -74,7 +74,10 @@ def test_supervised_triage_end_to_end(folders: Path, tmp_path: Path, monkeypatch
     out = runner.invoke(app, ["triage", str(folders / "test"), str(bad), "-m", "tiny-supervised",
                               "-o", str(worklist)])
     assert out.exit_code == 1 and "x.png" in out.output and "Traceback" not in out.output
-    rows = list(csv.DictReader(open(worklist)))
+    unreadable, *rows = list(csv.DictReader(open(worklist)))
+    # The file that could not be scored heads the worklist rather than dropping out of it.
+    assert unreadable["path"] == str(bad) and unreadable["score"] == ""
+    assert unreadable["flag"] == "1" and unreadable["note"].startswith("unreadable (")
     assert len(rows) == 60 and set(rows[0]) >= {"path", "score", "flag", "frame", "frames",
                                                  "files", "study"}
     columns = ("frame", "frames", "files", "study")
@@ -590,3 +593,19 @@ def test_a_failed_training_leaves_no_empty_run_folder(folders: Path, tmp_path: P
     result = runner.invoke(app, ["train-triage", "-c", str(config), "--set",
                                  f"output_dir={kept}"])
     assert result.exit_code == 1 and "normal and abnormal" in result.output and kept.is_dir()
+
+
+def test_evaluate_triage_lists_what_it_could_not_read(folders: Path, tmp_path: Path) -> None:
+    """Two unreadable files in a label folder were dropped without a word, exit status 0."""
+    data = tmp_path / "data"
+    for label in ("NORMAL", "PNEUMONIA"):
+        (data / label).mkdir(parents=True)
+        for src in sorted((folders / "test" / label).iterdir())[:6]:
+            (data / label / src.name).write_bytes(src.read_bytes())
+    (data / "PNEUMONIA" / "text.png").write_text("not an image")
+    result = runner.invoke(app, ["evaluate-triage", str(data), "-m", "xray-pneumonia", "-o",
+                                 str(tmp_path / "ev"), "--bootstrap", "100"])
+    assert result.exit_code == 1, result.output
+    assert "1 of 13 input(s) failed" in result.output and "text.png" in result.output
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["n_abnormal"] == 6 and summary["n_normal"] == 6

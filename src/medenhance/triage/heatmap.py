@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
+from ..errors import MedEnhanceError
 from ..io import read_image
 from ..io._files import atomic_write, stem
 from .data import model_inputs, triage_frames
@@ -36,28 +37,34 @@ def overlay(frame: np.ndarray, evidence: np.ndarray) -> np.ndarray:
 
 
 def write_heatmaps(scorer: TriageScorer, ranked: Sequence[tuple[int, TriageResult]],
-                   folder: Path, progress: Callable[[list], Iterable] | None = None
-                   ) -> list[Path]:
+                   folder: Path, progress: Callable[[list], Iterable] | None = None,
+                   failures: list[str] | None = None) -> list[Path]:
     """One PNG per ``(rank, result)`` in ``folder``, named ``RANK_STEM.png``, of the study's
     most abnormal frame; an earlier run's ``RANK_STEM.png`` files there are removed first, so
-    that the folder shows this worklist only (the caller decides whether it may)."""
+    that the folder shows this worklist only (the caller decides whether it may). With
+    ``failures``, a picture that cannot be made is listed there and the others still are."""
     size = int(scorer.info["size"])
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("[0-9][0-9][0-9][0-9]_*.png"):   # an earlier run's pictures
         stale.unlink()
-    written = []
+    done: list[tuple[int, TriageResult, Path]] = []
     items = list(ranked)
     for rank, result in (progress(items) if progress else items):
-        _, frame = triage_frames(read_image(result.path), size, index=[result.frame])
-        frame = model_inputs(frame, scorer.info)
-        picture = overlay(frame[0], scorer.evidence_maps(frame)[0])
         target = folder / f"{rank:04d}_{stem(result.path)}.png"
-        atomic_write(target, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"),
-                     overwrite=True)
-        written.append(target)
-    write_index(folder, [(rank, result, target) for (rank, result), target
-                         in zip(items, written, strict=True)], scorer.model.card.name)
-    return written
+        try:
+            _, frame = triage_frames(read_image(result.path), size, index=[result.frame])
+            frame = model_inputs(frame, scorer.info)
+            picture = overlay(frame[0], scorer.evidence_maps(frame)[0])
+            atomic_write(target, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"),
+                         overwrite=True)
+        except MedEnhanceError as exc:
+            if failures is None:
+                raise
+            failures.append(str(exc))
+            continue
+        done.append((rank, result, target))
+    write_index(folder, done, scorer.model.card.name)
+    return [target for *_, target in done]
 
 
 def write_index(folder: Path, rows: Sequence[tuple[int, TriageResult, Path]], model: str) -> Path:

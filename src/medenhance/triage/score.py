@@ -108,13 +108,15 @@ class TriageScorer:
     def score_files(self, paths: list[Path] | str | os.PathLike[str],
                     failures: list[str] | None = None,
                     progress=None, batch: int = 32, by_study: bool = False,
-                    repeats: list[str] | None = None) -> list[TriageResult]:
+                    repeats: list[str] | None = None,
+                    unreadable: list[tuple[str, str]] | None = None) -> list[TriageResult]:
         """One result per file, or per DICOM study with ``by_study`` (files without a Study
         Instance UID stay studies of their own), in the order first read. A file of several
         frames scores by its most abnormal frame that shows the anatomy (:mod:`.study`).
 
         A DICOM file with the SOP Instance UID of one already read (a copy) is left out, and
-        named in ``repeats`` when given."""
+        named in ``repeats`` when given. A file that cannot be read raises, or, with
+        ``failures``, adds its message there and ``(path, reason)`` to ``unreadable``."""
         if isinstance(paths, (str, os.PathLike)):     # one file, not its characters
             paths = [Path(paths)]
         size = int(self.info["size"])
@@ -146,6 +148,8 @@ class TriageScorer:
                 if failures is None:
                     raise
                 failures.append(str(exc))
+                if unreadable is not None:
+                    unreadable.append((str(path), getattr(exc, "reason", str(exc))))
                 continue
             sop = str(getattr(image.meta.header, "get", lambda _k: "")("SOPInstanceUID") or "")
             if sop and sop in instances:
