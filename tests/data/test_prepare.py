@@ -100,6 +100,8 @@ def test_existing_manifest_is_kept(tmp_path: Path) -> None:
     (PrepareOptions(min_foreground=2), "min_foreground"),
     (PrepareOptions(patient_regex="person"), "group"),
     (PrepareOptions(fit="zoom"), "fit"),
+    (PrepareOptions(size=(100000, 100000)), r"size \(--size\) must be .* of 8 to 8192"),
+    (PrepareOptions(output_format="jpg"), r"output_format \(--format\)"),
 ])
 def test_bad_options(tmp_path: Path, opts: PrepareOptions, match: str) -> None:
     with pytest.raises(DatasetError, match=match):

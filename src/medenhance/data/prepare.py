@@ -38,6 +38,8 @@ from ..io import display_frames, find_images, read_image, stem, write_image
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+#: Largest image side `prepare` makes (a 16384-pixel square is 1 GiB of float32 per image).
+MAX_SIZE = 8192
 
 
 @dataclass
@@ -60,17 +62,24 @@ class PrepareOptions:
 
     def validate(self) -> None:
         if not 0.0 <= self.min_foreground <= 1.0:
-            raise DatasetError(f"min_foreground must be in [0, 1], got {self.min_foreground}")
+            raise DatasetError(f"min_foreground (--min-foreground) must be in [0, 1], got "
+                               f"{self.min_foreground}")
         if not 0.0 <= self.background_level < 1.0:
-            raise DatasetError(f"background_level must be in [0, 1), got {self.background_level}")
+            raise DatasetError(f"background_level (--background-level) must be in [0, 1), got "
+                               f"{self.background_level}")
         if self.fit not in ("resize", "crop"):
-            raise DatasetError(f"fit must be 'resize' or 'crop', got {self.fit!r}")
-        if self.size is not None and (len(self.size) != 2 or min(self.size) < 8):
-            raise DatasetError(f"size must be (height, width) of at least 8 pixels, got {self.size}")
+            raise DatasetError(f"fit (--fit) must be 'resize' or 'crop', got {self.fit!r}")
+        # The upper limit keeps a typo (100000) from filling the memory of a shared machine.
+        if self.size is not None and (len(self.size) != 2 or min(self.size) < 8
+                                      or max(self.size) > MAX_SIZE):
+            raise DatasetError(f"size (--size) must be (height, width) of 8 to {MAX_SIZE} pixels, "
+                               f"got {self.size}")
         if len(self.split) != 3 or min(self.split) < 0 or not np.isclose(sum(self.split), 1.0):
-            raise DatasetError(f"split must be three fractions summing to 1, got {self.split}")
+            raise DatasetError(f"split (--split) must be three fractions summing to 1, got "
+                               f"{self.split}")
         if self.output_format not in ("npy", "png"):
-            raise DatasetError(f"output_format must be 'npy' or 'png', got {self.output_format!r}")
+            raise DatasetError(f"output_format (--format) must be 'npy' or 'png', got "
+                               f"{self.output_format!r}")
         if self.patient_regex is not None:
             try:
                 pattern = re.compile(self.patient_regex)
