@@ -78,3 +78,18 @@ def test_files_that_share_a_name_are_not_paired_silently(tmp_path: Path) -> None
     pairs, problems = pair_by_name(tmp_path / "ref", tmp_path / "a")
     assert [p.name for p in pairs] == ["c"]
     assert any("2 files of this name" in p and "b.npy" in p for p in problems)
+
+
+def test_report_loss_panel_takes_a_negative_loss(tmp_path: Path, caplog) -> None:
+    """The PSNR loss is negative: on a log axis the panel came out blank, with a warning."""
+    import warnings
+
+    from medenhance.report import curves_figure
+
+    histories = {"psnr-loss": [{"epoch": e, "train_loss": -38.0 - e, "val_psnr": 38.0 + e}
+                               for e in (1, 2, 3)]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        curves_figure(histories, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    assert "log-scaled" not in caplog.text

@@ -127,7 +127,11 @@ def curves_figure(histories: dict[str, list[dict[str, float]]], path: Path) -> N
         epochs = [h["epoch"] for h in hist]
         a.plot(epochs, [h["train_loss"] for h in hist], marker=".", label=name)
         b.plot(epochs, [h["val_psnr"] for h in hist], marker=".", label=name)
-    a.set(xlabel="epoch", ylabel="training loss", yscale="log", title="training loss")
+    from .train.loop import loss_axis_scale
+
+    losses = [h["train_loss"] for hist in histories.values() for h in hist]
+    a.set(xlabel="epoch", ylabel="training loss", yscale=loss_axis_scale(losses),
+          title="training loss")
     b.set(xlabel="epoch", ylabel="PSNR (dB)", title="validation PSNR")
     a.legend(fontsize=8)
     fig.tight_layout()

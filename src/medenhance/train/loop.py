@@ -80,6 +80,11 @@ def validate(model: torch.nn.Module, pairs: list[tuple[torch.Tensor, torch.Tenso
     return {k: float(np.mean(v)) for k, v in out.items()}
 
 
+def loss_axis_scale(losses: list[float]) -> str:
+    """"log" for training losses, unless one is not positive (the PSNR loss is negative)."""
+    return "log" if losses and min(losses) > 0 else "linear"
+
+
 def plot_history(history: list[dict[str, float]], path: Path, title: str) -> None:
     """Training loss and validation PSNR per epoch, side by side."""
     import matplotlib
@@ -90,8 +95,7 @@ def plot_history(history: list[dict[str, float]], path: Path, title: str) -> Non
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
     a.plot(epochs, [h["train_loss"] for h in history], marker=".")
     a.set(xlabel="epoch", ylabel="training loss", title="loss",
-          # The PSNR loss is negative: a log axis only for positive losses.
-          yscale="log" if min(r["train_loss"] for r in history) > 0 else "linear")
+          yscale=loss_axis_scale([r["train_loss"] for r in history]))
     b.plot(epochs, [h["val_psnr"] for h in history], marker=".", label="model")
     b.plot(epochs, [h["val_psnr_input"] for h in history], ls="--", label="degraded input")
     b.set(xlabel="epoch", ylabel="PSNR (dB)", title="validation")
