@@ -229,3 +229,15 @@ def test_writing_goes_through_links_and_never_replaces_a_pipe_or_device(tmp_path
     atomic_write(long_name, write("long"))
     assert long_name.read_text() == "long"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_an_unreadable_file_is_said_to_be_unreadable(samples: Path, monkeypatch) -> None:
+    """A file without read permission was called "damaged or truncated" (as root every file is
+    readable, so the permission is taken away by the stand-in)."""
+    import os
+
+    path = samples / "mri_brain_glioma_Te-gl_0063.png"
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == path else real(p, mode))
+    with pytest.raises(ImageReadError, match="cannot be read .permission denied."):
+        me.read_image(path)

@@ -39,6 +39,8 @@ def _check_exists(p: Path) -> None:
         raise ImageReadError(p, f"broken link (to {os.readlink(p)}, which does not exist)")
     if not p.exists():
         raise ImageReadError(p, "no such file")
+    if p.is_file() and not os.access(p, os.R_OK):   # else called "damaged" by the decoders
+        raise ImageReadError(p, "cannot be read (permission denied)")
 
 
 def read_image(path: str | os.PathLike[str]) -> MedicalImage:
