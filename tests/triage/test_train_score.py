@@ -609,3 +609,6 @@ def test_evaluate_triage_lists_what_it_could_not_read(folders: Path, tmp_path: P
     assert "1 of 13 input(s) failed" in result.output and "text.png" in result.output
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["n_abnormal"] == 6 and summary["n_normal"] == 6
+    negative = runner.invoke(app, ["evaluate-triage", str(data), "-m", "xray-pneumonia", "-o",
+                                   str(tmp_path / "ev2"), "--minutes", "-5"])
+    assert negative.exit_code == 1 and "--minutes" in negative.output

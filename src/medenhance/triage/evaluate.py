@@ -31,6 +31,9 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
     (:mod:`.robustness`), written to ``robustness.png`` and the summary. An earlier evaluation in
     ``output`` is kept (:class:`DatasetError`) unless ``overwrite``."""
     base, out = Path(folder), Path(output)
+    if not minutes_per_study > 0:
+        raise DatasetError(f"--minutes (reading time per study) must be above 0, got "
+                           f"{minutes_per_study:g}")
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out}: is a file; the evaluation's output is a folder")
     if (out / "summary.json").exists() and not overwrite:
