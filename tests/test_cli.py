@@ -52,6 +52,7 @@ def test_a_warning_is_one_line_naming_the_file(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if "converted to gray" in line]
     assert len(lines) == 1 and "colour.png" in lines[0]
+    assert lines[0].startswith("warning: ")     # as the CLI's own warnings, not "WARNING  ..."
     assert "read_pil" not in result.stderr and "UserWarning" not in result.stderr
 
 

@@ -19,7 +19,6 @@ from typing import Annotated, TypeVar
 import numpy as np
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
@@ -95,6 +94,15 @@ def note_repeats(repeats: list[str]) -> None:
                           soft_wrap=True)
 
 
+class _OneLineHandler(logging.Handler):
+    """Log records as the CLI's own notes are printed ("warning: ..."), not padded in columns."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        colour = "yellow" if record.levelno >= logging.WARNING else "dim"
+        err_console.print(f"[{colour}]{record.levelname.lower()}:[/{colour}] "
+                          f"{escape(self.format(record))}", highlight=False, soft_wrap=True)
+
+
 def version_callback(value: bool) -> None:
     if value:
         console.print(f"medenhance {__version__}")
@@ -108,8 +116,7 @@ def main_options(
                                           help="Print the version and exit.")] = False,
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=err_console, show_path=False,
-                                              show_time=False)], force=True)
+                        handlers=[_OneLineHandler()], force=True)
     logging.captureWarnings(True)
     # A warning names its file and reason, like an error; the line of our code that raised it
     # says nothing to the user.
