@@ -428,3 +428,12 @@ def test_several_input_folders_keep_their_names_under_the_output(samples: Path,
     assert both.exit_code == 0, both.output
     assert sorted(p.relative_to(tmp_path / "both").as_posix()
                   for p in (tmp_path / "both").rglob("*.png")) == ["site1/a.png", "site1/sub/b.png"]
+
+
+def test_an_output_folder_under_a_file_is_refused_once(samples: Path, tmp_path: Path) -> None:
+    """`-o afile/out` failed with "Not a directory" once per input."""
+    (tmp_path / "afile").write_text("")
+    for command in (("degrade", samples, "-p", "jpeg"), ("enhance", samples)):
+        result = run(*command, "-o", tmp_path / "afile" / "out")
+        assert result.exit_code == 1
+        assert result.output.count("is a file, not a folder") == 1, result.output

@@ -86,6 +86,18 @@ def note_skipped(skipped: list[Path], output: Path | None = None) -> None:
                       f"{escape(shown)}", highlight=False, soft_wrap=True)
 
 
+def check_output_folder(output: Path) -> None:
+    """Refuse, before any work, an output folder that is a file or lies under one (each input
+    would otherwise fail with "Not a directory")."""
+    if output.exists() and not output.is_dir():
+        raise MedEnhanceError(f"{output}: is a file; -o takes the output folder")
+    for parent in output.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise MedEnhanceError(f"{output}: {parent} is a file, not a folder")
+            break
+
+
 def note_repeats(repeats: list[str]) -> None:
     """Say which DICOM files were left out as copies of an image already read."""
     if repeats:
@@ -278,6 +290,10 @@ def degrade(
     if not inputs:
         raise fail("give the clean images to degrade (files or folders)", code=2)
     skipped: list[Path] = []
+    try:
+        check_output_folder(output)
+    except MedEnhanceError as exc:
+        raise fail(str(exc)) from None
     chosen = [x for x in (preset, pipeline, replay) if x is not None]
     if len(chosen) != 1:
         raise fail("give exactly one of --preset, --pipeline or --replay "
@@ -570,8 +586,7 @@ def enhance(
         if noise_level is not None and not 0 <= noise_level < 255:
             raise MedEnhanceError(f"--noise-level is in grey levels of 255 (e.g. 25), from 0 to "
                                   f"below 255; got {noise_level:g}")
-        if output.exists() and not output.is_dir():
-            raise MedEnhanceError(f"{output}: is a file; -o takes the output folder")
+        check_output_folder(output)
         opts = EnhanceOptions(noise_level=None if noise_level is None else noise_level / 255.0,
                               tile=tile, overlap=overlap, device=dev)
         opts.validate()
