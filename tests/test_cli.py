@@ -437,3 +437,13 @@ def test_an_output_folder_under_a_file_is_refused_once(samples: Path, tmp_path: 
         result = run(*command, "-o", tmp_path / "afile" / "out")
         assert result.exit_code == 1
         assert result.output.count("is a file, not a folder") == 1, result.output
+
+
+def test_models_says_which_user_models_it_cannot_list(tmp_path: Path, monkeypatch) -> None:
+    """A broken card was silently missing from `models`, yet `-m bad` then failed."""
+    monkeypatch.setenv("MEDENHANCE_MODELS", str(tmp_path))
+    (tmp_path / "bad.json").write_text("{")
+    (tmp_path / "bad.safetensors").write_bytes(b"")
+    result = run("models")
+    assert result.exit_code == 0 and "xray-denoise" in result.output
+    assert "not listed:" in result.output and "bad.json: not valid JSON" in result.output

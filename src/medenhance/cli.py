@@ -641,7 +641,8 @@ def models(
         return
     table = Table("name", "origin", "task", "modality", "scale", "architecture",
                   "trained on", "validation", title=f"models ({RESEARCH_NOTE})")
-    listed = available_models()
+    problems: list[str] = []
+    listed = available_models(problems)
     bundled = {weights.stem for origin, _, weights in listed if origin == "bundled"}
     for origin, card, weights in listed:
         if origin != "bundled" and weights.stem in bundled:
@@ -663,6 +664,9 @@ def models(
         table.add_row(weights.stem, origin, card.task, card.modality, f"x{card.scale}",
                       card.architecture, trained, val)
     console.print(table)
+    for line in problems:
+        err_console.print(f"[yellow]not listed:[/yellow] {escape(line)}", highlight=False,
+                          soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------------- report

@@ -176,14 +176,24 @@ def _cards_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.json") if p.with_suffix(".safetensors").is_file())
 
 
-def available_models() -> list[tuple[str, ModelCard, Path]]:
-    """``(origin, card, weights path)`` for every bundled and user model; unreadable cards skipped."""
+def available_models(problems: list[str] | None = None) -> list[tuple[str, ModelCard, Path]]:
+    """``(origin, card, weights path)`` for every bundled and user model. A folder or card that
+    cannot be read is skipped, and its reason added to ``problems`` when given."""
     found = []
     for origin, folder in (("bundled", bundled_dir()), ("user", user_dir())):
-        for card_path in _cards_in(folder):
+        try:
+            cards = _cards_in(folder)
+        except OSError as exc:        # e.g. another user's ~/.medenhance/models
+            if problems is not None:
+                problems.append(f"{folder}: cannot be read ({exc.strerror or exc})")
+            continue
+        for card_path in cards:
             try:
                 card = ModelCard.from_json(card_path.read_text(), str(card_path))
-            except (ConfigError, OSError):
+            except (ConfigError, OSError) as exc:
+                if problems is not None:
+                    problems.append(str(exc) if isinstance(exc, ConfigError) else
+                                    f"{card_path}: cannot be read ({exc.strerror or exc})")
                 continue
             found.append((origin, card, card_path.with_suffix(".safetensors")))
     return found
@@ -203,8 +213,11 @@ def resolve_model(name_or_path: str | Path) -> Path:
         return weights
     for folder in (bundled_dir(), user_dir()):
         weights = folder / f"{text}.safetensors"
-        if weights.is_file() and weights.with_suffix(".json").is_file():
-            return weights
+        try:
+            if weights.is_file() and weights.with_suffix(".json").is_file():
+                return weights
+        except OSError:     # an unreadable user folder: the name is unknown there
+            continue
     names = sorted({card.name for _, card, _ in available_models()})
     raise ConfigError(f"unknown model {text!r}; available: {', '.join(names) or 'none'} "
                       "(or give the path of a .safetensors checkpoint)")
