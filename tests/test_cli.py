@@ -447,3 +447,19 @@ def test_models_says_which_user_models_it_cannot_list(tmp_path: Path, monkeypatc
     result = run("models")
     assert result.exit_code == 0 and "xray-denoise" in result.output
     assert "not listed:" in result.output and "bad.json: not valid JSON" in result.output
+
+
+def test_overwrite_leaves_only_this_runs_outputs(samples: Path, tmp_path: Path) -> None:
+    """Re-running evaluate with fewer methods, or report with fewer images, left the earlier
+    run's method outputs and figures beside the new ones."""
+    pairs, ev, rep = tmp_path / "pairs", tmp_path / "ev", tmp_path / "rep"
+    for name in ("mri_brain_glioma_Te-gl_0063.png", "mr_head_MR1_JPLL.dcm"):
+        assert run("degrade", samples / name, "-o", pairs, "-p", "mri-rician").exit_code == 0
+    base = ("evaluate", "-r", pairs / "clean", "-d", pairs / "degraded", "-o", ev)
+    assert run(*base, "-m", "nlm", "-m", "mri-denoise").exit_code == 0
+    assert run("report", ev, "-o", rep, "--images", "2").exit_code == 0
+    assert len(list(rep.glob("image_*.png"))) == 2
+    assert run(*base, "-m", "mri-denoise", "--overwrite").exit_code == 0
+    assert sorted(p.name for p in (ev / "outputs").iterdir()) == ["mri-denoise"]
+    assert run("report", ev, "-o", rep, "--images", "1", "--overwrite").exit_code == 0
+    assert [p.name for p in rep.glob("image_*.png")] == ["image_00.png"]

@@ -157,6 +157,8 @@ def write_report(evaluation_dir: str | Path, output_dir: str | Path, *, max_imag
     folder, out = Path(evaluation_dir), Path(output_dir)
     info, rows, summary = _load_eval(folder)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob("image_[0-9]*.png"), out / "training_curves.png"]:
+        stale.unlink(missing_ok=True)      # an earlier report's figures: show this one's only
     references = _files_by_name(Path(info["reference"]))
     methods: dict[str, str] = info["methods"]
     method_files = {m: _files_by_name(Path(d)) for m, d in methods.items() if Path(d).is_dir()}
