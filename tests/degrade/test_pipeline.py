@@ -94,6 +94,9 @@ def test_degrade_image_records_history() -> None:
     ([{"op": "gaussian"}], r"missing parameter\(s\) \['sigma'\]"),
     ([{"op": "gaussian", "params": {"sigma": {"uniform": [0.05, "x"]}}}], "two numbers"),
     ([{"op": "gaussian", "params": {"sigma": {"choice": []}}}], "list of values"),
+    ([{"op": "gaussian", "params": {"sigma": -5}}], r"step 0 \(gaussian\): sigma must be >= 0"),
+    ([{"op": "gaussian", "params": {"sigma": 0.1}}, {"op": "jpeg", "params": {"quality": 500}}],
+     r"^step 1 \(jpeg\): quality must be"),
 ])
 def test_bad_pipelines(steps, match) -> None:
     # Refused when the pipeline is made, not on every image it is applied to.

@@ -227,6 +227,22 @@ class Pipeline:
             _check_step(i, step)
         self.steps = [dict(s) for s in steps]
         self.name = name
+        self._try_once()
+
+    def _try_once(self) -> None:
+        """Apply every step once, with values drawn from its ranges, to a small grey image: a
+        value no step can take (sigma -5, quality 500) is then one error naming the step, not
+        one error per image of a batch."""
+        rng = np.random.default_rng(0)
+        grey = np.full((64, 64), 0.5)
+        for i, step in enumerate(self.steps):
+            params = {k: _draw(k, v, rng) for k, v in step.get("params", {}).items()}
+            try:
+                apply_record(grey, DegradationRecord([Step(step["op"], params, 0)]))
+            except DegradationError as exc:
+                text = str(exc)       # said of step 0, the only one of the trial record
+                text = text.split(": ", 1)[1] if text.startswith("step 0 (") else text
+                raise DegradationError(f"step {i} ({step['op']}): {text}") from None
 
     @classmethod
     def from_preset(cls, name: str) -> Pipeline:
