@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -241,3 +242,21 @@ def test_an_unreadable_file_is_said_to_be_unreadable(samples: Path, monkeypatch)
     monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == path else real(p, mode))
     with pytest.raises(ImageReadError, match="cannot be read .permission denied."):
         me.read_image(path)
+
+
+def test_a_file_named_for_another_format_says_what_it_holds(samples: Path, tmp_path: Path) -> None:
+    png = samples / "mri_brain_glioma_Te-gl_0063.png"
+    (tmp_path / "png.dcm").write_bytes(png.read_bytes())
+    (tmp_path / "dicom.png").write_bytes((samples / "mr_head_MR1_JPLL.dcm").read_bytes())
+    (tmp_path / "text.npy").write_text("hello\n")
+    (tmp_path / "cut.png").write_bytes(png.read_bytes()[:3000])
+    for name, holds in (("png.dcm", "it holds a PNG file (name it .png to read it), not DICOM"),
+                        ("dicom.png", "it holds a DICOM file (name it .dcm to read it), not PNG"),
+                        ("text.npy", "it holds text, not NPY")):
+        with pytest.raises(ImageReadError, match=re.escape(holds)):
+            me.read_image(tmp_path / name)
+    with pytest.raises(ImageReadError, match=re.escape(holds)):
+        me.inspect_image(tmp_path / "text.npy")
+    with pytest.raises(ImageReadError, match="truncated") as cut:   # a PNG, only damaged
+        me.read_image(tmp_path / "cut.png")
+    assert "it holds" not in str(cut.value)

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ImageReadError, ImageWriteError, MedEnhanceError
+from ..errors import ImageReadError, ImageWriteError, MedEnhanceError, UnsupportedImageError
 from ..image import MedicalImage
-from ._files import SUFFIX_FORMATS, atomic_write, detect_format, find_images, full_suffix, stem
+from ._files import (SUFFIX_FORMATS, atomic_write, detect_format, find_images, full_suffix,
+                     sniff_format, stem)
 from .dicom import inspect_dicom, read_dicom, write_dicom
 from .nifti import display_frames, read_nifti, write_nifti
 from .numpy import read_npy, write_npy
@@ -67,15 +68,32 @@ def read_image(path: str | os.PathLike[str]) -> MedicalImage:
         raise ImageReadError(p, "is a folder, not a file")
     _check_exists(p)
     fmt = detect_format(p)
-    if fmt == "dicom":
-        return read_dicom(p)
-    if fmt in ("png", "jpeg"):
-        return read_pil(p, fmt)
-    if fmt == "tiff":
-        return read_tiff(p)
-    if fmt == "nifti":
-        return read_nifti(p)
-    return read_npy(p)
+    try:
+        if fmt == "dicom":
+            return read_dicom(p)
+        if fmt in ("png", "jpeg"):
+            return read_pil(p, fmt)
+        if fmt == "tiff":
+            return read_tiff(p)
+        if fmt == "nifti":
+            return read_nifti(p)
+        return read_npy(p)
+    except UnsupportedImageError:
+        raise
+    except ImageReadError as exc:
+        raise _explained(p, fmt, exc) from None
+
+
+def _explained(p: Path, fmt: str, exc: ImageReadError) -> ImageReadError:
+    """``exc``, or, for a file named for one format but holding another (a PNG renamed .dcm),
+    an error that says what it holds instead of the decoder's complaint."""
+    kind = sniff_format(p)
+    if kind is None or kind == fmt:
+        return exc
+    suffix = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "dicom": ".dcm", "npy": ".npy",
+              "nifti": ".nii"}.get(kind)
+    what = f"a {kind.upper()} file (name it {suffix} to read it)" if suffix else kind
+    return ImageReadError(p, f"{exc.reason.split(' (')[0]}: it holds {what}, not {fmt.upper()}")
 
 
 def write_image(image: MedicalImage, path: str | os.PathLike[str], *,
@@ -139,7 +157,12 @@ def inspect_image(path: str | os.PathLike[str]) -> ImageInfo:
     _check_exists(p)
     fmt = detect_format(p)
     if fmt == "dicom":
-        d = inspect_dicom(p)
+        try:
+            d = inspect_dicom(p)
+        except UnsupportedImageError:
+            raise
+        except ImageReadError as exc:
+            raise _explained(p, fmt, exc) from None
         spacing = f"{d.pixel_spacing[0]:g} x {d.pixel_spacing[1]:g} mm" if d.pixel_spacing else "-"
         return ImageInfo(str(p), "DICOM", d.modality, d.rows, d.columns, d.frames,
                          f"{d.bits_stored}{' signed' if d.signed else ''}", d.photometric, spacing,

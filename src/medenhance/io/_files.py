@@ -48,6 +48,34 @@ def _looks_like_dicom(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+def sniff_format(path: str | os.PathLike[str]) -> str | None:
+    """The format ``path``'s first bytes show (a format name of :data:`SUFFIX_FORMATS`, or
+    ``"text"``), whatever its suffix says; ``None`` when they show none of them. Only used to
+    explain a failed read."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(348)
+    except OSError:
+        return None
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    if len(head) == 348 and head[344:347] in (b"n+1", b"ni1"):
+        return "nifti"
+    if head.startswith(b"\x1f\x8b"):
+        return None                    # gzip: a .nii.gz, or anything else
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "text"
+    return None
+
+
 def detect_format(path: str | os.PathLike[str]) -> str:
     """The format of ``path``: by its suffix, or by the DICOM preamble for files without one."""
     p = Path(path)
