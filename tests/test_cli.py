@@ -461,7 +461,9 @@ def test_overwrite_leaves_only_this_runs_outputs(samples: Path, tmp_path: Path) 
     assert run(*base, "-m", "nlm", "-m", "mri-denoise").exit_code == 0
     assert run("report", ev, "-o", rep, "--images", "2").exit_code == 0
     assert len(list(rep.glob("image_*.png"))) == 2
+    mine = ev / "outputs" / "my-notes"          # not made by evaluate: never removed
+    mine.mkdir()
     assert run(*base, "-m", "mri-denoise", "--overwrite").exit_code == 0
-    assert sorted(p.name for p in (ev / "outputs").iterdir()) == ["mri-denoise"]
+    assert sorted(p.name for p in (ev / "outputs").iterdir()) == ["mri-denoise", "my-notes"]
     assert run("report", ev, "-o", rep, "--images", "1", "--overwrite").exit_code == 0
     assert [p.name for p in rep.glob("image_*.png")] == ["image_00.png"]

@@ -6,6 +6,7 @@ batches go on past bad files and list them at the end.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -370,8 +371,6 @@ def evaluate(
     * `medenhance evaluate -r pairs/clean -t pairs/degraded -o eval/`
     * `medenhance evaluate -r pairs/clean -d pairs/degraded -m nlm -m bm3d -m xray-denoise -o eval/`
     """
-    import json
-
     from .evaluate import (DEFAULT_METRICS, evaluate_folders, run_methods, summarize,
                            summary_markdown, write_csv)
 
@@ -402,6 +401,7 @@ def evaluate(
         if (output / "evaluation.json").exists() and not overwrite:
             raise MedEnhanceError(f"{output}: already holds an evaluation (pass --overwrite to "
                                   "replace it, or choose another -o)")
+        earlier = _method_outputs_of(output)    # to remove once this evaluation has succeeded
         if not reference.is_dir():
             raise MedEnhanceError(f"{reference}: reference must be a folder")
         for folder in [*tests.values(), *([degraded] if degraded else [])]:
@@ -444,6 +444,9 @@ def evaluate(
         {"reference": where(reference), "degraded": where(degraded) if degraded else None,
          "methods": {name: where(folder) for name, folder in tests.items()},
          "metrics": list(metrics)}, indent=2))
+    current = {Path(folder).resolve() for folder in tests.values()}
+    for old in earlier - current:        # the earlier run's method outputs, not this one's
+        shutil.rmtree(old, ignore_errors=True)
     table = Table("method", "n", *metrics, title="mean [95 % CI]")
     for line in md.splitlines()[2:]:
         table.add_row(*[c.strip() for c in line.strip("|").split("|")])
@@ -615,6 +618,19 @@ def enhance(
         console.print(f"enhanced {done} image(s) with {loaded.card.name} into {output}/ "
                       f"({RESEARCH_NOTE})")
     report_failures(failures, len(files))
+
+
+def _method_outputs_of(evaluation: Path) -> set[Path]:
+    """The method output folders an earlier `evaluate` made in ``evaluation``: those its
+    evaluation.json names that lie in its `outputs/` folder (nothing else is ever removed)."""
+    try:
+        info = json.loads((evaluation / "evaluation.json").read_text())
+        named = info["methods"].values()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
+    outputs = (evaluation / "outputs").resolve()
+    found = {(evaluation / str(d)).resolve() for d in named}
+    return {d for d in found if d.parent == outputs and d.is_dir() and not d.is_symlink()}
 
 
 # ------------------------------------------------------------------------------------- models

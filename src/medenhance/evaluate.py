@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,9 +198,7 @@ def run_methods(degraded_dir: str | Path, methods: Sequence[str], output_dir: st
     Outputs go to ``output_dir/METHOD/NAME`` in the input's format. When ``records_dir`` holds
     ``NAME.json`` degradation records (written by ``medenhance degrade``), classical methods are
     told the true noise parameters. Returns the output folder per method, the seconds per
-    ``(method, image name)`` and the failures. With ``overwrite``, the folders of methods that an
-    earlier run wrote to ``output_dir`` and this one does not are removed, so that what is there
-    is this evaluation's.
+    ``(method, image name)`` and the failures.
     """
     from .degrade.pipeline import DegradationRecord
     from .io import write_image
@@ -210,10 +207,6 @@ def run_methods(degraded_dir: str | Path, methods: Sequence[str], output_dir: st
     src = Path(degraded_dir)
     runners = [get_method(m) for m in methods]
     folders = {r.name: Path(output_dir) / r.name.replace("/", "_") for r in runners}
-    if overwrite and Path(output_dir).is_dir():
-        for old in Path(output_dir).iterdir():
-            if old.is_dir() and not old.is_symlink() and old not in folders.values():
-                shutil.rmtree(old)
     seconds: dict[tuple[str, str], float] = {}
     failures: list[str] = []
     files = find_images([src])
