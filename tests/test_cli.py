@@ -465,5 +465,19 @@ def test_overwrite_leaves_only_this_runs_outputs(samples: Path, tmp_path: Path) 
     mine.mkdir()
     assert run(*base, "-m", "mri-denoise", "--overwrite").exit_code == 0
     assert sorted(p.name for p in (ev / "outputs").iterdir()) == ["mri-denoise", "my-notes"]
+    # Nor is a folder given as a test (-t) that lies in outputs/, when the next run drops it.
+    for f in (pairs / "degraded").iterdir():
+        shutil.copyfile(f, mine / f.name)
+    given = run(*base, "-m", "mri-denoise", "-t", mine, "--overwrite")
+    assert given.exit_code == 0, given.output
+    assert run(*base, "-m", "nlm", "--overwrite").exit_code == 0
+    assert sorted(p.name for p in (ev / "outputs").iterdir()) == ["my-notes", "nlm"]
+    (rep / "image_2024_holiday.png").write_bytes(b"a user's own")   # never touched
     assert run("report", ev, "-o", rep, "--images", "1", "--overwrite").exit_code == 0
-    assert [p.name for p in rep.glob("image_*.png")] == ["image_00.png"]
+    assert sorted(p.name for p in rep.glob("image_*.png")) == ["image_00.png",
+                                                                "image_2024_holiday.png"]
+    pics = tmp_path / "pics"                    # a folder without a report: nothing removed
+    pics.mkdir()
+    (pics / "image_1.png").write_bytes(b"x")
+    assert run("report", ev, "-o", pics, "--images", "1").exit_code == 0
+    assert (pics / "image_1.png").read_bytes() == b"x"

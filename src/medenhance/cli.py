@@ -396,6 +396,7 @@ def evaluate(
     if not tests and degraded is None:
         raise fail("give --test folders, or --degraded with --method")
     seconds: dict[tuple[str, str], float] = {}
+    folders: dict[str, Path] = {}      # method outputs this run makes
     failures: list[str] = []
     try:
         if (output / "evaluation.json").exists() and not overwrite:
@@ -440,11 +441,12 @@ def evaluate(
         inside = output.resolve() in folder.parents
         return str(folder.relative_to(output.resolve()) if inside else folder)
 
+    made = [where(folder) for folder in folders.values()]     # what this run may remove later
     (output / "evaluation.json").write_text(json.dumps(
         {"reference": where(reference), "degraded": where(degraded) if degraded else None,
          "methods": {name: where(folder) for name, folder in tests.items()},
-         "metrics": list(metrics)}, indent=2))
-    current = {Path(folder).resolve() for folder in tests.values()}
+         "made": made, "metrics": list(metrics)}, indent=2))
+    current = {(output / m).resolve() for m in made}
     for old in earlier - current:        # the earlier run's method outputs, not this one's
         shutil.rmtree(old, ignore_errors=True)
     table = Table("method", "n", *metrics, title="mean [95 % CI]")
@@ -622,15 +624,20 @@ def enhance(
 
 def _method_outputs_of(evaluation: Path) -> set[Path]:
     """The method output folders an earlier `evaluate` made in ``evaluation``: those its
-    evaluation.json names that lie in its `outputs/` folder (nothing else is ever removed)."""
+    evaluation.json lists as made by it, in its `outputs/` folder. Nothing else is ever removed
+    (not the folders given with -t or -d, even there; not from older evaluations)."""
     try:
-        info = json.loads((evaluation / "evaluation.json").read_text())
-        named = info["methods"].values()
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        made = json.loads((evaluation / "evaluation.json").read_text()).get("made", [])
+        names = [str(d) for d in made]
+    except (OSError, ValueError, TypeError, AttributeError):
         return set()
     outputs = (evaluation / "outputs").resolve()
-    found = {(evaluation / str(d)).resolve() for d in named}
-    return {d for d in found if d.parent == outputs and d.is_dir() and not d.is_symlink()}
+    found = set()
+    for name in names:
+        folder = evaluation / name
+        if folder.is_dir() and not folder.is_symlink() and folder.resolve().parent == outputs:
+            found.add(folder.resolve())
+    return found
 
 
 # ------------------------------------------------------------------------------------- models

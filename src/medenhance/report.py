@@ -11,6 +11,7 @@ import csv
 import html
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -151,14 +152,24 @@ def _history(method: str) -> list[dict[str, float]] | None:
     return history if isinstance(history, list) and history else None
 
 
+def _remove_earlier_figures(out: Path) -> None:
+    """Remove the figures an earlier report in ``out`` shows (named in its report.md), so that
+    the folder holds this report's only; no other file is touched."""
+    try:
+        earlier = (out / "report.md").read_text()
+    except OSError:
+        return
+    for name in set(re.findall(r"\]\(((?:image_\d+|training_curves)\.png)\)", earlier)):
+        (out / name).unlink(missing_ok=True)
+
+
 def write_report(evaluation_dir: str | Path, output_dir: str | Path, *, max_images: int = 4
                  ) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` (+ PNG figures) to ``output_dir``."""
     folder, out = Path(evaluation_dir), Path(output_dir)
     info, rows, summary = _load_eval(folder)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in [*out.glob("image_[0-9]*.png"), out / "training_curves.png"]:
-        stale.unlink(missing_ok=True)      # an earlier report's figures: show this one's only
+    _remove_earlier_figures(out)
     references = _files_by_name(Path(info["reference"]))
     methods: dict[str, str] = info["methods"]
     method_files = {m: _files_by_name(Path(d)) for m, d in methods.items() if Path(d).is_dir()}
