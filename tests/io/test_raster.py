@@ -143,6 +143,22 @@ def test_single_paths_are_not_read_as_lists_of_characters(samples: Path) -> None
     assert me.find_images([samples, one, samples / "." / one.name]) == me.find_images(samples)
 
 
+def test_two_links_to_one_file_are_two_images(samples: Path, tmp_path: Path) -> None:
+    """git-annex and DataLad keep identical images as links to one object: each is an image of
+    its own, though a file reached twice by one name is read once."""
+    store = tmp_path / "store.png"
+    store.write_bytes((samples / "mri_brain_glioma_Te-gl_0063.png").read_bytes())
+    (tmp_path / "ds").mkdir()
+    for name in ("slice_001.png", "slice_002.png"):
+        (tmp_path / "ds" / name).symlink_to(store)
+    (tmp_path / "ds" / "notes.txt").write_text("x")
+    skipped: list[Path] = []
+    found = me.find_images([tmp_path / "ds", tmp_path / "ds" / "slice_001.png", tmp_path / "ds"],
+                           skipped=skipped)
+    assert [f.name for f in found] == ["slice_001.png", "slice_002.png"]
+    assert skipped == [tmp_path / "ds" / "notes.txt"]                  # once, not twice
+
+
 def test_colour_tiff_with_separate_planes_is_read_like_interleaved(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     gray = (rng.random((20, 24)) * 255).astype(np.uint8)

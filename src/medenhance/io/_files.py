@@ -116,15 +116,24 @@ def find_images(inputs: Iterable[str | os.PathLike[str]] | str | os.PathLike[str
     if isinstance(inputs, (str, os.PathLike)):        # one path, not its characters
         inputs = [inputs]
     found: dict[Path, Path] = {}    # each file once, as first found (`A A/x.png`, `A A/sub`)
+    others: dict[Path, Path] = {}
     for item in inputs:
         try:
-            for f in _expand(Path(item), recursive, skipped):
-                found.setdefault(f.resolve(), f)
+            for f in _expand(Path(item), recursive, None if skipped is None else others):
+                found.setdefault(_place(f), f)
         except ImageReadError as exc:
             if errors is None:
                 raise
             errors.append(str(exc))
+    if skipped is not None:
+        skipped.extend(others.values())
     return list(found.values())
+
+
+def _place(path: Path) -> Path:
+    """Where ``path`` lies: its real folder and its own name. Two names for one file through
+    a linked folder are one place; two links to one file (git-annex, DataLad) are two."""
+    return path.parent.resolve() / path.name
 
 
 def _walk(folder: Path) -> Iterator[Path]:
@@ -141,7 +150,7 @@ def _walk(folder: Path) -> Iterator[Path]:
             yield Path(root) / name
 
 
-def _expand(p: Path, recursive: bool, skipped: list[Path] | None = None) -> list[Path]:
+def _expand(p: Path, recursive: bool, skipped: dict[Path, Path] | None = None) -> list[Path]:
     if p.is_dir():
         walker: Iterator[Path] = _walk(p) if recursive else p.glob("*")
         # A broken link with an image's suffix is returned too: reading it fails with a reason
@@ -156,7 +165,8 @@ def _expand(p: Path, recursive: bool, skipped: list[Path] | None = None) -> list
                 others.append(f)
         files.sort()
         if skipped is not None:
-            skipped.extend(sorted(others))
+            for f in sorted(others):
+                skipped.setdefault(_place(f), f)
         if not files:
             raise ImageReadError(p, "folder contains no image files (DICOM, PNG, JPEG, TIFF, "
                                     "NIfTI or .npy)")
