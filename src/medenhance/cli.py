@@ -880,9 +880,11 @@ def triage(
                                   "another folder")
         repeats: list[str] = []
         unreadable: list[tuple[str, str]] = []
+        not_images: list[str] = []
         results = worklist(scorer.score_files(files, failures, by_study=not by_file,
                                               progress=lambda f: track(f, "scoring"),
-                                              repeats=repeats, unreadable=unreadable))
+                                              repeats=repeats, unreadable=unreadable,
+                                              not_images=not_images))
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
 
@@ -904,6 +906,10 @@ def triage(
                             r.files, r.study, note])
 
     note_repeats(repeats)
+    if not_images:
+        err_console.print(f"note: {len(not_images)} DICOM object(s) without an image (reports, "
+                          f"presentation states) are not studies to read and were skipped, e.g. "
+                          f"{escape(not_images[0])}", highlight=False, soft_wrap=True)
     if results or unreadable:
         atomic_write(output, write, overwrite=overwrite)
     flagged, ood = sum(r.flag for r in results), sum(r.ood for r in results)
@@ -946,7 +952,7 @@ def triage(
         for line in heat_failures:
             err_console.print(f"[yellow]heatmap not written:[/yellow] {escape(line)}",
                               highlight=False, soft_wrap=True)
-    report_failures(failures, n_files + len(failures))
+    report_failures(failures, n_files + len(failures) + len(not_images))
     if heatmaps is not None and heat_failures:
         raise typer.Exit(1)
 

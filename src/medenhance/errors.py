@@ -30,6 +30,11 @@ class UnsupportedImageError(ImageReadError):
     """The file is a valid image, but of a kind medenhance does not process (colour, syntax, ...)."""
 
 
+class NotAnImageError(ImageReadError):
+    """A valid DICOM object that holds no image (a structured report, a presentation state):
+    a batch over a PACS export meets these routinely."""
+
+
 class ImageWriteError(MedEnhanceError, OSError):
     """An image could not be written (target exists, unknown format, unwritable folder, ...)."""
 

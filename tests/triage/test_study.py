@@ -230,3 +230,29 @@ def test_files_of_another_modality_do_not_count_in_a_study_of_the_models_own(
     assert mixed.files == 2 and mixed.foreign_modality == "" and mixed.path == str(mr)
     assert mixed.score == pytest.approx(mr_alone.score, abs=1e-6) and mixed.ood == mr_alone.ood
     assert only_ct.foreign_modality == "CT" and only_ct.ood == 1
+
+
+def test_dicom_objects_without_an_image_are_skipped_with_a_note(tmp_path: Path) -> None:
+    """A dose report in an MR study headed the worklist as "unreadable", with exit status 1."""
+    import csv
+
+    from typer.testing import CliRunner
+
+    from medenhance.cli import app
+
+    study = generate_uid()
+    body = 0.2 + 0.6 * (np.hypot(*np.mgrid[-32:32, -32:32]) < 28)
+    _dicom(tmp_path / "mr.dcm", body, study, "MR")
+    report = Dataset()
+    report.file_meta = FileMetaDataset()
+    report.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    report.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.67"      # X-Ray Radiation Dose SR
+    report.SOPInstanceUID, report.StudyInstanceUID = generate_uid(), study
+    report.Modality = "SR"
+    report.save_as(tmp_path / "dose.dcm", enforce_file_format=True)
+    out = CliRunner().invoke(app, ["triage", str(tmp_path), "-m", "mri-triage", "-o",
+                                   str(tmp_path / "w.csv")])
+    assert out.exit_code == 0, out.output
+    assert "1 DICOM object(s) without an image" in " ".join(out.output.split())
+    rows = list(csv.DictReader(open(tmp_path / "w.csv")))
+    assert [Path(r["path"]).name for r in rows] == ["mr.dcm"]

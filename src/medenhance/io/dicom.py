@@ -38,7 +38,7 @@ from pydicom.valuerep import DSfloat
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from .._version import __version__
-from ..errors import ImageReadError, ImageWriteError, UnsupportedImageError
+from ..errors import ImageReadError, ImageWriteError, NotAnImageError, UnsupportedImageError
 from ..image import ImageMeta, MedicalImage, choose_window
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def _decode(path: Path, ds: Dataset) -> np.ndarray:
             # An image object without its pixels: the file ends early (a cut download or copy).
             raise ImageReadError(path, f"no pixel data in this {name} object: the file is "
                                        "probably truncated")
-        raise ImageReadError(path, f"no pixel data (not an image object: {name})")
+        raise NotAnImageError(path, f"no pixel data (not an image object: {name})")
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     try:
         return ds.pixel_array

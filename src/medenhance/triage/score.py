@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from scipy.special import expit
 
-from ..errors import ConfigError, MedEnhanceError
+from ..errors import ConfigError, MedEnhanceError, NotAnImageError
 from ..io import read_image
 from ..models.card import LoadedModel, load_model
 from .data import model_inputs, triage_frames
@@ -109,14 +109,17 @@ class TriageScorer:
                     failures: list[str] | None = None,
                     progress=None, batch: int = 32, by_study: bool = False,
                     repeats: list[str] | None = None,
-                    unreadable: list[tuple[str, str]] | None = None) -> list[TriageResult]:
+                    unreadable: list[tuple[str, str]] | None = None,
+                    not_images: list[str] | None = None) -> list[TriageResult]:
         """One result per file, or per DICOM study with ``by_study`` (files without a Study
         Instance UID stay studies of their own), in the order first read. A file of several
         frames scores by its most abnormal frame that shows the anatomy (:mod:`.study`).
 
         A DICOM file with the SOP Instance UID of one already read (a copy) is left out, and
         named in ``repeats`` when given. A file that cannot be read raises, or, with
-        ``failures``, adds its message there and ``(path, reason)`` to ``unreadable``."""
+        ``failures``, adds its message there and ``(path, reason)`` to ``unreadable``; with
+        ``not_images``, a DICOM object without an image (a dose report, a presentation state)
+        is named there instead, as not a study to read."""
         if isinstance(paths, (str, os.PathLike)):     # one file, not its characters
             paths = [Path(paths)]
         size = int(self.info["size"])
@@ -145,6 +148,9 @@ class TriageScorer:
                 image = read_image(path)
                 index, frames = triage_frames(image, size)
             except MedEnhanceError as exc:
+                if isinstance(exc, NotAnImageError) and not_images is not None:
+                    not_images.append(str(exc))
+                    continue
                 if failures is None:
                     raise
                 failures.append(str(exc))
