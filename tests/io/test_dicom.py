@@ -307,3 +307,38 @@ def test_padding_survives_resizing_and_noise_does_not_turn_tissue_into_padding(
     stored = pydicom.dcmread(me.write_image(noisy, tmp_path / "noisy.dcm")).pixel_array
     np.testing.assert_array_equal(stored == -2000, outside)      # no tissue pixel on -2000
     assert stored[~outside].min() == -1999                       # clipped noise moved off it
+
+
+def test_degrading_does_not_spread_padding_into_the_field_of_view(shared: Path,
+                                                                   tmp_path: Path) -> None:
+    """Blurs and resampling mixed the -2000 HU padding into the tissue at the edge: pixels far
+    darker than air appeared inside the field of view."""
+    from medenhance.degrade import Pipeline, degrade_image
+
+    _, outside = _padded_ct(shared, tmp_path / "pad.dcm")
+    image = me.read_image(tmp_path / "pad.dcm")
+    darkest = image.values()[~outside].min()
+    for preset in ("xray-motion", "xray-scatter", "sr-x2"):
+        out, _ = degrade_image(image, Pipeline.from_preset(preset), seed=0)
+        inside = out.values()[out.values() > -2000]
+        assert inside.min() > darkest - 40, (preset, inside.min())
+
+
+def test_tissue_is_moved_off_a_padding_value_at_the_top_of_the_window(tmp_path: Path) -> None:
+    from medenhance.degrade import Pipeline, degrade_image
+
+    rng = np.random.default_rng(0)
+    stored = rng.integers(100, 3000, (64, 64)).astype(np.uint16)
+    stored[:, :8] = 4095                                    # padding, the brightest value
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), "OT"
+    ds.set_pixel_data(stored, "MONOCHROME2", 16)
+    ds.PixelPaddingValue = 4095
+    ds.save_as(tmp_path / "top.dcm", enforce_file_format=True)
+    noisy, _ = degrade_image(me.read_image(tmp_path / "top.dcm"),
+                             Pipeline.from_preset("gaussian-50"), seed=0)
+    back = pydicom.dcmread(me.write_image(noisy, tmp_path / "out.dcm")).pixel_array
+    np.testing.assert_array_equal(back == 4095, stored == 4095)

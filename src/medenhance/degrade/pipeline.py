@@ -313,8 +313,11 @@ def degrade_image(image: MedicalImage, pipeline: Pipeline | DegradationRecord,
             raise DegradationError("degrade_image needs an explicit seed (or a record to replay)")
         record = pipeline.sample(seed)
         derivation = f"degrade {pipeline.name} {json.dumps(pipeline.steps, sort_keys=True)}"
-    from ..io.padding import keep_padding
+    from ..io.padding import fill_from_nearest, keep_padding, padding_mask
 
-    # Padding outside a CT's field of view is not acquired: no noise or blur reaches it.
-    pixels = keep_padding(image, apply_record(image.pixels, record))
+    # Padding outside a CT's field of view is not acquired: no noise or blur reaches it, and
+    # blurring or resampling does not spread its -2000 HU into the tissue.
+    mask = padding_mask(image)
+    source = image.pixels if mask is None else fill_from_nearest(image.pixels, mask)
+    pixels = keep_padding(image, apply_record(source, record))
     return image.with_pixels(pixels, record.describe(), derivation), record

@@ -18,6 +18,7 @@ import torch
 
 from ..errors import ConfigError, InvalidImageError
 from ..image import MedicalImage
+from ..io.padding import fill_from_nearest
 from ..models.card import LoadedModel, load_model
 from ..models.common import estimate_sigma
 from .tiling import tiled_apply
@@ -62,16 +63,6 @@ def check_enhancement_model(model: LoadedModel) -> LoadedModel:
 
 def _loaded(model: LoadedModel | str | os.PathLike[str]) -> LoadedModel:
     return check_enhancement_model(model if isinstance(model, LoadedModel) else load_model(model))
-
-
-def _fill_from_nearest(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``frame`` with its ``mask`` pixels set to the nearest unmasked pixel's value."""
-    if mask.all():
-        return frame
-    from scipy.ndimage import distance_transform_edt
-
-    index = distance_transform_edt(mask, return_distances=False, return_indices=True)
-    return frame[tuple(index)]
 
 
 @torch.inference_mode()
@@ -126,7 +117,7 @@ def enhance_array(frames: np.ndarray, model: LoadedModel, options: EnhanceOption
             sigmas.append(None if frame.min() == frame.max() else 0.0)
             continue
         if mask is not None:
-            filled = _fill_from_nearest(np.asarray(frame, dtype=np.float32), mask)
+            filled = fill_from_nearest(np.asarray(frame, dtype=np.float32), mask)
             x = torch.from_numpy(np.ascontiguousarray(filled))[None, None].to(device)
 
         def predict(batch: torch.Tensor, sigma: float | None = sigma) -> torch.Tensor:

@@ -43,6 +43,20 @@ def padding_mask(image: MedicalImage) -> np.ndarray | None:
     return mask if mask.any() else None
 
 
+def fill_from_nearest(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``pixels`` (``(H, W)`` or ``(N, H, W)``) with the ``mask`` pixels of each frame set to
+    the nearest unmasked pixel's value: processing then sees no step at the edge of the field of
+    view."""
+    out = np.array(pixels, dtype=np.float32)
+    from scipy.ndimage import distance_transform_edt
+
+    for frame, hole in zip(_frames(out), _frames(np.asarray(mask, bool)), strict=True):
+        if hole.any() and not hole.all():
+            index = distance_transform_edt(hole, return_distances=False, return_indices=True)
+            frame[...] = frame[tuple(index)]
+    return out
+
+
 def keep_padding(image: MedicalImage, pixels: np.ndarray) -> np.ndarray:
     """``pixels``, a processed copy of ``image``'s, with ``image``'s padding put back (resampled
     to the nearest pixel when the size changed), and no other pixel on a padding value: noise
@@ -60,10 +74,10 @@ def keep_padding(image: MedicalImage, pixels: np.ndarray) -> np.ndarray:
     padding = image.meta.extra.get("padding")
     if padding:
         low, high = padding
-        bits = int(image.meta.bits_stored or 16)
-        signed = bool(image.meta.extra.get("signed", False))
-        top = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
-        moved = high + 1 if high + 1 <= top else low - 1    # the nearest value outside the range
+        # The nearest stored value outside the padding range that the window can hold (values
+        # beyond it are clipped back on writing).
+        ends = _stored(image, np.array([0.0, 1.0]))
+        moved = high + 1 if high + 1 <= ends.max() else low - 1
         slope, intercept = image.meta.extra.get("rescale", (1.0, 0.0))
         unit = image.meta.window.to_unit(np.array([moved * slope + intercept]))[0]
         for frame, keep in zip(_frames(out), _frames(mask), strict=True):
