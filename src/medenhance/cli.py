@@ -87,16 +87,14 @@ def note_skipped(skipped: list[Path], output: Path | None = None) -> None:
                       f"{escape(shown)}", highlight=False, soft_wrap=True)
 
 
-def check_output_folder(output: Path) -> None:
+def check_output_folder(output: Path, option: str = "-o") -> None:
     """Refuse, before any work, an output folder that is a file or lies under one (each input
     would otherwise fail with "Not a directory")."""
+    from .io._files import check_parent_folder
+
     if output.exists() and not output.is_dir():
-        raise MedEnhanceError(f"{output}: is a file; -o takes the output folder")
-    for parent in output.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise MedEnhanceError(f"{output}: {parent} is a file, not a folder")
-            break
+        raise MedEnhanceError(f"{output}: is a file; {option} takes a folder")
+    check_parent_folder(output)
 
 
 def note_repeats(repeats: list[str]) -> None:
@@ -859,8 +857,8 @@ def triage(
         if heatmaps is not None and heatmaps.resolve() == output.resolve():
             raise MedEnhanceError(f"{heatmaps}: is also the worklist (-o); --heatmaps takes a "
                                   "folder of its own")
-        if heatmaps is not None and heatmaps.exists() and not heatmaps.is_dir():
-            raise MedEnhanceError(f"{heatmaps}: is a file; --heatmaps takes a folder")
+        if heatmaps is not None:
+            check_output_folder(heatmaps, "--heatmaps")
         if heatmaps is not None and any(heatmaps.glob("*.png")) and not overwrite:
             raise MedEnhanceError(f"{heatmaps}: already holds PNG files (pass --overwrite to "
                                   "replace them)")

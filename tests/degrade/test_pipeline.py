@@ -123,3 +123,10 @@ def test_a_bad_pipeline_or_record_file_is_named(tmp_path) -> None:
 def test_unknown_preset_lists_choices() -> None:
     with pytest.raises(DegradationError, match="gaussian-25"):
         Pipeline.from_preset("foo")
+
+
+def test_a_step_too_big_for_the_trial_image_is_not_refused() -> None:
+    """The trial run on a 64x64 image refused a scale meant for 1024-pixel radiographs."""
+    pipe = Pipeline([{"op": "downsample", "params": {"scale": 100}}])
+    out, _ = pipe(np.full((400, 300), 0.5), seed=0)
+    assert out.shape == (4, 3)

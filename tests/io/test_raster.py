@@ -235,8 +235,12 @@ def test_writing_goes_through_links_and_never_replaces_a_pipe_or_device(tmp_path
     (tmp_path / "link.txt").symlink_to(tmp_path / "real.txt")
     atomic_write(tmp_path / "link.txt", write("new"), overwrite=True)
     assert (tmp_path / "link.txt").is_symlink() and (tmp_path / "real.txt").read_text() == "new"
+    (tmp_path / "to-stdout").symlink_to("/dev/stdout")      # led through /dev: refused too
+    (tmp_path / "dangling").symlink_to(tmp_path / "later.txt")
+    atomic_write(tmp_path / "dangling", write("made"))
+    assert (tmp_path / "dangling").is_symlink() and (tmp_path / "later.txt").read_text() == "made"
     os.mkfifo(tmp_path / "fifo")
-    for special in (tmp_path / "fifo", Path("/dev/stdout"), tmp_path):
+    for special in (tmp_path / "fifo", Path("/dev/stdout"), tmp_path / "to-stdout", tmp_path):
         with pytest.raises(ImageWriteError, match="not a regular file"):
             atomic_write(special, write("x"), overwrite=True)
     (tmp_path / "afile").write_text("")

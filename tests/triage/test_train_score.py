@@ -573,6 +573,11 @@ def test_outputs_that_would_land_in_the_inputs_are_refused(folders: Path, tmp_pa
                                "--heatmaps", str(tmp_path / "x")])
     assert same.exit_code == 1 and "is also the worklist" in same.output
     assert not (tmp_path / "x").exists()
+    (tmp_path / "afile").write_text("")           # refused before scoring, not after
+    under = runner.invoke(app, ["triage", str(test / "NORMAL"), "-o", str(tmp_path / "w.csv"),
+                                "--heatmaps", str(tmp_path / "afile" / "sub")])
+    assert under.exit_code == 1 and "is a file, not a folder" in under.output
+    assert not (tmp_path / "w.csv").exists()
 
 
 def test_a_failed_training_leaves_no_empty_run_folder(folders: Path, tmp_path: Path,

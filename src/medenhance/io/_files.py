@@ -61,10 +61,10 @@ def sniff_format(path: str | os.PathLike[str]) -> str | None:
         return "png"
     if head.startswith(b"\xff\xd8\xff"):
         return "jpeg"
+    if head[128:132] == b"DICM":     # first: a DICOM preamble may itself look like a TIFF
+        return "dicom"
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return "tiff"
-    if head[128:132] == b"DICM":
-        return "dicom"
     if head.startswith(b"\x93NUMPY"):
         return "npy"
     if len(head) == 348 and head[344:347] in (b"n+1", b"ni1"):
@@ -176,27 +176,45 @@ def _expand(p: Path, recursive: bool, skipped: dict[Path, Path] | None = None) -
     raise ImageReadError(p, "no such file or folder")
 
 
+def _link_chain(path: Path) -> list[Path]:
+    """``path`` (absolute) and every path its links lead through, in order."""
+    chain = [Path(os.path.abspath(path))]
+    while chain[-1].is_symlink() and len(chain) < 40:
+        link = chain[-1]
+        chain.append(Path(os.path.abspath(link.parent / os.readlink(link))))
+    return chain
+
+
 def writable_target(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """The file that writing ``path`` would replace (a link's target), after the checks that
     :func:`atomic_write` makes, so that a command can make them before its work."""
     target = Path(path)
-    # /dev/stdout resolves to whatever fd 1 is (a log file, say), which a rename would replace.
-    device = str(target.absolute()).startswith(("/dev/", "/proc/"))
-    if target.is_symlink() and target.exists():
-        target = target.resolve()
+    # /dev/stdout resolves to whatever fd 1 is (a log file, say), which a rename would replace:
+    # no step of a link chain may pass through /dev or /proc (/dev/shm holds plain files).
+    device = any(str(step).startswith(("/dev/", "/proc/")) and not
+                 str(step).startswith("/dev/shm/") for step in _link_chain(target))
+    if target.is_symlink():
+        target = target.resolve()      # the file it names, also when that is not there yet
     if device or (target.exists() and not target.is_file()):
         raise ImageWriteError(Path(path), "is not a regular file (a folder, device or pipe); "
                                           "write to a file")
     if target.exists() and not overwrite:
         raise ImageWriteError(Path(path), "file exists (pass --overwrite to replace it)")
+    check_parent_folder(target, Path(path))
+    return target
+
+
+def check_parent_folder(target: Path, named: Path | None = None) -> None:
+    """Refuse ``target`` when the nearest folder above it that exists is a file, or cannot be
+    written in (the error names ``named``, the path as the user gave it)."""
     for parent in target.absolute().parents:
         if parent.exists():
             if not parent.is_dir():
-                raise ImageWriteError(Path(path), f"{parent} is a file, not a folder")
+                raise ImageWriteError(named or target, f"{parent} is a file, not a folder")
             if not os.access(parent, os.W_OK | os.X_OK):
-                raise ImageWriteError(Path(path), f"cannot write in {parent} (permission denied)")
-            break
-    return target
+                raise ImageWriteError(named or target,
+                                      f"cannot write in {parent} (permission denied)")
+            return
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None], *,

@@ -139,7 +139,7 @@ class TriageScorer:
 
         seen: set[Path] = set()
         instances: dict[str, str] = {}      # SOP Instance UID -> the file read with it
-        pictured: set[str] = set()          # studies with a frame that is not one flat value
+        pictured: set[str] = set()          # files with a frame that is not one flat value
         for path in (progress(paths) if progress else paths):
             if Path(path).resolve() in seen:       # given twice (a folder and its sub-folder)
                 continue
@@ -172,7 +172,7 @@ class TriageScorer:
             if foreign := self.model.card.foreign_modality(image.meta.modality):
                 foreign_files[str(path)] = foreign
             if any(frame.max() > frame.min() for frame in frames):
-                pictured.add(key)
+                pictured.add(str(path))
             for k, frame in zip(index, frames, strict=True):
                 pending.append((key, str(path), int(k), frame))
                 if len(pending) >= batch:
@@ -186,7 +186,7 @@ class TriageScorer:
             own = [f for f in frames if f.path not in foreign_files]
             worst, distance, counted = summarise(own or frames)
             foreign = "" if own else foreign_files[frames[0].path]
-            empty = key not in pictured
+            empty = not any(f.path in pictured for f in own or frames)
             ood = bool(foreign) or empty or distance > float(self.info["ood_distance"])
             results.append(TriageResult(
                 worst.path, worst.score, int(worst.score >= self.threshold), int(ood), distance,
