@@ -71,8 +71,10 @@ def enhance_array(frames: np.ndarray, model: LoadedModel, options: EnhanceOption
     """Enhance ``(H, W)`` or ``(N, H, W)`` pixels in [0, 1]; returns pixels and sigma per frame.
 
     ``keep`` (the shape of ``frames``): pixels that are not part of the picture, such as DICOM
-    padding outside a CT's field of view. They are returned unchanged, and the network sees them
-    filled from the nearest picture pixels, so that the edge of the field of view is not a step
+    padding outside a CT's field of view. For networks that keep the size (all bundled ones; a
+    super-resolving one sees the pixels as they are), they are returned unchanged, and the
+    network sees them filled from the nearest picture pixels, so that the edge of the field of
+    view is not a step
     (a -2000 HU border made the denoised ring inside it twice as far from the truth as the noisy
     input was)."""
     opts = options or EnhanceOptions()
