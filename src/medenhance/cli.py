@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
-from rich.table import Table
+from rich.table import Column, Table
 
 from ._version import __version__
 from .errors import MedEnhanceError
@@ -150,8 +150,9 @@ def info(
     failures: list[str] = []
     skipped: list[Path] = []
     files = find_images(paths, errors=failures, skipped=skipped)
-    table = Table("file", "format", "modality", "size", "frames", "bits", "photometric",
-                  "spacing", "transfer syntax", show_lines=False)
+    # The key column folds instead of ending in "…": rows must stay tellable apart when narrow.
+    table = Table(Column("file", overflow="fold"), "format", "modality", "size", "frames", "bits",
+                  "photometric", "spacing", "transfer syntax", show_lines=False)
     for f in files:
         try:
             with warnings.catch_warnings():
@@ -660,8 +661,8 @@ def models(
             raise fail(str(exc)) from None
         console.print_json(card.to_json())
         return
-    table = Table("name", "origin", "task", "modality", "scale", "architecture",
-                  "trained on", "validation", title=f"models ({RESEARCH_NOTE})")
+    table = Table(Column("name", overflow="fold"), "origin", "task", "modality", "scale",
+                  "architecture", "trained on", "validation", title=f"models ({RESEARCH_NOTE})")
     problems: list[str] = []
     listed = available_models(problems)
     bundled = {weights.stem for origin, _, weights in listed if origin == "bundled"}
