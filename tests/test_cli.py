@@ -451,33 +451,38 @@ def test_models_says_which_user_models_it_cannot_list(tmp_path: Path, monkeypatc
     assert "not listed:" in result.output and "bad.json: not valid JSON" in result.output
 
 
-def test_overwrite_leaves_only_this_runs_outputs(samples: Path, tmp_path: Path) -> None:
-    """Re-running evaluate with fewer methods, or report with fewer images, left the earlier
-    run's method outputs and figures beside the new ones."""
+def test_overwrite_scores_only_this_run_and_deletes_nothing(samples: Path, tmp_path: Path
+                                                            ) -> None:
+    """Re-running evaluate on fewer images scored the earlier run's outputs too (n 2 for 1
+    image), and a first attempt at cleaning up deleted folders the user had given or made."""
     pairs, ev, rep = tmp_path / "pairs", tmp_path / "ev", tmp_path / "rep"
     for name in ("mri_brain_glioma_Te-gl_0063.png", "mr_head_MR1_JPLL.dcm"):
         assert run("degrade", samples / name, "-o", pairs, "-p", "mri-rician").exit_code == 0
-    base = ("evaluate", "-r", pairs / "clean", "-d", pairs / "degraded", "-o", ev)
-    assert run(*base, "-m", "nlm", "-m", "mri-denoise").exit_code == 0
+    base = ("evaluate", "-r", pairs / "clean", "-o", ev)
+    assert run(*base, "-d", pairs / "degraded", "-m", "nlm", "-m", "mri-denoise").exit_code == 0
+    one = tmp_path / "one"
+    for part in ("clean", "degraded"):
+        (one / part).mkdir(parents=True)
+        first = next(p for p in (pairs / part).iterdir() if p.suffix == ".png")
+        shutil.copyfile(first, one / part / first.name)
+    # Against the whole reference: the degraded folder misses an image (listed, exit 1), and
+    # mri-denoise is scored on its one new output, not also on the earlier run's other one.
+    again = run(*base, "-d", one / "degraded", "-m", "mri-denoise", "--overwrite")
+    assert again.exit_code == 1 and "1 of 3 input(s) failed" in again.output, again.output
+    rows = list(csv.DictReader(open(ev / "per_image.csv")))
+    assert sorted(r["method"] for r in rows) == ["degraded", "mri-denoise"]    # n 1 each
+    assert "also holds nlm, not part of this evaluation" in " ".join(again.output.split())
+    assert (ev / "outputs" / "nlm").is_dir()                        # kept: never deleted
+    # An earlier output given as -d is read, and still there afterwards.
+    given = run(*base, "-d", ev / "outputs" / "nlm", "-m", "mri-denoise", "--overwrite")
+    assert given.exit_code == 0 and any((ev / "outputs" / "nlm").iterdir())
     assert run("report", ev, "-o", rep, "--images", "2").exit_code == 0
-    assert len(list(rep.glob("image_*.png"))) == 2
-    mine = ev / "outputs" / "my-notes"          # not made by evaluate: never removed
-    mine.mkdir()
-    assert run(*base, "-m", "mri-denoise", "--overwrite").exit_code == 0
-    assert sorted(p.name for p in (ev / "outputs").iterdir()) == ["mri-denoise", "my-notes"]
-    # Nor is a folder given as a test (-t) that lies in outputs/, when the next run drops it.
-    for f in (pairs / "degraded").iterdir():
-        shutil.copyfile(f, mine / f.name)
-    given = run(*base, "-m", "mri-denoise", "-t", mine, "--overwrite")
-    assert given.exit_code == 0, given.output
-    assert run(*base, "-m", "nlm", "--overwrite").exit_code == 0
-    assert sorted(p.name for p in (ev / "outputs").iterdir()) == ["my-notes", "nlm"]
     (rep / "image_2024_holiday.png").write_bytes(b"a user's own")   # never touched
     assert run("report", ev, "-o", rep, "--images", "1", "--overwrite").exit_code == 0
     assert sorted(p.name for p in rep.glob("image_*.png")) == ["image_00.png",
                                                                 "image_2024_holiday.png"]
-    pics = tmp_path / "pics"                    # a folder without a report: nothing removed
+    pics = tmp_path / "pics"            # a report's file name already there: refused
     pics.mkdir()
-    (pics / "image_1.png").write_bytes(b"x")
-    assert run("report", ev, "-o", pics, "--images", "1").exit_code == 0
-    assert (pics / "image_1.png").read_bytes() == b"x"
+    (pics / "image_00.png").write_bytes(b"x")
+    refused = run("report", ev, "-o", pics, "--images", "1")
+    assert refused.exit_code == 1 and (pics / "image_00.png").read_bytes() == b"x"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import warnings
@@ -401,7 +402,6 @@ def evaluate(
         if (output / "evaluation.json").exists() and not overwrite:
             raise MedEnhanceError(f"{output}: already holds an evaluation (pass --overwrite to "
                                   "replace it, or choose another -o)")
-        earlier = _method_outputs_of(output)    # to remove once this evaluation has succeeded
         if not reference.is_dir():
             raise MedEnhanceError(f"{reference}: reference must be a folder")
         for folder in [*tests.values(), *([degraded] if degraded else [])]:
@@ -416,7 +416,10 @@ def evaluate(
                     progress=lambda files: track(files, f"running {', '.join(method)}"))
                 for name, folder in folders.items():
                     tests[name] = str(folder)
-        result = evaluate_folders(reference, tests, metrics=metrics,
+        # A method folder is scored on what this run wrote: an earlier run's files there (of
+        # images not in this -d) are not this evaluation's. Nothing is ever deleted.
+        only = {name: {n for m, n in seconds if m == name} for name in folders}
+        result = evaluate_folders(reference, tests, metrics=metrics, only=only,
                                   progress=lambda pairs: track(pairs, "evaluating"))
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
@@ -440,14 +443,17 @@ def evaluate(
         inside = output.resolve() in folder.parents
         return str(folder.relative_to(output.resolve()) if inside else folder)
 
-    made = [where(folder) for folder in folders.values()]     # what this run may remove later
     (output / "evaluation.json").write_text(json.dumps(
         {"reference": where(reference), "degraded": where(degraded) if degraded else None,
          "methods": {name: where(folder) for name, folder in tests.items()},
-         "made": made, "metrics": list(metrics)}, indent=2))
-    current = {(output / m).resolve() for m in made}
-    for old in earlier - current:        # the earlier run's method outputs, not this one's
-        shutil.rmtree(old, ignore_errors=True)
+         "metrics": list(metrics)}, indent=2))
+    outputs = output / "outputs"
+    others = sorted(d.name for d in outputs.iterdir() if d.is_dir() and d not in
+                    folders.values()) if outputs.is_dir() else []
+    if others:
+        err_console.print(f"note: {outputs}/ also holds {', '.join(others)}, not part of this "
+                          "evaluation (an earlier run's outputs; remove them if no longer "
+                          "needed)", highlight=False, soft_wrap=True)
     table = Table("method", "n", *metrics, title="mean [95 % CI]")
     for line in md.splitlines()[2:]:
         table.add_row(*[c.strip() for c in line.strip("|").split("|")])
@@ -621,24 +627,6 @@ def enhance(
     report_failures(failures, len(files))
 
 
-def _method_outputs_of(evaluation: Path) -> set[Path]:
-    """The method output folders an earlier `evaluate` made in ``evaluation``: those its
-    evaluation.json lists as made by it, in its `outputs/` folder. Nothing else is ever removed
-    (not the folders given with -t or -d, even there; not from older evaluations)."""
-    try:
-        made = json.loads((evaluation / "evaluation.json").read_text()).get("made", [])
-        names = [str(d) for d in made]
-    except (OSError, ValueError, TypeError, AttributeError):
-        return set()
-    outputs = (evaluation / "outputs").resolve()
-    found = set()
-    for name in names:
-        folder = evaluation / name
-        if folder.is_dir() and not folder.is_symlink() and folder.resolve().parent == outputs:
-            found.add(folder.resolve())
-    return found
-
-
 # ------------------------------------------------------------------------------------- models
 @app.command()
 def models(
@@ -710,9 +698,14 @@ def report(
     from .report import write_report
 
     try:
-        if (output / "report.md").exists() and not overwrite:
-            raise MedEnhanceError(f"{output}: already holds a report (pass --overwrite to "
-                                  "replace it)")
+        mine = ["report.md", "report.html", "training_curves.png"]     # and image_NN.png
+        taken = [p.name for p in output.glob("*") if p.name in mine
+                 or re.fullmatch(r"image_\d+\.png", p.name)] if output.is_dir() else []
+        if taken and not overwrite:
+            raise MedEnhanceError(f"{output}: already holds a report's files ("
+                                  f"{', '.join(sorted(taken)[:3])}"
+                                  f"{', ...' if len(taken) > 3 else ''}; pass --overwrite to "
+                                  "replace them, or choose another -o)")
         md, page = write_report(evaluation, output, max_images=images)
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None

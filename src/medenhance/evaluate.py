@@ -108,17 +108,21 @@ class Evaluation:
 
 def evaluate_folders(reference_dir: str | Path, tests: dict[str, str | Path], *,
                      metrics: Sequence[str] = DEFAULT_METRICS,
-                     progress: Callable[[Iterable[Pair]], Iterable[Pair]] | None = None
-                     ) -> Evaluation:
+                     progress: Callable[[Iterable[Pair]], Iterable[Pair]] | None = None,
+                     only: dict[str, set[str]] | None = None) -> Evaluation:
     """Evaluate one or more test folders (``{method: folder}``) against a reference folder.
 
-    Bad or missing files are listed in ``failures``; the others are still evaluated.
+    Bad or missing files are listed in ``failures``; the others are still evaluated. ``only``
+    limits a method's pairs to the given names (what a run of the method wrote).
     """
     ref_dir = Path(reference_dir)
     rows: list[dict[str, object]] = []
     failures: list[str] = []
     for method, folder in tests.items():
         pairs, problems = pair_by_name(ref_dir, Path(folder))
+        if only is not None and method in only:
+            pairs = [p for p in pairs if p.name in only[method]]
+            problems = [m for m in problems if "no file of that name" not in m]
         failures.extend(problems)
         iterator = progress(pairs) if progress else pairs
         for pair in iterator:
