@@ -900,14 +900,18 @@ def triage(
     note_repeats(repeats)
     if not_images:
         err_console.print(f"note: {len(not_images)} DICOM object(s) without an image (reports, "
-                          f"presentation states) are not studies to read and were skipped, e.g. "
-                          f"{escape(not_images[0])}", highlight=False, soft_wrap=True)
-    if results or unreadable:
+                          f"presentation states, directories) are not studies to read and were "
+                          f"skipped, e.g. {escape(not_images[0])}", highlight=False,
+                          soft_wrap=True)
+    # Written even with no study, when files were read (all reports, say): an earlier
+    # worklist at -o must not pass for this run's.
+    written = bool(results or unreadable or not_images)
+    if written:
         atomic_write(output, write, overwrite=overwrite)
     flagged, ood = sum(r.flag for r in results), sum(r.ood for r in results)
     n_files = sum(r.files for r in results)
     grouped = f" ({n_files} files)" if n_files != len(results) else ""
-    where = f"worklist {output}" if results or unreadable else "no worklist written"
+    where = f"worklist {output}" if written else "no worklist written"
     first = f"; the {len(unreadable)} unreadable file(s) head it" if unreadable else ""
     console.print(f"{_count(len(results), 'study', 'studies')}{grouped} scored with "
                   f"{scorer.model.card.name}: {flagged} flagged (threshold "

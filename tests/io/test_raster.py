@@ -157,6 +157,15 @@ def test_two_links_to_one_file_are_two_images(samples: Path, tmp_path: Path) -> 
                            skipped=skipped)
     assert [f.name for f in found] == ["slice_001.png", "slice_002.png"]
     assert skipped == [tmp_path / "ds" / "notes.txt"]                  # once, not twice
+    from medenhance.triage.score import TriageScorer
+
+    scored = TriageScorer("mri-triage").score_files(found)
+    assert sorted(Path(r.path).name for r in scored) == ["slice_001.png", "slice_002.png"]
+    # An annex's objects in .git are not the dataset's images a second time.
+    (tmp_path / "ds" / ".git" / "objects").mkdir(parents=True)
+    (tmp_path / "ds" / ".git" / "objects" / "KEY.png").write_bytes(store.read_bytes())
+    assert [f.name for f in me.find_images(tmp_path / "ds")] == ["slice_001.png",
+                                                                  "slice_002.png"]
 
 
 def test_colour_tiff_with_separate_planes_is_read_like_interleaved(tmp_path: Path) -> None:
@@ -236,11 +245,17 @@ def test_writing_goes_through_links_and_never_replaces_a_pipe_or_device(tmp_path
     atomic_write(tmp_path / "link.txt", write("new"), overwrite=True)
     assert (tmp_path / "link.txt").is_symlink() and (tmp_path / "real.txt").read_text() == "new"
     (tmp_path / "to-stdout").symlink_to("/dev/stdout")      # led through /dev: refused too
+    (tmp_path / "fdd").symlink_to("/dev/fd")                 # ... also through a linked folder
+    (tmp_path / "loop-a").symlink_to(tmp_path / "loop-b")
+    (tmp_path / "loop-b").symlink_to(tmp_path / "loop-a")
+    with pytest.raises(ImageWriteError, match="leads in a loop"):
+        atomic_write(tmp_path / "loop-a", write("x"), overwrite=True)
     (tmp_path / "dangling").symlink_to(tmp_path / "later.txt")
     atomic_write(tmp_path / "dangling", write("made"))
     assert (tmp_path / "dangling").is_symlink() and (tmp_path / "later.txt").read_text() == "made"
     os.mkfifo(tmp_path / "fifo")
-    for special in (tmp_path / "fifo", Path("/dev/stdout"), tmp_path / "to-stdout", tmp_path):
+    for special in (tmp_path / "fifo", Path("/dev/stdout"), tmp_path / "to-stdout",
+                    tmp_path / "fdd" / "1", tmp_path):
         with pytest.raises(ImageWriteError, match="not a regular file"):
             atomic_write(special, write("x"), overwrite=True)
     (tmp_path / "afile").write_text("")
@@ -250,6 +265,8 @@ def test_writing_goes_through_links_and_never_replaces_a_pipe_or_device(tmp_path
     atomic_write(long_name, write("long"))
     assert long_name.read_text() == "long"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    (tmp_path / "loop-a").unlink()
+    (tmp_path / "loop-b").unlink()
 
 
 def test_an_unreadable_file_is_said_to_be_unreadable(samples: Path, monkeypatch) -> None:

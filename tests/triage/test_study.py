@@ -256,3 +256,7 @@ def test_dicom_objects_without_an_image_are_skipped_with_a_note(tmp_path: Path) 
     assert "1 DICOM object(s) without an image" in " ".join(out.output.split())
     rows = list(csv.DictReader(open(tmp_path / "w.csv")))
     assert [Path(r["path"]).name for r in rows] == ["mr.dcm"]
+    # Only a report this time: the worklist is rewritten empty, not left from the last run.
+    out = CliRunner().invoke(app, ["triage", str(tmp_path / "dose.dcm"), "-m", "mri-triage",
+                                   "-o", str(tmp_path / "w.csv"), "--overwrite"])
+    assert out.exit_code == 0 and list(csv.DictReader(open(tmp_path / "w.csv"))) == []

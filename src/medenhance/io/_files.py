@@ -138,7 +138,8 @@ def _place(path: Path) -> Path:
 
 def _walk(folder: Path) -> Iterator[Path]:
     """Every entry below ``folder``, following linked folders (a site's data is often a link)
-    but entering each real folder once, so that a link loop ends."""
+    but entering each real folder once, so that a link loop ends. Hidden folders (``.git``,
+    whose git-annex objects are the dataset's images again) are not entered."""
     seen: set[str] = set()
     for root, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
@@ -146,6 +147,7 @@ def _walk(folder: Path) -> Iterator[Path]:
             dirs[:] = []
             continue
         seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in dirs + files:
             yield Path(root) / name
 
@@ -177,11 +179,17 @@ def _expand(p: Path, recursive: bool, skipped: dict[Path, Path] | None = None) -
 
 
 def _link_chain(path: Path) -> list[Path]:
-    """``path`` (absolute) and every path its links lead through, in order."""
-    chain = [Path(os.path.abspath(path))]
-    while chain[-1].is_symlink() and len(chain) < 40:
+    """``path`` and every path its links lead through, in order, each with its folder's links
+    resolved (``fd/1`` under a link to ``/dev/fd`` is ``/dev/fd/1``)."""
+    def real(p: Path) -> Path:
+        return Path(os.path.realpath(p.parent)) / p.name
+
+    chain = [real(Path(os.path.abspath(path)))]
+    while chain[-1].is_symlink():
+        if len(chain) >= 40:
+            raise RuntimeError("link loop")
         link = chain[-1]
-        chain.append(Path(os.path.abspath(link.parent / os.readlink(link))))
+        chain.append(real(Path(os.path.abspath(link.parent / os.readlink(link)))))
     return chain
 
 
@@ -191,10 +199,14 @@ def writable_target(path: str | os.PathLike[str], *, overwrite: bool = False) ->
     target = Path(path)
     # /dev/stdout resolves to whatever fd 1 is (a log file, say), which a rename would replace:
     # no step of a link chain may pass through /dev or /proc (/dev/shm holds plain files).
+    try:
+        chain = _link_chain(target)
+        if target.is_symlink():
+            target = target.resolve()  # the file it names, also when that is not there yet
+    except (OSError, RuntimeError):    # a link loop
+        raise ImageWriteError(Path(path), "is a link that leads in a loop") from None
     device = any(str(step).startswith(("/dev/", "/proc/")) and not
-                 str(step).startswith("/dev/shm/") for step in _link_chain(target))
-    if target.is_symlink():
-        target = target.resolve()      # the file it names, also when that is not there yet
+                 str(step).startswith("/dev/shm/") for step in chain)
     if device or (target.exists() and not target.is_file()):
         raise ImageWriteError(Path(path), "is not a regular file (a folder, device or pipe); "
                                           "write to a file")

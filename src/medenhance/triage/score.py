@@ -18,6 +18,7 @@ from scipy.special import expit
 
 from ..errors import ConfigError, MedEnhanceError, NotAnImageError
 from ..io import read_image
+from ..io._files import _place
 from ..models.card import LoadedModel, load_model
 from .data import model_inputs, triage_frames
 from .study import FrameScore, study_key, summarise, thumbnail
@@ -137,13 +138,13 @@ class TriageScorer:
                 studies[key].append(FrameScore(path, k, float(s), float(d), thumbnail(frame)))
             pending.clear()
 
-        seen: set[Path] = set()
+        seen: set[Path] = set()     # places (io._files._place): two links to one file are two
         instances: dict[str, str] = {}      # SOP Instance UID -> the file read with it
         pictured: set[str] = set()          # files with a frame that is not one flat value
         for path in (progress(paths) if progress else paths):
-            if Path(path).resolve() in seen:       # given twice (a folder and its sub-folder)
+            if _place(Path(path)) in seen:       # given twice (a folder and its sub-folder)
                 continue
-            seen.add(Path(path).resolve())
+            seen.add(_place(Path(path)))
             try:
                 image = read_image(path)
                 index, frames = triage_frames(image, size)
