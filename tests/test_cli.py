@@ -153,6 +153,12 @@ def test_evaluate_refuses_two_methods_with_one_name(tmp_path: Path) -> None:
     result = run("evaluate", "-r", tmp_path / "ref", "-t", tmp_path / "a" / "degraded",
                  "-t", tmp_path / "b" / "degraded")
     assert result.exit_code == 1 and "NAME=DIR" in result.output
+    # A --test named like a method, or like the --degraded row, lost its row without a word.
+    for clash in (("-t", f"nlm={tmp_path / 'a' / 'degraded'}", "-m", "nlm"),
+                  ("-t", tmp_path / "a" / "degraded")):
+        result = run("evaluate", "-r", tmp_path / "ref", "-d", tmp_path / "b" / "degraded",
+                     *clash)
+        assert result.exit_code == 1 and "has that name" in result.output, result.output
 
 
 def test_prepare_refuses_output_inside_input(samples: Path, tmp_path: Path) -> None:

@@ -395,6 +395,11 @@ def evaluate(
         raise fail("--method needs --degraded (the images to run it on)")
     if not tests and degraded is None:
         raise fail("give --test folders, or --degraded with --method")
+    # A --test label that a method or the degraded row also takes would silently lose its row.
+    taken = {*(method or []), *(["degraded"] if degraded is not None else [])}
+    if clash := sorted(set(tests) & taken):
+        raise fail(f"--test {clash[0]!r}: a method or the --degraded row has that name; name "
+                   "the folder otherwise with NAME=DIR")
     seconds: dict[tuple[str, str], float] = {}
     folders: dict[str, Path] = {}      # method outputs this run makes
     failures: list[str] = []
