@@ -311,6 +311,10 @@ def test_evaluate_and_report_keep_earlier_results(samples: Path, tmp_path: Path)
     assert again.exit_code == 1 and "already holds an evaluation" in again.output
     assert (tmp_path / "eval" / "per_image.csv").read_text() == before
     assert run(*args, "--overwrite").exit_code == 0
+    (tmp_path / "mine").mkdir()          # a folder with a file of the same name is kept too
+    (tmp_path / "mine" / "summary.md").write_text("my notes")
+    mine = run(*args[:-1], tmp_path / "mine")
+    assert mine.exit_code == 1 and (tmp_path / "mine" / "summary.md").read_text() == "my notes"
     assert run("report", tmp_path / "eval", "-o", tmp_path / "rep").exit_code == 0
     rerun = run("report", tmp_path / "eval", "-o", tmp_path / "rep")
     assert rerun.exit_code == 1 and "already holds a report" in rerun.output

@@ -404,9 +404,12 @@ def evaluate(
     folders: dict[str, Path] = {}      # method outputs this run makes
     failures: list[str] = []
     try:
-        if (output / "evaluation.json").exists() and not overwrite:
-            raise MedEnhanceError(f"{output}: already holds an evaluation (pass --overwrite to "
-                                  "replace it, or choose another -o)")
+        taken = [n for n in ("evaluation.json", "per_image.csv", "summary.csv", "summary.md")
+                 if (output / n).exists()]
+        if taken and not overwrite:
+            raise MedEnhanceError(f"{output}: already holds an evaluation's files "
+                                  f"({', '.join(taken)}; pass --overwrite to replace them, or "
+                                  "choose another -o)")
         if not reference.is_dir():
             raise MedEnhanceError(f"{reference}: reference must be a folder")
         for folder in [*tests.values(), *([degraded] if degraded else [])]:
