@@ -297,3 +297,22 @@ def test_a_file_named_for_another_format_says_what_it_holds(samples: Path, tmp_p
     with pytest.raises(ImageReadError, match="truncated") as cut:   # a PNG, only damaged
         me.read_image(tmp_path / "cut.png")
     assert "it holds" not in str(cut.value)
+
+
+def test_a_cds_dicomdir_is_not_an_input(samples: Path, tmp_path: Path) -> None:
+    """Every exported CD holds a DICOMDIR (a DICOM file without an image): a folder of one
+    failed in info, enhance and degrade with exit status 1."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    (tmp_path / "IMAGES").mkdir()
+    (tmp_path / "IMAGES" / "IM0").write_bytes((samples / "mr_head_MR1_JPLL.dcm").read_bytes())
+    index = Dataset()
+    index.file_meta = FileMetaDataset()
+    index.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    index.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"   # Media Storage Directory
+    index.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    index.save_as(tmp_path / "DICOMDIR", enforce_file_format=True)
+    skipped: list[Path] = []
+    assert me.find_images(tmp_path, skipped=skipped) == [tmp_path / "IMAGES" / "IM0"]
+    assert skipped == []

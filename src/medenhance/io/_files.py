@@ -92,6 +92,8 @@ def is_image_file(path: Path) -> bool:
     """Whether ``path`` is a file medenhance would try to read (by suffix or DICOM preamble)."""
     if not path.is_file() or path.name.startswith("."):
         return False
+    if path.name.upper() == "DICOMDIR":   # a CD's index of its files, never an image
+        return False
     return full_suffix(path) in SUFFIX_FORMATS or _looks_like_dicom(path)
 
 
@@ -162,8 +164,8 @@ def _expand(p: Path, recursive: bool, skipped: dict[Path, Path] | None = None) -
             if is_image_file(f) or (f.is_symlink() and not f.exists()
                                     and full_suffix(f) in SUFFIX_FORMATS):
                 files.append(f)
-            elif not f.is_dir() and not any(part.startswith(".")
-                                            for part in f.relative_to(p).parts):
+            elif not f.is_dir() and f.name.upper() != "DICOMDIR" and not any(
+                    part.startswith(".") for part in f.relative_to(p).parts):
                 others.append(f)
         files.sort()
         if skipped is not None:
