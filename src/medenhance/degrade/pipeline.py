@@ -322,5 +322,5 @@ def degrade_image(image: MedicalImage, pipeline: Pipeline | DegradationRecord,
     # blurring or resampling does not spread its -2000 HU into the tissue.
     mask = padding_mask(image)
     source = image.pixels if mask is None else fill_from_nearest(image.pixels, mask)
-    pixels = keep_padding(image, apply_record(source, record))
+    pixels = keep_padding(image, apply_record(source, record), mask)
     return image.with_pixels(pixels, record.describe(), derivation), record

@@ -74,9 +74,8 @@ def enhance_array(frames: np.ndarray, model: LoadedModel, options: EnhanceOption
     padding outside a CT's field of view. For networks that keep the size (all bundled ones; a
     super-resolving one sees the pixels as they are), they are returned unchanged, and the
     network sees them filled from the nearest picture pixels, so that the edge of the field of
-    view is not a step
-    (a -2000 HU border made the denoised ring inside it twice as far from the truth as the noisy
-    input was)."""
+    view is not a step (a -2000 HU border made the denoised ring inside it twice as far from the
+    truth as the noisy input was)."""
     opts = options or EnhanceOptions()
     opts.validate()
     net = model.network
@@ -149,13 +148,14 @@ def enhance_image(image: MedicalImage, model: LoadedModel | str | os.PathLike[st
 
     loaded = _loaded(model)
     opts = options or EnhanceOptions()
-    pixels, sigmas = enhance_array(image.pixels, loaded, opts, keep=padding_mask(image))
+    mask = padding_mask(image)
+    pixels, sigmas = enhance_array(image.pixels, loaded, opts, keep=mask)
     known = [s for s in sigmas if s is not None]          # flat frames had no level
     level = f", noise level {np.mean(known) * 255:.1f}/255" if known else ""
     # Identifies the derivation for the derived DICOM series: the weights and the settings.
     derivation = (f"{loaded.card.task} {Path(loaded.path).resolve()} "
                   f"noise_level={opts.noise_level}")
-    return image.with_pixels(keep_padding(image, pixels),
+    return image.with_pixels(keep_padding(image, pixels, mask),
                              f"{loaded.card.task} with model {loaded.card.name}{level}",
                              derivation)
 

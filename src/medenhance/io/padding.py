@@ -57,12 +57,14 @@ def fill_from_nearest(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def keep_padding(image: MedicalImage, pixels: np.ndarray) -> np.ndarray:
+def keep_padding(image: MedicalImage, pixels: np.ndarray,
+                 mask: np.ndarray | None = None) -> np.ndarray:
     """``pixels``, a processed copy of ``image``'s, with ``image``'s padding put back (resampled
     to the nearest pixel when the size changed), and no other pixel on a padding value: noise
     clipped at the window's low end would otherwise turn tissue into padding, which viewers
-    hide and later processing leaves out."""
-    mask = padding_mask(image)
+    hide and later processing leaves out. ``mask``: :func:`padding_mask` of ``image``, when the
+    caller has it already."""
+    mask = padding_mask(image) if mask is None else mask
     if mask is None:
         return pixels
     if pixels.shape == image.pixels.shape:
