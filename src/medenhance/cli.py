@@ -812,13 +812,28 @@ def train_triage_cmd(
         raise fail(str(exc)) from None
 
 
+def _worklist_path(raw: str) -> Path:
+    """The worklist file that ``-o`` names: a folder (existing, or written with a trailing
+    separator, as in ``-o results/``) gets ``worklist.csv``; ``-`` stands for standard output."""
+    if raw == "-":
+        return Path("<stdout>")
+    if not raw:
+        raise MedEnhanceError("-o: is empty; give the worklist's file name")
+    path = Path(raw)
+    if raw.endswith(("/", os.sep)) or path.is_dir():
+        return path / "worklist.csv"
+    return path
+
+
 @app.command()
 def triage(
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (any format).")],
     model: Annotated[str, typer.Option("--model", "-m", help="Triage model name or checkpoint.")
                      ] = "xray-pneumonia",
-    output: Annotated[Path, typer.Option("--output", "-o", help="Worklist CSV to write.")] = Path(
-        "worklist.csv"),
+    output: Annotated[str, typer.Option(
+        "--output", "-o", help="Worklist CSV to write; a folder (existing, or written with a "
+                               "trailing /) gets worklist.csv; - writes it to standard output.")
+                      ] = "worklist.csv",
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace an existing worklist (and heatmaps).")] = False,
     heatmaps: Annotated[Path | None, typer.Option(
@@ -852,10 +867,13 @@ def triage(
 
     failures: list[str] = []
     skipped: list[Path] = []
+    to_stdout = output == "-"
+    # With the worklist on standard output, everything said about it goes to standard error.
+    say = err_console if to_stdout else console
     try:
-        if output.is_dir():
-            raise MedEnhanceError(f"{output}: is a folder; -o takes the worklist's file name")
-        writable_target(output, overwrite=overwrite)     # now, not after scoring them all
+        output = _worklist_path(output)
+        if not to_stdout:
+            writable_target(output, overwrite=overwrite)     # now, not after scoring them all
         if heatmaps is not None and heatmaps.resolve() == output.resolve():
             raise MedEnhanceError(f"{heatmaps}: is also the worklist (-o); --heatmaps takes a "
                                   "folder of its own")
@@ -872,7 +890,7 @@ def triage(
         files = find_images(inputs, errors=failures, skipped=skipped)
         note_skipped(skipped)
         resolved = {f.resolve() for f in files}
-        if output.resolve() in resolved:
+        if not to_stdout and output.resolve() in resolved:
             raise MedEnhanceError(f"{output}: is one of the input images; write the worklist "
                                   "elsewhere")
         if heatmaps is not None and any(f.is_relative_to(heatmaps.resolve()) for f in resolved):
@@ -888,22 +906,25 @@ def triage(
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
 
+    def write_rows(fh) -> None:
+        w = _csv.writer(fh, lineterminator="\n")
+        w.writerow(["rank", "path", "frame", "score", "flag", "ood", "frames", "files",
+                    "study", "note"])
+        # A study the model could not score must not drop out of the reading: first.
+        for i, (path, reason) in enumerate(unreadable, 1):
+            w.writerow([i, path, "", "", 1, 1, 0, 1, "", f"unreadable ({reason}): read it"])
+        for i, r in enumerate(results, len(unreadable) + 1):
+            note = ("empty (one value throughout): read as flagged" if r.empty else
+                    f"modality {r.foreign_modality} (model trained on "
+                    f"{scorer.model.card.modality}): read as flagged" if r.foreign_modality
+                    else "out of distribution: read as flagged" if r.ood else
+                    "likely abnormal" if r.flag else "")
+            w.writerow([i, r.path, r.frame, f"{r.score:.6f}", r.flag, r.ood, r.frames,
+                        r.files, r.study, note])
+
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as fh:
-            w = _csv.writer(fh, lineterminator="\n")
-            w.writerow(["rank", "path", "frame", "score", "flag", "ood", "frames", "files",
-                        "study", "note"])
-            # A study the model could not score must not drop out of the reading: first.
-            for i, (path, reason) in enumerate(unreadable, 1):
-                w.writerow([i, path, "", "", 1, 1, 0, 1, "", f"unreadable ({reason}): read it"])
-            for i, r in enumerate(results, len(unreadable) + 1):
-                note = ("empty (one value throughout): read as flagged" if r.empty else
-                        f"modality {r.foreign_modality} (model trained on "
-                        f"{scorer.model.card.modality}): read as flagged" if r.foreign_modality
-                        else "out of distribution: read as flagged" if r.ood else
-                        "likely abnormal" if r.flag else "")
-                w.writerow([i, r.path, r.frame, f"{r.score:.6f}", r.flag, r.ood, r.frames,
-                            r.files, r.study, note])
+            write_rows(fh)
 
     note_repeats(repeats)
     if not_images:
@@ -914,16 +935,20 @@ def triage(
     # Written even with no study, when files were read (all reports, say): an earlier
     # worklist at -o must not pass for this run's.
     written = bool(results or unreadable or not_images)
-    if written:
+    if written and to_stdout:
+        write_rows(sys.stdout)
+        sys.stdout.flush()
+    elif written:
         atomic_write(output, write, overwrite=overwrite)
     flagged, ood = sum(r.flag for r in results), sum(r.ood for r in results)
     n_files = sum(r.files for r in results)
     grouped = f" ({n_files} files)" if n_files != len(results) else ""
-    where = f"worklist {output}" if written else "no worklist written"
+    where = ("no worklist written" if not written else "worklist on standard output"
+             if to_stdout else f"worklist {output}")
     first = f"; the {len(unreadable)} unreadable file(s) head it" if unreadable else ""
-    console.print(f"{_count(len(results), 'study', 'studies')}{grouped} scored with "
-                  f"{scorer.model.card.name}: {flagged} flagged (threshold "
-                  f"{scorer.threshold:.3f}), {ood} out of distribution; {where}{first} ({NOTE})")
+    say.print(f"{_count(len(results), 'study', 'studies')}{grouped} scored with "
+              f"{scorer.model.card.name}: {flagged} flagged (threshold "
+              f"{scorer.threshold:.3f}), {ood} out of distribution; {where}{first} ({NOTE})")
     if ood:
         foreign = sorted({r.foreign_modality for r in results if r.foreign_modality})
         n_foreign = sum(1 for r in results if r.foreign_modality)
@@ -950,9 +975,9 @@ def triage(
         except MedEnhanceError as exc:       # the folder itself cannot be written
             heat_failures.append(str(exc))
             written = []
-        console.print(f"{len(written)} heatmap(s) of flagged studies in {heatmaps}/, to look "
-                      f"through in {heatmaps / 'index.html'} (left: what the model saw; right: "
-                      "where it looked most abnormal, scaled per image)")
+        say.print(f"{len(written)} heatmap(s) of flagged studies in {heatmaps}/, to look "
+                  f"through in {heatmaps / 'index.html'} (left: what the model saw; right: "
+                  "where it looked most abnormal, scaled per image)")
         for line in heat_failures:
             err_console.print(f"[yellow]heatmap not written:[/yellow] {escape(line)}",
                               highlight=False, soft_wrap=True)

@@ -182,8 +182,19 @@ def test_triage_cli_guards_its_inputs_and_outputs(tmp_path: Path) -> None:
     out = triage(images, "-o", files[0], "--overwrite")
     assert out.exit_code == 1 and "is one of the input images" in out.output
     assert files[0].read_bytes() == before
-    out = triage(images, "-o", images)
-    assert out.exit_code == 1 and "is a folder" in out.output
+    # A folder, existing or written with a trailing slash, gets worklist.csv; - is stdout.
+    (tmp_path / "lists").mkdir()
+    for given, written in [(tmp_path / "lists", tmp_path / "lists" / "worklist.csv"),
+                           (f"{tmp_path / 'new'}/", tmp_path / "new" / "worklist.csv")]:
+        out = triage(images, "-o", given)
+        assert out.exit_code == 0 and f"worklist{written}" in "".join(out.output.split())
+        assert len(list(csv.DictReader(open(written)))) == 3
+    assert not (tmp_path / "new").is_file()
+    out = triage(images, "-o", "-")
+    assert out.exit_code == 0, out.output
+    assert "worklist on standard output" in out.stderr and "scored" not in out.stdout
+    rows = list(csv.DictReader(out.stdout.splitlines()))
+    assert len(rows) == 3 and rows[0]["rank"] == "1" and not (Path.cwd() / "-").exists()
     # Heatmaps never go among the inputs, and a rerun leaves only its own pictures.
     out = triage(images, "-o", tmp_path / "w.csv", "--heatmaps", images, "--overwrite")
     assert out.exit_code == 1 and "holds input images" in out.output
