@@ -286,12 +286,20 @@ def test_enhance_keeps_every_output_and_refuses_what_it_cannot_do(tmp_path: Path
         (tmp_path / folder).mkdir()
         Image.fromarray((rng.random((48, 48)) * 65535).astype(np.uint16)).save(
             tmp_path / folder / "x.png")
-    # Two inputs of one name: the second does not replace the first's output, even with
-    # --overwrite.
+    # Two inputs of one name are told apart by their folders' names.
     out = run("enhance", tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", "-o",
-              tmp_path / "out", "--overwrite")
+              tmp_path / "out")
+    assert out.exit_code == 0 and "enhanced 2 image(s)" in out.output, out.output
+    assert (tmp_path / "out" / "a" / "x.png").is_file()
+    assert (tmp_path / "out" / "b" / "x.png").is_file()
+    # Where names still meet (the folder a/ and a file a/x.png from elsewhere), the second does
+    # not replace the first's output, even with --overwrite.
+    (tmp_path / "c" / "a").mkdir(parents=True)
+    shutil.copyfile(tmp_path / "a" / "x.png", tmp_path / "c" / "a" / "x.png")
+    out = run("enhance", tmp_path / "a", tmp_path / "c" / "a" / "x.png",
+              tmp_path / "b" / "x.png", "-o", tmp_path / "out2", "--overwrite")
     assert out.exit_code == 1 and "already written in this run" in out.output
-    assert "enhanced 1 image(s)" in out.output
+    assert "enhanced 2 image(s)" in out.output
     # The output folder is the input folder: an error, not "enhanced 0 image(s)".
     same = run("enhance", tmp_path / "a", "-o", tmp_path / "a")
     assert same.exit_code == 1 and "every input lies inside the output folder" in same.output
@@ -431,6 +439,20 @@ def test_several_input_folders_keep_their_names_under_the_output(samples: Path,
         "site1/a.png", "site2/a.png"]
     one = run("enhance", tmp_path / "site1", "-m", "mri-denoise", "-o", tmp_path / "one")
     assert one.exit_code == 0 and (tmp_path / "one" / "a.png").is_file()
+    # Folders, or files given themselves, of one name take as many parent names as tell them
+    # apart (the second of each pair failed with "already written in this run").
+    for hospital in ("h1", "h2"):
+        (tmp_path / hospital / "images").mkdir(parents=True)
+        shutil.copyfile(samples / "mri_brain_glioma_Te-gl_0063.png",
+                        tmp_path / hospital / "images" / "a.png")
+    same = tmp_path / "same"
+    result = run("degrade", tmp_path / "h1" / "images", tmp_path / "h2" / "images",
+                 tmp_path / "site1" / "a.png", tmp_path / "site2" / "a.png", "--preset",
+                 "gaussian-15", "-o", same)
+    assert result.exit_code == 0, result.output
+    degraded = same / "degraded"
+    assert sorted(p.relative_to(degraded).as_posix() for p in degraded.rglob("*.png")) == [
+        "h1/images/a.png", "h2/images/a.png", "site1/a.png", "site2/a.png"]
     # A folder with a sub-folder of its own given too: each file once, no name clash.
     (tmp_path / "site1" / "sub").mkdir()
     shutil.copyfile(samples / "mri_brain_glioma_Te-gl_0063.png", tmp_path / "site1" / "sub" /

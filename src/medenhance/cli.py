@@ -176,18 +176,38 @@ def _file_seed(seed: int, name: str) -> int:
     return int(np.random.SeedSequence([seed, zlib.crc32(name.encode())]).generate_state(1)[0])
 
 
+def _distinct_tails(paths: Iterable[Path]) -> dict[Path, Path]:
+    """Each path's shortest tail (its name, then parent/name, ...) that no other path of the
+    list ends with: `a/images` and `b/images` give `a/images` and `b/images`, `scans` gives
+    `scans`. Paths are made absolute without resolving links, so a link keeps its own name."""
+    parts = {p: Path(os.path.abspath(p)).parts[1:] or ("root",) for p in paths}
+    tails = {}
+    for p, own in parts.items():
+        for k in range(1, len(own) + 1):
+            if not any(q != p and other[-k:] == own[-k:] for q, other in parts.items()):
+                break
+        tails[p] = Path(*own[-k:])
+    return tails
+
+
 def _relative_names(inputs: list[Path], files: list[Path]) -> list[Path]:
     """Output names: a file's path inside the input folder it was found in, under that
     folder's own name when several inputs are given (`a/ b/ -o out` gives out/a/..., out/b/...,
-    so that files of the same name in both do not collide); a file given itself, its name."""
+    so that files of the same name in both do not collide; `x/images y/images` gives
+    out/x/images/..., out/y/images/...); a file given itself, its name (with as many of its
+    folders as tell it from another given file of that name)."""
+    roots = [r for r in inputs if r.is_dir()]
+    root_of = {f: next((r for r in roots if r in f.parents), None) for f in files}
+    folder_names = _distinct_tails(roots) if len(inputs) > 1 else {}
+    alone = [f for f in files if root_of[f] is None]
+    file_names = _distinct_tails(alone)
     names = []
     for f in files:
-        root = next((r for r in inputs if r.is_dir() and r in f.parents), None)
+        root = root_of[f]
         if root is None:
-            names.append(Path(f.name))
-        elif len(inputs) > 1:     # the folder's name as typed ("." and ".." as resolved)
-            names.append(Path(root.name if root.name not in ("", ".", "..") else
-                              root.resolve().name) / f.relative_to(root))
+            names.append(file_names[f])
+        elif len(inputs) > 1:
+            names.append(folder_names[root] / f.relative_to(root))
         else:
             names.append(f.relative_to(root))
     return names
