@@ -518,3 +518,32 @@ def test_overwrite_scores_only_this_run_and_deletes_nothing(samples: Path, tmp_p
     (pics / "image_00.png").write_bytes(b"x")
     refused = run("report", ev, "-o", pics, "--images", "1")
     assert refused.exit_code == 1 and (pics / "image_00.png").read_bytes() == b"x"
+
+def test_pacs_exports_with_reports_and_suffixless_files(samples: Path, tmp_path: Path) -> None:
+    """A dose report among the images failed info, enhance and degrade with exit status 1, and a
+    suffix-less `IM0` beside `IM0.dcm` collided in the output folder."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    export = tmp_path / "export"
+    export.mkdir()
+    for name in ("IM0", "IM0.dcm"):
+        shutil.copyfile(samples / "mr_head_MR1_JPLL.dcm", export / name)
+    report = Dataset()
+    report.file_meta = FileMetaDataset()
+    report.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    report.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.67"      # X-Ray Radiation Dose SR
+    report.SOPInstanceUID, report.Modality = generate_uid(), "SR"
+    report.save_as(export / "dose.dcm", enforce_file_format=True)
+    said = "1 DICOM object(s) without an image"
+    info = run("info", export)
+    assert info.exit_code == 0 and said in " ".join(info.output.split()), info.output
+    assert "dose.dcm" not in info.stdout
+    out = tmp_path / "out"
+    result = run("degrade", export, "-p", "mri-rician", "-o", out)
+    assert result.exit_code == 0 and said in " ".join(result.output.split()), result.output
+    assert sorted(p.name for p in (out / "degraded").iterdir()) == ["IM0.dcm", "IM0_1.dcm"]
+    assert sorted(p.name for p in (out / "clean").iterdir()) == ["IM0.dcm", "IM0_1.dcm"]
+    enhanced = run("enhance", export, "-m", "mri-denoise", "-o", tmp_path / "enh")
+    assert enhanced.exit_code == 0 and said in " ".join(enhanced.output.split())
+    assert sorted(p.name for p in (tmp_path / "enh").iterdir()) == ["IM0.dcm", "IM0_1.dcm"]

@@ -27,7 +27,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
 from rich.table import Column, Table
 
 from ._version import __version__
-from .errors import MedEnhanceError
+from .errors import MedEnhanceError, NotAnImageError
 
 app = typer.Typer(
     name="medenhance", no_args_is_help=True, add_completion=False,
@@ -86,6 +86,15 @@ def note_skipped(skipped: list[Path], output: Path | None = None) -> None:
     err_console.print(f"note: {len(skipped)} file(s) in the input folders are not recognised as "
                       f"images (no known suffix or DICOM preamble) and were skipped: "
                       f"{escape(shown)}", highlight=False, soft_wrap=True)
+
+
+def note_not_images(not_images: list[str]) -> None:
+    """Say which DICOM objects were left out as holding no image (a structured report, a
+    presentation state: PACS exports mix them with the images)."""
+    if not_images:
+        err_console.print(f"note: {len(not_images)} DICOM object(s) without an image (reports, "
+                          f"presentation states) were skipped, e.g. {escape(not_images[0])}",
+                          highlight=False, soft_wrap=True)
 
 
 def check_output_folder(output: Path, option: str = "-o") -> None:
@@ -154,11 +163,15 @@ def info(
     # The key column folds instead of ending in "…": rows must stay tellable apart when narrow.
     table = Table(Column("file", overflow="fold"), "format", "modality", "size", "frames", "bits",
                   "photometric", "spacing", "transfer syntax", show_lines=False)
+    not_images: list[str] = []
     for f in files:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 i = inspect_image(f)
+        except NotAnImageError as exc:
+            not_images.append(str(exc))
+            continue
         except MedEnhanceError as exc:
             failures.append(str(exc))
             continue
@@ -167,7 +180,9 @@ def info(
     if table.row_count:
         console.print(table)
     note_skipped(skipped)
-    report_failures(failures, len(files) + sum(1 for m in failures if "no such" in m))
+    note_not_images(not_images)
+    report_failures(failures, len(files) - len(not_images)
+                    + sum(1 for m in failures if "no such" in m))
 
 
 # ------------------------------------------------------------------------------------ degrade
@@ -239,11 +254,13 @@ def _for_each_file(files: list[Path], names: list[Path], description: str, outpu
     from .io import full_suffix
 
     failures: list[str] = []
+    not_images: list[str] = []
     done = 0
     written: dict[Path, Path] = {}       # target -> the input it was written from in this run
+    taken = set(names)
     for f, name in track(list(zip(files, names, strict=True)), description):
-        if full_suffix(name) == "":
-            name = name.with_name(name.name + ".dcm")  # UID-named DICOM files have no suffix
+        if full_suffix(name) == "":      # UID-named DICOM files have no suffix; ours get one
+            name = _free_name(name, ".dcm", taken)
         targets = targets_of(name)
         try:
             for target in targets:  # check all before writing any
@@ -258,13 +275,26 @@ def _for_each_file(files: list[Path], names: list[Path], description: str, outpu
             process(f, targets)
             written.update({t.resolve(): f for t in targets})
             done += 1
+        except NotAnImageError as exc:
+            not_images.append(str(exc))
         except MedEnhanceError as exc:
             message = str(exc)
             failures.append(message if str(f) in message or str(output) in message
                             else f"{f}: {message}")
         except OSError as exc:
             failures.append(f"{f}: {exc.strerror or exc}")
+    note_not_images(not_images)
     return done, failures
+
+
+def _free_name(name: Path, suffix: str, taken: set[Path]) -> Path:
+    """``name`` with ``suffix`` added, numbered when another input already has that name (a
+    suffix-less `X` beside `X.dcm`)."""
+    candidate, n = name.with_name(name.name + suffix), 1
+    while candidate in taken:
+        candidate, n = name.with_name(f"{name.name}_{n}{suffix}"), n + 1
+    taken.add(candidate)
+    return candidate
 
 
 @app.command()
@@ -947,11 +977,7 @@ def triage(
             write_rows(fh)
 
     note_repeats(repeats)
-    if not_images:
-        err_console.print(f"note: {len(not_images)} DICOM object(s) without an image (reports, "
-                          f"presentation states, directories) are not studies to read and were "
-                          f"skipped, e.g. {escape(not_images[0])}", highlight=False,
-                          soft_wrap=True)
+    note_not_images(not_images)
     # Written even with no study, when files were read (all reports, say): an earlier
     # worklist at -o must not pass for this run's.
     written = bool(results or unreadable or not_images)
