@@ -101,3 +101,33 @@ def test_small_images_are_refused_with_advice() -> None:
         M.ms_ssim(np.zeros((100, 100)), np.zeros((100, 100)))
     assert M.ms_ssim(np.ones((100, 100)), np.ones((100, 100)),
                      weights=(0.5, 0.5)) == pytest.approx(1.0)
+
+
+@pytest.mark.filterwarnings("ignore:Setting data_range based on")
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16])
+def test_integer_images_take_their_range_from_the_type_as_in_skimage(dtype) -> None:
+    """uint8 images were scored on a range of 1.0 (PSNR -21 dB where scikit-image says 27)."""
+    rng = np.random.default_rng(3)
+    info = np.iinfo(dtype)
+    clean = rng.integers(max(info.min, -1000), min(info.max, 60000), (64, 64)).astype(dtype)
+    noisy = np.clip(clean + rng.normal(0, 8, clean.shape), info.min, info.max).astype(dtype)
+    assert M.psnr(clean, noisy) == pytest.approx(sk.peak_signal_noise_ratio(clean, noisy),
+                                                 abs=1e-6)
+    assert M.ssim(clean, noisy) == pytest.approx(
+        sk.structural_similarity(clean, noisy), abs=1e-4)
+
+
+def test_metrics_take_images_and_refuse_what_has_no_scale() -> None:
+    rng = np.random.default_rng(4)
+    clean = rng.random((32, 32))
+    noisy = np.clip(clean + rng.normal(0, 0.05, clean.shape), 0, 1)
+    as_images = M.psnr(me.from_array(clean), me.from_array(noisy))
+    assert as_images == pytest.approx(M.psnr(clean, noisy), abs=1e-4)
+    with pytest.raises(InvalidImageError, match="off the \\[0, 1\\] scale.*pass data_range"):
+        M.psnr(clean * 4000, noisy * 4000)
+    assert M.psnr(clean * 4000, noisy * 4000, data_range=4000) == pytest.approx(
+        M.psnr(clean, noisy))
+    with pytest.raises(InvalidImageError, match="positive number, got 'abc'"):
+        M.ssim(clean, noisy, data_range="abc")
+    with pytest.raises(InvalidImageError, match="got str"):
+        M.mse("clean.png", "noisy.png")

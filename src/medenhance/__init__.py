@@ -1,4 +1,5 @@
-"""medenhance: denoise, super-resolve and triage medical images (research use only)."""
+"""medenhance: denoise medical images, simulate their degradations, and triage them (research
+use only)."""
 
 from ._version import __version__
 from .errors import MedEnhanceError

@@ -620,7 +620,9 @@ def enhance(
         help="Noise sigma in grey levels of 255 (e.g. 25; 0 leaves images unchanged); default: "
              "estimated per image.")] = None,
     tile: Annotated[int, typer.Option(help="Tile side in pixels; 0 processes whole images.")] = 512,
-    overlap: Annotated[int, typer.Option(help="Pixels shared by neighbouring tiles.")] = 64,
+    overlap: Annotated[int | None, typer.Option(
+        help="Pixels shared by neighbouring tiles [default: 64, less for tiles under 144]",
+        show_default=False)] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace existing output files.")] = False,

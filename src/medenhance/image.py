@@ -99,6 +99,24 @@ def choose_window(values: np.ndarray, *, integer_bits: int | None, signed: bool 
     return IntensityWindow(lo, hi, invert)
 
 
+def check_unit_range(pixels: np.ndarray, what: str = "pixels") -> None:
+    """Refuse pixels off the [0, 1] scale of the intensity contract: raw stored values (0..4095,
+    HU) given where pixels are expected came back all white or all black, without a word."""
+    px = np.asarray(pixels)
+    if px.size == 0 or px.dtype.kind == "b":
+        return
+    lo, hi = float(np.min(px)), float(np.max(px))
+    if lo < -UNIT_SLACK or hi > 1.0 + UNIT_SLACK:
+        raise InvalidImageError(
+            f"{what}: pixels must lie in [0, 1] (the intensity contract), got {lo:.6g} to "
+            f"{hi:.6g}; wrap stored values with medenhance.from_array, which maps them there")
+
+
+# Rounding in float32 arithmetic puts values a few ulps outside [0, 1]; anything beyond this is
+# not rounding but another scale.
+UNIT_SLACK = 1e-3
+
+
 @dataclass
 class ImageMeta:
     """What is needed to write pixels back faithfully, and to describe them.
@@ -165,6 +183,7 @@ class MedicalImage:
         if not np.all(np.isfinite(px)):
             raise InvalidImageError(
                 f"{self.meta.source_path or 'image'}: pixels contain NaN or infinite values")
+        check_unit_range(px, self.meta.source_path or "image")
         self.pixels = px.astype(np.float32, copy=False)
 
     @property
@@ -183,15 +202,22 @@ class MedicalImage:
         """Pixels in the input's own units (e.g. HU), float64, not rounded."""
         return self.meta.window.to_values(self.pixels)
 
-    def with_pixels(self, pixels: np.ndarray, operation: str,
-                    derivation: str | None = None) -> MedicalImage:
+    def with_pixels(self, pixels: np.ndarray, operation: str, derivation: str | None = None,
+                    pixel_map: tuple[float, float, float, float] | None = None
+                    ) -> MedicalImage:
         """A new image with other pixels, the same metadata and ``operation`` added to the history.
 
         If the frame size changed (super-resolution, down-sampling), the pixel spacing is scaled so
         that the field of view stays the same, and a mask of pixels outside the picture
-        (``extra["nan_mask"]``) is resampled to the new size. Pixels are clipped to [0, 1]: the
-        write-back maps [0, 1] exactly onto the input's range, so values outside it have no stored
-        representation.
+        (``extra["nan_mask"]``) is resampled to the new size. ``pixel_map`` says where the new
+        pixels lie: ``(row_scale, col_scale, row_offset, col_offset)``, the centre of new pixel
+        ``(i, j)`` being old pixel ``(row_offset + row_scale * i, col_offset + col_scale * j)``.
+        By default the new pixels cover the old extent (``scale = old / new`` and ``offset =
+        scale / 2 - 0.5``, as Pillow and pixel-shuffle up-sampling place them). The map from the
+        source file's pixels, composed over all resamplings, is ``extra["pixel_map"]``: the
+        writers move the first pixel's position by it (NIfTI affine, DICOM Image Position).
+        Pixels are clipped to [0, 1]: the write-back maps [0, 1] exactly onto the input's range,
+        so values outside it have no stored representation.
 
         ``derivation`` names the operation without its per-image values (the model file and
         settings, the degradation pipeline): DICOM images derived from one series by the same
@@ -207,13 +233,27 @@ class MedicalImage:
                                derivation or re.sub(r"[-+.0-9eE]+", "#", operation)]
         meta = dataclasses.replace(self.meta, history=[*self.meta.history, operation], extra=extra)
         old_hw, new_hw = self.pixels.shape[-2:], new.shape[-2:]
-        if old_hw != new_hw:
+        if old_hw != new_hw or pixel_map is not None:
+            if pixel_map is None:
+                row_scale, col_scale = old_hw[0] / new_hw[0], old_hw[1] / new_hw[1]
+                pixel_map = (row_scale, col_scale, row_scale / 2 - 0.5, col_scale / 2 - 0.5)
+            extra["pixel_map"] = compose_pixel_maps(extra.get("pixel_map"), pixel_map)
             if meta.pixel_spacing is not None:
-                meta.pixel_spacing = (meta.pixel_spacing[0] * old_hw[0] / new_hw[0],
-                                      meta.pixel_spacing[1] * old_hw[1] / new_hw[1])
+                meta.pixel_spacing = (meta.pixel_spacing[0] * pixel_map[0],
+                                      meta.pixel_spacing[1] * pixel_map[1])
             if extra.get("nan_mask") is not None:
                 extra["nan_mask"] = resize_nearest(extra["nan_mask"], new.shape)
         return MedicalImage(new, meta)
+
+
+def compose_pixel_maps(first: tuple[float, ...] | None, then: tuple[float, ...]
+                       ) -> tuple[float, float, float, float]:
+    """The pixel map of resampling by ``first`` and then by ``then`` (see ``with_pixels``)."""
+    if first is None:
+        return tuple(float(v) for v in then)        # type: ignore[return-value]
+    s_r, s_c, o_r, o_c = first
+    t_r, t_c, p_r, p_c = then
+    return (s_r * t_r, s_c * t_c, o_r + s_r * p_r, o_c + s_c * p_c)
 
 
 def resize_nearest(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -225,6 +265,25 @@ def resize_nearest(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return mask[..., rows[:, None], cols[None, :]]
 
 
+def looks_like_colour(shape: tuple[int, ...]) -> bool:
+    """(H, W, 3) or (H, W, 4) is a colour picture, not 3 or 4 frames a few pixels wide (frames
+    are the first axis)."""
+    return len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) > 4
+
+
+def _spacing_pair(spacing: object) -> tuple[float, float] | None:
+    if spacing is None:
+        return None
+    try:
+        row, col = (float(v) for v in spacing)      # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise InvalidImageError(f"pixel_spacing must be (row, column) in mm, got "
+                                f"{spacing!r}") from None
+    if not (np.isfinite(row) and np.isfinite(col) and row > 0 and col > 0):
+        raise InvalidImageError(f"pixel_spacing must be positive, got {spacing!r}")
+    return row, col
+
+
 def from_array(array: np.ndarray, *, modality: str | None = None,
                pixel_spacing: tuple[float, float] | None = None) -> MedicalImage:
     """Wrap an in-memory array (any dtype) as a :class:`MedicalImage` following the contract."""
@@ -232,6 +291,10 @@ def from_array(array: np.ndarray, *, modality: str | None = None,
     if arr.dtype.kind not in "uif" or arr.ndim not in (2, 3):
         raise InvalidImageError(
             f"expected a 2-D or 3-D numeric array, got dtype {arr.dtype} and shape {arr.shape}")
+    if looks_like_colour(arr.shape):
+        raise InvalidImageError(f"shape {arr.shape} looks like a colour image (H, W, RGB); "
+                                "medenhance takes grey images: (H, W) or frames (N, H, W)")
+    pixel_spacing = _spacing_pair(pixel_spacing)
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise InvalidImageError("array contains NaN or infinite values")
     if arr.size == 0:

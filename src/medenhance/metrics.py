@@ -1,9 +1,14 @@
 """Full-reference image quality metrics: MSE, RMSE, MAE, PSNR, SSIM and MS-SSIM.
 
 Every function takes a reference and a test image of the same shape, ``(H, W)`` or a batch
-``(N, H, W)``, an explicit ``data_range`` (the [0, 1] scale of :class:`~medenhance.MedicalImage`
-by default) and an optional boolean foreground ``mask`` of shape ``(H, W)`` or ``(N, H, W)``.
+``(N, H, W)`` (arrays, or :class:`~medenhance.MedicalImage` objects, whose pixels are used), a
+``data_range`` and an optional boolean foreground ``mask`` of shape ``(H, W)`` or ``(N, H, W)``.
 A 2-D input returns a float; a batch returns a float64 array of shape ``(N,)``.
+
+Without ``data_range``, it follows from the reference as in scikit-image: the type's maximum for
+integers (255 for uint8, 65535 for uint16; max - min for signed types holding negative values),
+and 1.0 for floats, which must then lie on the [0, 1] scale of ``MedicalImage`` pixels (other
+floats need an explicit ``data_range``: a guess would make the numbers meaningless).
 
 PSNR and SSIM agree with :func:`skimage.metrics.peak_signal_noise_ratio` and
 :func:`skimage.metrics.structural_similarity` (their defaults: 7x7 uniform window, K1 = 0.01,
@@ -23,18 +28,54 @@ from .errors import InvalidImageError
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
-def _prepare(reference: np.ndarray, test: np.ndarray, data_range: float,
-             mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, bool]:
-    ref = np.asarray(reference, dtype=np.float64)
-    tst = np.asarray(test, dtype=np.float64)
+def _pixels(image: object) -> np.ndarray:
+    pixels = getattr(image, "pixels", image)     # a MedicalImage, or an array
+    try:
+        arr = np.asarray(pixels)
+    except (TypeError, ValueError):
+        arr = None
+    if arr is None or arr.dtype.kind not in "buif":
+        raise InvalidImageError(f"metrics take numeric arrays or MedicalImage objects, got "
+                                f"{type(image).__name__}")
+    return arr
+
+
+def _data_range(ref: np.ndarray, data_range: float | None) -> float:
+    """``data_range`` as given, or as scikit-image infers it from the reference's type."""
+    if data_range is not None:
+        try:
+            value = float(data_range)
+        except (TypeError, ValueError):
+            raise InvalidImageError(f"data_range must be a positive number, got "
+                                    f"{data_range!r}") from None
+        if not np.isfinite(value) or value <= 0:
+            raise InvalidImageError(f"data_range must be a positive number, got {data_range}")
+        return value
+    if ref.dtype.kind in "ui":
+        info = np.iinfo(ref.dtype)
+        return float(info.max) if ref.min() >= 0 else float(info.max) - float(info.min)
+    if ref.dtype.kind == "b":
+        return 1.0
+    lo, hi = float(np.min(ref)), float(np.max(ref))
+    if lo < -1e-3 or hi > 1.0 + 1e-3:
+        raise InvalidImageError(f"the reference's values span {lo:.6g} to {hi:.6g}, off the "
+                                "[0, 1] scale of MedicalImage pixels: pass data_range (the "
+                                "span of values the images can take)")
+    return 1.0
+
+
+def _prepare(reference: np.ndarray, test: np.ndarray, data_range: float | None,
+             mask: np.ndarray | None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, bool, float]:
+    ref, tst = _pixels(reference), _pixels(test)
     if ref.shape != tst.shape:
         raise InvalidImageError(f"reference and test shapes differ: {ref.shape} vs {tst.shape}")
     if ref.ndim not in (2, 3):
         raise InvalidImageError(f"expected (H, W) or (N, H, W) images, got shape {ref.shape}")
     if not (np.isfinite(ref).all() and np.isfinite(tst).all()):
         raise InvalidImageError("images contain NaN or infinite values")
-    if not np.isfinite(data_range) or data_range <= 0:
-        raise InvalidImageError(f"data_range must be a positive number, got {data_range}")
+    data_range = _data_range(ref, data_range)
+    ref, tst = ref.astype(np.float64), tst.astype(np.float64)
     single = ref.ndim == 2
     if single:
         ref, tst = ref[None], tst[None]
@@ -47,7 +88,7 @@ def _prepare(reference: np.ndarray, test: np.ndarray, data_range: float,
             raise InvalidImageError(f"mask shape {np.shape(mask)} does not match images {ref.shape}")
         if not m.reshape(len(m), -1).any(axis=1).all():
             raise InvalidImageError("mask selects no pixel in at least one image")
-    return ref, tst, m, single
+    return ref, tst, m, single, data_range
 
 
 def _reduce(per_pixel: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -60,33 +101,34 @@ def _out(values: np.ndarray, single: bool) -> float | np.ndarray:
     return float(values[0]) if single else values
 
 
-def mse(reference: np.ndarray, test: np.ndarray, *, data_range: float = 1.0,
+def mse(reference: np.ndarray, test: np.ndarray, *, data_range: float | None = None,
         mask: np.ndarray | None = None) -> float | np.ndarray:
     """Mean squared error, in squared units of the images (``data_range`` is only checked)."""
-    ref, tst, m, single = _prepare(reference, test, data_range, mask)
+    ref, tst, m, single, _ = _prepare(reference, test, data_range, mask)
     return _out(_reduce((ref - tst) ** 2, m), single)
 
 
-def rmse(reference: np.ndarray, test: np.ndarray, *, data_range: float = 1.0,
+def rmse(reference: np.ndarray, test: np.ndarray, *, data_range: float | None = None,
          mask: np.ndarray | None = None) -> float | np.ndarray:
     """Root mean squared error, in units of the images."""
     return np.sqrt(mse(reference, test, data_range=data_range, mask=mask))
 
 
-def mae(reference: np.ndarray, test: np.ndarray, *, data_range: float = 1.0,
+def mae(reference: np.ndarray, test: np.ndarray, *, data_range: float | None = None,
         mask: np.ndarray | None = None) -> float | np.ndarray:
     """Mean absolute error, in units of the images."""
-    ref, tst, m, single = _prepare(reference, test, data_range, mask)
+    ref, tst, m, single, _ = _prepare(reference, test, data_range, mask)
     return _out(_reduce(np.abs(ref - tst), m), single)
 
 
-def psnr(reference: np.ndarray, test: np.ndarray, *, data_range: float = 1.0,
+def psnr(reference: np.ndarray, test: np.ndarray, *, data_range: float | None = None,
          mask: np.ndarray | None = None) -> float | np.ndarray:
     """Peak signal-to-noise ratio in dB: ``10 log10(data_range**2 / MSE)``; ``inf`` if identical."""
-    err = np.atleast_1d(mse(reference, test, data_range=data_range, mask=mask))
+    ref, tst, m, single, data_range = _prepare(reference, test, data_range, mask)
+    err = _reduce((ref - tst) ** 2, m)
     with np.errstate(divide="ignore"):
         values = 10.0 * np.log10(data_range**2 / err)
-    return _out(values, np.ndim(reference) == 2)
+    return _out(values, single)
 
 
 def _ssim_maps(ref: np.ndarray, tst: np.ndarray, data_range: float,
@@ -104,7 +146,7 @@ def _ssim_maps(ref: np.ndarray, tst: np.ndarray, data_range: float,
     return lum * cs, cs
 
 
-def ssim(reference: np.ndarray, test: np.ndarray, *, data_range: float = 1.0,
+def ssim(reference: np.ndarray, test: np.ndarray, *, data_range: float | None = None,
          mask: np.ndarray | None = None, win_size: int = 7) -> float | np.ndarray:
     """Structural similarity (Wang et al. 2004), as :func:`skimage.metrics.structural_similarity`.
 
@@ -112,8 +154,9 @@ def ssim(reference: np.ndarray, test: np.ndarray, *, data_range: float = 1.0,
     ----------
     reference, test : ndarray
         ``(H, W)`` or ``(N, H, W)``; both sides at least ``win_size`` pixels.
-    data_range : float
-        Dynamic range of the images (1.0 on the [0, 1] scale).
+    data_range : float, optional
+        Dynamic range of the images (by default as the module docstring says: 1.0 on the
+        [0, 1] scale, 255 for uint8, ...).
     mask : ndarray of bool, optional
         Foreground; SSIM is averaged over masked pixels of the valid (border-cropped) region.
     win_size : int
@@ -128,7 +171,7 @@ def ssim(reference: np.ndarray, test: np.ndarray, *, data_range: float = 1.0,
     Z. Wang, A. C. Bovik, H. R. Sheikh, E. P. Simoncelli, "Image quality assessment: from error
     visibility to structural similarity", IEEE TIP 13(4), 2004. doi:10.1109/TIP.2003.819861
     """
-    ref, tst, m, single = _prepare(reference, test, data_range, mask)
+    ref, tst, m, single, data_range = _prepare(reference, test, data_range, mask)
     if win_size % 2 != 1 or win_size < 3:
         raise InvalidImageError(f"win_size must be odd and >= 3, got {win_size}")
     if min(ref.shape[-2:]) < win_size:
@@ -143,7 +186,7 @@ def ssim(reference: np.ndarray, test: np.ndarray, *, data_range: float = 1.0,
     return _out(_reduce(maps[crop], None if m is None else m[crop]), single)
 
 
-def ms_ssim(reference: np.ndarray, test: np.ndarray, *, data_range: float = 1.0,
+def ms_ssim(reference: np.ndarray, test: np.ndarray, *, data_range: float | None = None,
             mask: np.ndarray | None = None,
             weights: tuple[float, ...] = MS_SSIM_WEIGHTS) -> float | np.ndarray:
     """Multi-scale SSIM (Wang, Simoncelli & Bovik 2003) with an 11x11 Gaussian window, sigma 1.5.
@@ -164,7 +207,7 @@ def ms_ssim(reference: np.ndarray, test: np.ndarray, *, data_range: float = 1.0,
     assessment", Asilomar Conference on Signals, Systems and Computers, 2003.
     doi:10.1109/ACSSC.2003.1292216
     """
-    ref, tst, m, single = _prepare(reference, test, data_range, mask)
+    ref, tst, m, single, data_range = _prepare(reference, test, data_range, mask)
     levels = len(weights)
     need = 11 * 2 ** (levels - 1)
     if min(ref.shape[-2:]) < need:

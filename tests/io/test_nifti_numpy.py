@@ -151,3 +151,15 @@ def test_nan_outside_a_mask_is_kept_out_and_written_back(tmp_path: Path) -> None
     nib.save(nib.Nifti1Image(only_nan, affine), tmp_path / "empty.nii.gz")
     with pytest.raises(ImageReadError, match="only NaN"):
         me.read_image(tmp_path / "empty.nii.gz")
+
+
+def test_nifti_modality_survives_model_names_in_the_history(tmp_path: Path) -> None:
+    """A CT enhanced by `mri-denoise`, written as NIfTI, read back as MR ("mr" in the text)."""
+    ct = me.from_array(np.random.default_rng(0).random((2, 16, 16)), modality="CT")
+    ct = ct.with_pixels(ct.pixels, "denoise with model mri-denoise, noise level 3/255")
+    assert me.read_image(me.write_image(ct, tmp_path / "ct.nii.gz")).meta.modality == "CT"
+    for text, modality in [("T1 MRI 3D", "MR"), ("MR; TE=30", "MR"), ("smrt", None), ("", None)]:
+        image = nib.Nifti1Image(np.zeros((8, 8, 2), np.int16), np.eye(4))
+        image.header["descrip"] = text.encode()
+        nib.save(image, tmp_path / "x.nii")
+        assert me.read_image(tmp_path / "x.nii").meta.modality == modality, text

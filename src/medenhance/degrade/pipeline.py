@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DegradationError
-from ..image import MedicalImage
+from ..image import MedicalImage, check_unit_range
 from . import compression, motion, noise, resolution, scatter
 
 #: Every degradation by name. Each takes an array on the [0, 1] scale and keyword parameters.
@@ -274,6 +274,10 @@ class Pipeline:
 
     def sample(self, seed: int | np.random.Generator) -> DegradationRecord:
         """Draw concrete parameters (and per-step noise seeds) from ``seed``."""
+        if not isinstance(seed, np.random.Generator) and (
+                isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise DegradationError(f"seed must be a whole number >= 0 (or a numpy Generator), "
+                                   f"got {seed!r}")
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         steps = []
         for step in self.steps:
@@ -292,8 +296,10 @@ class Pipeline:
 
 
 def apply_record(x: np.ndarray, record: DegradationRecord) -> np.ndarray:
-    """Apply a record's steps in order; the result is float32, clipped to [0, 1]."""
+    """Apply a record's steps in order to pixels in [0, 1]; the result is float32, clipped to
+    [0, 1]."""
     out = np.asarray(x, dtype=np.float64)
+    check_unit_range(out, "degradation input")
     for i, step in enumerate(record.steps):
         _check_step(i, {"op": step.op, "params": step.params})
         try:
@@ -308,6 +314,14 @@ def apply_record(x: np.ndarray, record: DegradationRecord) -> np.ndarray:
 def degrade_image(image: MedicalImage, pipeline: Pipeline | DegradationRecord,
                   seed: int | None = None) -> tuple[MedicalImage, DegradationRecord]:
     """Degrade a :class:`MedicalImage`; the record is also added to the image's history."""
+    if not isinstance(image, MedicalImage):
+        raise DegradationError(f"degrade_image takes a MedicalImage (from read_image or "
+                               f"from_array), got {type(image).__name__}; for bare pixels in "
+                               "[0, 1] call the pipeline itself: pipeline(pixels, seed)")
+    if not isinstance(pipeline, (Pipeline, DegradationRecord)):
+        raise DegradationError(f"degrade_image takes a Pipeline (Pipeline.from_preset(name), "
+                               f"Pipeline.from_file(path)) or a DegradationRecord, got "
+                               f"{pipeline!r}")
     if isinstance(pipeline, DegradationRecord):
         record = pipeline
         derivation = f"degrade replay {record.pipeline or [s.op for s in record.steps]}"
@@ -323,4 +337,29 @@ def degrade_image(image: MedicalImage, pipeline: Pipeline | DegradationRecord,
     mask = padding_mask(image)
     source = image.pixels if mask is None else fill_from_nearest(image.pixels, mask)
     pixels = keep_padding(image, apply_record(source, record), mask)
-    return image.with_pixels(pixels, record.describe(), derivation), record
+    return image.with_pixels(pixels, record.describe(), derivation,
+                             record_pixel_map(record, image.pixels.shape)), record
+
+
+def record_pixel_map(record: DegradationRecord, shape: tuple[int, ...]
+                     ) -> tuple[float, float, float, float] | None:
+    """Where a record's down-sampling puts the new pixels among the old (see
+    ``MedicalImage.with_pixels``): bicubic covers the old extent (scale ``H / h``); area
+    averages whole ``scale x scale`` blocks and drops the rows and columns left over (scale
+    exactly ``scale``)."""
+    from ..image import compose_pixel_maps
+
+    h, w = shape[-2:]
+    total = None
+    for step in record.steps:
+        if step.op not in ("downsample", "blur_downsample") or int(step.params["scale"]) == 1:
+            continue
+        scale = int(step.params["scale"])
+        new_h, new_w = h // scale, w // scale
+        if step.params.get("method", "bicubic") == "area":
+            s_r = s_c = float(scale)
+        else:
+            s_r, s_c = h / new_h, w / new_w
+        total = compose_pixel_maps(total, (s_r, s_c, s_r / 2 - 0.5, s_c / 2 - 0.5))
+        h, w = new_h, new_w
+    return total

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, InvalidImageError
-from ..image import MedicalImage
+from ..image import MedicalImage, check_unit_range
 from ..io.padding import fill_from_nearest
 from ..models.card import LoadedModel, load_model
 from ..models.common import estimate_sigma
@@ -26,26 +26,54 @@ from .tiling import tiled_apply
 
 @dataclass
 class EnhanceOptions:
-    """``tile=0`` runs each frame whole; ``noise_level`` (on [0, 1]) overrides the estimate."""
+    """How to run a network over an image.
+
+    ``noise_level`` (on [0, 1]) overrides the estimate; ``tile=0`` runs each frame whole;
+    ``overlap`` (pixels shared by neighbouring tiles) defaults to 64, or the most that ``tile``
+    allows when that is less; ``device`` is ``"cpu"`` or ``"cuda"``.
+    """
 
     noise_level: float | None = None
     tile: int = 512
-    #: Pixels shared by neighbouring tiles. With the bundled denoisers, 64 keeps tiled output
-    #: within 6e-5 of whole-image output on a 1024x1024 radiograph (32 gave 1.7e-3 with
-    #: the earlier, shallower weights).
-    overlap: int = 64
+    #: With the bundled denoisers, 64 keeps tiled output within 6e-5 of whole-image output on a
+    #: 1024x1024 radiograph (32 gave 1.7e-3 with the earlier, shallower weights).
+    overlap: int | None = None
     batch_size: int = 2
     device: str = "cpu"
 
+    @property
+    def tile_overlap(self) -> int:
+        """The overlap used: as given, or the default for this tile size."""
+        if self.overlap is not None:
+            return self.overlap
+        return min(DEFAULT_OVERLAP, max(self.tile // 2 - 8, 0))
+
     def validate(self) -> None:
+        """Raise :class:`ConfigError` for settings that cannot run (before any work)."""
+        for name, kinds in (("noise_level", (int, float, type(None))), ("tile", (int,)),
+                            ("overlap", (int, type(None))), ("batch_size", (int,)),
+                            ("device", (str,))):
+            value = getattr(self, name)
+            if not isinstance(value, kinds) or isinstance(value, bool):
+                raise ConfigError(f"EnhanceOptions.{name}: got {value!r} "
+                                  f"({type(value).__name__})")
         if self.noise_level is not None and not 0.0 <= self.noise_level < 1.0:
             raise ConfigError(f"noise level must be in [0, 1) (of the image range), got "
                               f"{self.noise_level}")
         if self.tile < 0 or (0 < self.tile < 32):
             raise ConfigError(f"tile must be 0 (off) or at least 32 pixels, got {self.tile}")
-        if self.tile and not 0 <= self.overlap <= self.tile // 2 - 8:
+        if self.tile and not 0 <= self.tile_overlap <= self.tile // 2 - 8:
             raise ConfigError(f"overlap must be 0 to {self.tile // 2 - 8} pixels for "
-                              f"{self.tile}-pixel tiles, got {self.overlap}")
+                              f"{self.tile}-pixel tiles, got {self.tile_overlap}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.device not in ("cpu", "cuda"):
+            raise ConfigError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device 'cuda': this torch has no CUDA device (use 'cpu')")
+
+
+DEFAULT_OVERLAP = 64
 
 
 #: The smallest frame side a denoiser is given: its noise estimate and its 3x3 filters need
@@ -94,6 +122,7 @@ def enhance_array(frames: np.ndarray, model: LoadedModel, options: EnhanceOption
                                 f"small to enhance (at least {MIN_SIDE}x{MIN_SIDE})")
     if not np.isfinite(stack).all():
         raise InvalidImageError("pixels hold NaN or infinite values")
+    check_unit_range(stack, "enhance_array")
     check_enhancement_model(model)
     same_size = int(net.scale) == 1     # what is kept as it is needs the output's size
     masks = None if keep is None or not same_size else (keep[None] if single else keep)
@@ -127,7 +156,7 @@ def enhance_array(frames: np.ndarray, model: LoadedModel, options: EnhanceOption
 
         # A frame that fits in one tile runs whole (padding it up to the tile would cost more).
         tile = 0 if max(frame.shape) <= opts.tile else opts.tile
-        y = tiled_apply(x, predict, tile=tile, overlap=opts.overlap,
+        y = tiled_apply(x, predict, tile=tile, overlap=opts.tile_overlap,
                         batch_size=opts.batch_size, size_multiple=int(net.size_multiple),
                         scale=int(net.scale), output_device="cpu")
         out = y[0, 0].clamp(0, 1).numpy()
@@ -146,6 +175,12 @@ def enhance_image(image: MedicalImage, model: LoadedModel | str | os.PathLike[st
     """
     from ..io.padding import keep_padding, padding_mask
 
+    if not isinstance(image, MedicalImage):
+        raise InvalidImageError(f"enhance_image takes a MedicalImage (from read_image or "
+                                f"from_array), got {type(image).__name__}; for bare pixels in "
+                                "[0, 1] use enhance_array")
+    if options is not None and not isinstance(options, EnhanceOptions):
+        raise ConfigError(f"options must be EnhanceOptions(...), got {type(options).__name__}")
     loaded = _loaded(model)
     opts = options or EnhanceOptions()
     mask = padding_mask(image)
@@ -162,5 +197,8 @@ def enhance_image(image: MedicalImage, model: LoadedModel | str | os.PathLike[st
 
 def enhance_images(images: Sequence[MedicalImage], model: LoadedModel | str | os.PathLike[str],
                    options: EnhanceOptions | None = None) -> list[MedicalImage]:
+    """:func:`enhance_image` for each image of a sequence, loading the model once."""
+    if isinstance(images, MedicalImage):
+        images = [images]
     loaded = _loaded(model)
     return [enhance_image(im, loaded, options) for im in images]

@@ -63,6 +63,9 @@ def read_image(path: str | os.PathLike[str]) -> MedicalImage:
     ImageReadError
         Missing, unreadable, damaged or unsupported file; the message names the file and reason.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ImageReadError(Path(str(path)), f"read_image takes a file path, got "
+                                              f"{type(path).__name__}")
     p = Path(path)
     if p.is_dir():
         raise ImageReadError(p, "is a folder, not a file")
@@ -108,8 +111,13 @@ def write_image(image: MedicalImage, path: str | os.PathLike[str], *,
     ImageWriteError
         Target exists (and not ``overwrite``), is the input file, or the format cannot hold the image.
     """
+    if not isinstance(image, MedicalImage):
+        raise ImageWriteError(Path(path), f"write_image takes a MedicalImage (from read_image "
+                                          f"or from_array), got {type(image).__name__}")
     target = Path(path)
     fmt = SUFFIX_FORMATS.get(full_suffix(target))
+    if fmt is None and full_suffix(target) == "" and image.meta.source_format == "dicom":
+        fmt = "dicom"          # PACS exports name DICOM files by UID, without a suffix
     if fmt is None:
         raise ImageWriteError(target, f"unknown output suffix {target.suffix or '(none)'}; "
                                       "use .dcm, .png, .jpg, .tif, .nii.gz or .npy")
@@ -154,6 +162,8 @@ class ImageInfo:
 def inspect_image(path: str | os.PathLike[str]) -> ImageInfo:
     """Describe a file after checking that its pixels decode (colour DICOM is described too)."""
     p = Path(path)
+    if p.is_dir():
+        raise ImageReadError(p, "is a folder, not a file")
     _check_exists(p)
     fmt = detect_format(p)
     if fmt == "dicom":

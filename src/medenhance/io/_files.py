@@ -213,7 +213,8 @@ def writable_target(path: str | os.PathLike[str], *, overwrite: bool = False) ->
         raise ImageWriteError(Path(path), "is not a regular file (a folder, device or pipe); "
                                           "write to a file")
     if target.exists() and not overwrite:
-        raise ImageWriteError(Path(path), "file exists (pass --overwrite to replace it)")
+        raise ImageWriteError(Path(path), "file exists (pass --overwrite, or overwrite=True in "
+                                          "Python, to replace it)")
     check_parent_folder(target, Path(path))
     return target
 

@@ -271,6 +271,62 @@ def _mark_frames_derived(ds: Dataset) -> None:
                         frame_type.FrameType = ["DERIVED", *values[1:]]
 
 
+def _ds(value: float) -> DSfloat:
+    return DSfloat(float(value), auto_format=True)  # as precise as a DS's 16 characters allow
+
+
+def _resample_geometry(ds: Dataset, pixel_map: tuple[float, float, float, float]) -> None:
+    """Pixel spacing and the first pixel's position of frames resampled by ``pixel_map`` (see
+    ``MedicalImage.with_pixels``): top-level attributes and those of an enhanced object's
+    functional groups. Image Position is the centre of the first pixel, so down-sampling moves
+    it half an old pixel per unit of scale into the image, along the Image Orientation axes."""
+    row_scale, col_scale, row_offset, col_offset = pixel_map
+
+    def moved(position, orientation, spacing) -> list[DSfloat]:
+        along_row = np.asarray(orientation[:3], float)     # the direction columns count in
+        along_col = np.asarray(orientation[3:], float)
+        shift = (col_offset * float(spacing[1]) * along_row
+                 + row_offset * float(spacing[0]) * along_col)
+        return [_ds(p + d) for p, d in zip((float(v) for v in position), shift, strict=True)]
+
+    def first(item: Dataset | None, sequence: str) -> Dataset | None:
+        inner = item.get(sequence) if item is not None else None
+        return inner[0] if inner else None
+
+    shared = first(ds, "SharedFunctionalGroupsSequence")
+    shared_measures = first(shared, "PixelMeasuresSequence")
+    shared_orientation = first(shared, "PlaneOrientationSequence")
+    for frame in ds.get("PerFrameFunctionalGroupsSequence", None) or []:
+        measures = first(frame, "PixelMeasuresSequence") or shared_measures
+        orientation = first(frame, "PlaneOrientationSequence") or shared_orientation
+        position = first(frame, "PlanePositionSequence")
+        if (position is not None and measures is not None and orientation is not None
+                and len(measures.get("PixelSpacing", None) or []) == 2
+                and len(orientation.get("ImageOrientationPatient", None) or []) == 6
+                and len(position.get("ImagePositionPatient", None) or []) == 3):
+            position.ImagePositionPatient = moved(position.ImagePositionPatient,
+                                                  orientation.ImageOrientationPatient,
+                                                  measures.PixelSpacing)
+    spacing = _spacing(ds)
+    if (spacing is not None and len(ds.get("ImagePositionPatient", None) or []) == 3
+            and len(ds.get("ImageOrientationPatient", None) or []) == 6
+            and "PixelSpacing" in ds):
+        ds.ImagePositionPatient = moved(ds.ImagePositionPatient, ds.ImageOrientationPatient,
+                                        spacing)
+    items = [ds, *(first(g, "PixelMeasuresSequence") for g in
+                   [shared, *(ds.get("PerFrameFunctionalGroupsSequence", None) or [])])]
+    done: set[int] = set()
+    for item in items:
+        if item is None or id(item) in done:
+            continue
+        done.add(id(item))
+        for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+            value = item.get(keyword)
+            if value is not None and len(value) == 2 and float(value[0]) > 0:
+                setattr(item, keyword, [_ds(float(value[0]) * row_scale),
+                                        _ds(float(value[1]) * col_scale)])
+
+
 def derived_dataset(image: MedicalImage, target: Path) -> Dataset:
     """The derived DICOM dataset for ``image`` (see the module docstring)."""
     source = image.meta.header
@@ -288,15 +344,9 @@ def derived_dataset(image: MedicalImage, target: Path) -> Dataset:
                     "ExtendedOffsetTableLengths"):
         if keyword in ds:
             del ds[keyword]
-    old = _spacing(source)
-    if image.meta.pixel_spacing is not None and old is not None and \
-            not np.allclose(image.meta.pixel_spacing, old, rtol=1e-9, atol=0):
-        # Resized: the new spacing, as precise as a DS value's 16 characters allow (unchanged
-        # frames keep the source's own strings).
-        spacing = [DSfloat(v, auto_format=True) for v in image.meta.pixel_spacing]
-        for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-            if keyword in ds:
-                setattr(ds, keyword, spacing)
+    pixel_map = image.meta.extra.get("pixel_map")
+    if pixel_map is not None:   # resized (unchanged frames keep the source's own strings)
+        _resample_geometry(ds, pixel_map)
     source_sop = (source.get("SOPClassUID"), source.get("SOPInstanceUID"))
     ds.SeriesInstanceUID = _derived_series_uid(source, image.meta.extra.get("derivation", []))
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID

@@ -8,6 +8,7 @@ and the (scl_slope, scl_inter) scaling exactly.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -48,6 +49,18 @@ def display_frames(image: MedicalImage) -> np.ndarray:
     if col_dir > 0:
         frames = frames[:, :, ::-1]
     return frames
+
+
+def _modality(descrip: object) -> str | None:
+    """The modality our writer put first in the description, else MR where the description
+    says MR or MRI as a word (scanner converters), else unknown."""
+    text = descrip.tobytes() if isinstance(descrip, np.ndarray) else descrip
+    text = text.decode("ascii", "replace") if isinstance(text, bytes) else str(text)
+    text = text.rstrip("\x00")
+    if text.startswith("medenhance:"):
+        ours = re.match(r"medenhance: \[([A-Za-z0-9]+)\]", text)
+        return ours.group(1) if ours else None
+    return "MR" if re.search(r"(?<![A-Za-z0-9])mri?(?![A-Za-z0-9])", text, re.I) else None
 
 
 def read_nifti(path: str | Path) -> MedicalImage:
@@ -93,7 +106,7 @@ def read_nifti(path: str | Path) -> MedicalImage:
         source_format="nifti", window=window, stored_dtype=data.dtype.name,
         bits_stored=data.dtype.itemsize * 8 if data.dtype.kind in "ui" else None,
         pixel_spacing=(float(zooms[1]), float(zooms[0])) if len(zooms) >= 2 else None,
-        modality="MR" if "mr" in str(img.header.get("descrip", b"")).lower() else None,
+        modality=_modality(img.header.get("descrip", b"")),
         header=img.header.copy(), source_path=str(p),
         extra={"affine": img.affine.copy(), "scaling": (slope, inter), "raw_shape": raw.shape,
                "nifti_class": type(img).__name__,
@@ -128,11 +141,15 @@ def write_nifti(image: MedicalImage, tmp_path: Path, target: Path) -> None:
         header = meta.header.copy()
         cls = nib.Nifti2Image if meta.extra.get("nifti_class") == "Nifti2Image" else nib.Nifti1Image
         affine = meta.extra.get("affine")
-        old_shape = tuple(meta.extra.get("raw_shape", raw.shape))[:3]
-        if raw.shape[:2] != old_shape[:2]:  # in-plane resampling: scale the voxel axes
-            affine = affine.copy()
-            affine[:3, 0] *= old_shape[0] / raw.shape[0]
-            affine[:3, 1] *= old_shape[1] / raw.shape[1]
+        pixel_map = meta.extra.get("pixel_map")
+        if pixel_map is not None:   # in-plane resampling: scale the voxel axes, move voxel 0
+            # Frames are (Z, Y, X): rows run along voxel axis 1, columns along voxel axis 0.
+            row_scale, col_scale, row_offset, col_offset = pixel_map
+            old = np.asarray(affine, dtype=np.float64)
+            affine = old.copy()
+            affine[:3, 0] = old[:3, 0] * col_scale
+            affine[:3, 1] = old[:3, 1] * row_scale
+            affine[:3, 3] = old[:3, 3] + old[:3, 0] * col_offset + old[:3, 1] * row_offset
         out = cls(raw, affine, header)
         out.header.set_data_dtype(dtype)
         out.header.set_slope_inter(slope if (slope, inter) != (1.0, 0.0) else np.nan,
@@ -146,7 +163,10 @@ def write_nifti(image: MedicalImage, tmp_path: Path, target: Path) -> None:
         if meta.pixel_spacing is not None:      # voxel sizes; the orientation is not known here
             affine[0, 0], affine[1, 1] = meta.pixel_spacing[1], meta.pixel_spacing[0]
         out = nib.Nifti1Image(volume.astype(np.float32), affine)
-    descrip = f"medenhance: {'; '.join(meta.history)}"[:79]
+    # The modality first: NIfTI has no field for it, and the history's model and preset names
+    # ("mri-denoise") made a CT read back as MR.
+    said = f"[{meta.modality}] " if meta.modality and meta.modality.isalnum() else ""
+    descrip = f"medenhance: {said}{'; '.join(meta.history)}"[:79]
     out.header["descrip"] = descrip.encode("ascii", "replace")
     try:
         nib.save(out, tmp_path)

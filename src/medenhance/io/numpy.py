@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ImageReadError
-from ..image import MedicalImage, from_array
+from ..image import MedicalImage, from_array, looks_like_colour
 from .raster import stored_values
 
 
@@ -27,8 +27,7 @@ def read_npy(path: str | Path) -> MedicalImage:
     if arr.ndim not in (2, 3) or arr.dtype.kind not in "uif" or arr.size == 0:
         raise ImageReadError(p, f"expected a 2-D or 3-D numeric array, got dtype {arr.dtype} "
                                 f"and shape {arr.shape}")
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and min(arr.shape[:2]) > 4:
-        # Frames are the first axis; (H, W, 3) is a colour picture, not 4-pixel-wide frames.
+    if looks_like_colour(arr.shape):
         raise ImageReadError(p, f"shape {arr.shape} looks like a colour image (H, W, RGB); "
                                 "medenhance reads grey images: (H, W) or frames (N, H, W)")
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):

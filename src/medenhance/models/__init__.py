@@ -1,6 +1,7 @@
 """Restoration networks, one file per architecture, built through the registry."""
 
 from . import autoencoder, classifier, dncnn, drunet, fastunet, ffdnet  # noqa: F401  (they register themselves)
+from .card import load_model
 from .registry import create_model, list_models, register_model
 
-__all__ = ["create_model", "list_models", "register_model"]
+__all__ = ["create_model", "list_models", "load_model", "register_model"]

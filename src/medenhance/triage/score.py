@@ -47,6 +47,17 @@ class TriageResult:
 
 
 class TriageScorer:
+    """Scores images for "likely abnormal" with a triage model (a bundled name, a registered
+    one or a checkpoint path): :meth:`score_files` gives one :class:`TriageResult` per file or
+    DICOM study, with a calibrated score, the flag at the model card's threshold and an
+    out-of-distribution mark. Research use only, not for diagnosis.
+
+    Example::
+
+        scorer = TriageScorer("mri-triage")
+        results = worklist(scorer.score_files(find_images(["scans/"]), by_study=True))
+    """
+
     def __init__(self, model: LoadedModel | str | os.PathLike[str]) -> None:
         self.model = model if isinstance(model, LoadedModel) else load_model(model)
         self.info = self.model.card.extra.get("triage")
@@ -123,6 +134,10 @@ class TriageScorer:
         is named there instead, as not a study to read."""
         if isinstance(paths, (str, os.PathLike)):     # one file, not its characters
             paths = [Path(paths)]
+        if any(Path(p).is_dir() for p in paths):      # folders: the images in them
+            from ..io import find_images
+
+            paths = find_images([Path(p) for p in paths], errors=failures)
         size = int(self.info["size"])
         studies: dict[str, list[FrameScore]] = {}
         uids: dict[str, str] = {}

@@ -1,0 +1,126 @@
+"""The Python API as a notebook user meets it: stored values kept, misuse named in one line.
+
+Each case below once returned a white picture, wrote other numbers than it was given, or ended
+in an AttributeError/TypeError from deep inside.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+import medenhance as me
+from medenhance.degrade import Pipeline, degrade_image
+from medenhance.errors import (ConfigError, DegradationError, ImageReadError, ImageWriteError,
+                               InvalidImageError, MedEnhanceError)
+from medenhance.inference.enhance import EnhanceOptions, enhance_array, enhance_image
+from medenhance.models.card import load_model
+
+
+def test_stored_values_off_the_unit_scale_are_refused() -> None:
+    raw = (np.random.default_rng(0).random((64, 64)) * 4000).astype(np.uint16)
+    with pytest.raises(InvalidImageError, match="must lie in \\[0, 1\\].*from_array"):
+        enhance_array(raw, load_model("mri-denoise"))
+    with pytest.raises(InvalidImageError, match="must lie in \\[0, 1\\]"):
+        Pipeline.from_preset("gaussian-25")(raw, seed=0)
+    with pytest.raises(InvalidImageError, match="got 200 to 200"):
+        me.MedicalImage(np.full((4, 4), 200, np.uint8), me.from_array(np.zeros((4, 4))).meta)
+    # The same numbers through from_array are mapped to [0, 1] and run.
+    out, _ = enhance_array(me.from_array(raw).pixels, load_model("mri-denoise"))
+    assert 0.0 <= out.min() and out.max() <= 1.0 and 0.2 < out.mean() < 0.8
+
+
+def test_arrays_of_your_own_keep_their_values_in_png_and_tiff(tmp_path: Path) -> None:
+    me.write_image(me.from_array(np.full((40, 50), 100, np.uint8)), tmp_path / "u8.png")
+    stored = np.asarray(Image.open(tmp_path / "u8.png"))
+    assert stored.dtype == np.uint8 and (stored == 100).all()       # was uint16 25700
+    values = np.random.default_rng(1).integers(1000, 1200, (40, 50)).astype(np.uint16)
+    for name in ("u16.png", "u16.tif"):
+        me.write_image(me.from_array(values), tmp_path / name)
+        back = (np.asarray(Image.open(tmp_path / name)) if name.endswith(".png")
+                else tifffile.imread(tmp_path / name))
+        assert back.dtype == np.uint16 and np.array_equal(back, values), name
+    # What a PNG cannot hold (negative numbers) is still spread over its 16 bits.
+    signed = np.arange(-100, 100, dtype=np.int16).reshape(10, 20)
+    me.write_image(me.from_array(signed), tmp_path / "i16.png")
+    back = np.asarray(Image.open(tmp_path / "i16.png"))
+    assert back.min() == 0 and back.max() == 65535
+
+
+def test_from_array_checks_its_arguments() -> None:
+    with pytest.raises(InvalidImageError, match="looks like a colour image"):
+        me.from_array(np.random.default_rng(0).random((40, 40, 3)))
+    with pytest.raises(InvalidImageError, match="pixel_spacing must be \\(row, column\\)"):
+        me.from_array(np.zeros((8, 8)), pixel_spacing=0.5)
+    with pytest.raises(InvalidImageError, match="must be positive"):
+        me.from_array(np.zeros((8, 8)), pixel_spacing=(0.5, 0))
+    image = me.from_array(np.zeros((8, 8)), pixel_spacing=[0.5, 0.7])
+    assert image.meta.pixel_spacing == (0.5, 0.7)
+
+
+def test_wrong_objects_are_named_in_one_line(tmp_path: Path, samples: Path) -> None:
+    image = me.read_image(samples / "mri_brain_glioma_Te-gl_0063.png")
+    cases = [
+        (lambda: enhance_image(image.pixels, "mri-denoise"), "takes a MedicalImage"),
+        (lambda: enhance_image(image, "mri-denoise", {"noise_level": 0.1}),
+         "options must be EnhanceOptions"),
+        (lambda: me.write_image(image.pixels, tmp_path / "x.png"), "takes a MedicalImage"),
+        (lambda: degrade_image(image, "gaussian-25", seed=0), "Pipeline.from_preset"),
+        (lambda: degrade_image(image.pixels, Pipeline.from_preset("gaussian-25"), seed=0),
+         "takes a MedicalImage"),
+        (lambda: me.read_image(None), "takes a file path"),
+        (lambda: me.inspect_image(tmp_path), "is a folder"),
+    ]
+    for call, match in cases:
+        with pytest.raises(MedEnhanceError, match=match):
+            call()
+    for seed in ("abc", 1.5, -1, True):
+        with pytest.raises(DegradationError, match="seed must be a whole number"):
+            degrade_image(image, Pipeline.from_preset("gaussian-25"), seed=seed)
+    with pytest.raises(ImageReadError):
+        me.read_image(tmp_path / "missing.png")
+    me.write_image(image, tmp_path / "twice.png")
+    with pytest.raises(ImageWriteError, match="overwrite=True"):    # not only the CLI's flag
+        me.write_image(image, tmp_path / "twice.png")
+
+
+def test_enhance_options_are_checked_before_any_work(samples: Path) -> None:
+    image = me.read_image(samples / "mri_brain_glioma_Te-gl_0063.png")
+    # Only the tile given: the overlap follows it (it failed blaming the default 64).
+    small = enhance_image(image, "mri-denoise", EnhanceOptions(tile=100))
+    whole = enhance_image(image, "mri-denoise", EnhanceOptions(tile=0))
+    assert EnhanceOptions(tile=100).tile_overlap == 42
+    assert np.abs(small.pixels - whole.pixels).max() < 0.02
+    for options, match in [(EnhanceOptions(tile=100, overlap=64), "overlap must be 0 to 42"),
+                           (EnhanceOptions(device="gpu"), "device must be 'cpu' or 'cuda'"),
+                           (EnhanceOptions(tile="big"), "EnhanceOptions.tile"),
+                           (EnhanceOptions(batch_size=0), "batch_size")]:
+        with pytest.raises(ConfigError, match=match):
+            enhance_image(image, "mri-denoise", options)
+    assert enhance_image(image, "mri-denoise", EnhanceOptions(tile=0)).shape == image.shape
+
+
+def test_a_suffixless_dicom_is_written_back_as_dicom(tmp_path: Path, samples: Path) -> None:
+    import pydicom
+
+    image = me.read_image(samples / "mr_head_MR1_JPLL.dcm")
+    written = me.write_image(image, tmp_path / "1.2.840.99")
+    assert written.name == "1.2.840.99" and pydicom.dcmread(written).Modality == "MR"
+    assert np.allclose(me.read_image(written).pixels, image.pixels, atol=1e-6)
+    with pytest.raises(ImageWriteError, match="unknown output suffix"):
+        me.write_image(me.read_image(samples / "mri_brain_glioma_Te-gl_0063.png"),
+                       tmp_path / "noext")
+
+
+def test_triage_scores_a_folder_given_from_python(samples: Path) -> None:
+    from medenhance.triage.score import TriageScorer
+
+    scorer = TriageScorer("mri-triage")
+    from_folder = scorer.score_files(samples)          # it failed with "is a folder"
+    from_files = scorer.score_files(me.find_images([samples]))
+    assert [(r.path, r.score) for r in from_folder] == [(r.path, r.score) for r in from_files]
+    assert len(from_folder) == 4
