@@ -13,7 +13,8 @@
 * Another hospital: the X-ray models on NIH ChestX-ray14 (adults, NIH Clinical Center; the
   paediatric Kermany models never saw it): "No Finding" against any finding.
 
-AUROC/AUPRC/sensitivity/specificity/accuracy with stratified bootstrap 95 % CIs (1000 resamples),
+AUROC/AUPRC with stratified bootstrap 95 % CIs (1000 resamples), sensitivity/specificity/accuracy
+with Wilson 95 % intervals,
 at the threshold stored in each model card; worklist waits at 5 minutes per study.
 """
 
@@ -72,7 +73,8 @@ def main() -> None:
     lines = ["# Triage benchmark", "",
              f"Measured in one run on {dt.date.today()} with `python {' '.join(sys.argv)}` on "
              f"{platform.processor() or 'CPU'}, {os.cpu_count()} cores, torch {torch.__version__}."
-             " Cells: value [95 % bootstrap CI]; sensitivity/specificity/accuracy at the "
+             " Cells: value [95 % CI: bootstrap for AUROC/AUPRC, Wilson for the proportions];"
+             " sensitivity/specificity/accuracy at the "
              "threshold stored in the model card (chosen on validation for 95 % sensitivity). "
              "Research use only, not for diagnosis.", "",
              "| model | test data | AUROC | AUPRC | sensitivity | specificity | accuracy | "

@@ -54,9 +54,16 @@ def track(items: Sequence[T], description: str) -> Iterable[T]:
         yield from progress.track(items, total=len(items), description=description)
 
 
+def _for_the_cli(message: str) -> str:
+    """A message of the Python API in the command line's words."""
+    return message.replace("pass --overwrite, or overwrite=True in Python, to replace it",
+                           "pass --overwrite to replace it")
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     # Messages quote config values and ranges such as "[low, high]", which are not markup.
-    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[red]error:[/red] {escape(_for_the_cli(message))}", highlight=False,
+                      soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -70,7 +77,7 @@ def report_failures(failures: list[str], total: int) -> None:
         return
     err_console.print(f"[yellow]{len(failures)} of {total} input(s) failed:[/yellow]")
     for line in failures:
-        err_console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
+        err_console.print(f"  {escape(_for_the_cli(line))}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -857,11 +864,13 @@ def train_triage_cmd(
 
     try:
         cfg = load_triage_config(config, set_ or [])
-        console.print(f"training {cfg.kind} triage model {cfg.name!r} -> {cfg.run_dir}/")
         train_triage(cfg, log=lambda line: console.print(line, highlight=False),
                      progress=lambda files: track(files, "reading images"), overwrite=overwrite)
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted before an epoch was complete (or a second time): nothing "
+                   "saved", 130) from None
 
 
 def _worklist_path(raw: str) -> Path:
@@ -899,9 +908,10 @@ def triage(
     A study is a file, or all DICOM files with the same Study Instance UID; a study of several
     frames or slices scores by its most abnormal frame among those that show the anatomy.
     Columns: `rank`, `path` and `frame` (where that frame is; 0-based), `score` (calibrated probability,
-    higher = more likely abnormal), `flag` (1 at or above the model's stored threshold, set for
-    one image: a study of many frames is flagged more often), `ood` (1 = unlike the training
-    images, or a DICOM modality the model was not trained on: do not trust the score), `frames`
+    higher = more likely abnormal), `flag` (1 = read first: at or above the model's stored
+    threshold, set for one image, so a study of many frames is flagged more often; also every
+    study out of distribution), `ood` (1 = unlike the training images, or a DICOM modality the
+    model was not trained on: do not trust the score), `frames`
     (how many showed the anatomy and counted), `files`, `study` (the UID) and `note`. Unreadable
     files are not fatal: they head the worklist (no score, flag 1) and are listed at the end, and
     the exit status is 1. Copies of a DICOM image (same SOP Instance UID) count once.
@@ -971,8 +981,9 @@ def triage(
                     f"{scorer.model.card.modality}): read as flagged" if r.foreign_modality
                     else "out of distribution: read as flagged" if r.ood else
                     "likely abnormal" if r.flag else "")
-            w.writerow([i, r.path, r.frame, f"{r.score:.6f}", r.flag, r.ood, r.frames,
-                        r.files, r.study, note])
+            # An out-of-distribution study is read as flagged: a filter on flag == 1 keeps it.
+            w.writerow([i, r.path, r.frame, f"{r.score:.9f}", max(r.flag, r.ood), r.ood,
+                        r.frames, r.files, r.study, note])
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as fh:
@@ -988,15 +999,17 @@ def triage(
         sys.stdout.flush()
     elif written:
         atomic_write(output, write, overwrite=overwrite)
-    flagged, ood = sum(r.flag for r in results), sum(r.ood for r in results)
+    flagged = sum(max(r.flag, r.ood) for r in results)
+    ood = sum(r.ood for r in results)
+    above = sum(r.flag for r in results)
     n_files = sum(r.files for r in results)
     grouped = f" ({n_files} files)" if n_files != len(results) else ""
     where = ("no worklist written" if not written else "worklist on standard output"
              if to_stdout else f"worklist {output}")
     first = f"; the {len(unreadable)} unreadable file(s) head it" if unreadable else ""
     say.print(f"{_count(len(results), 'study', 'studies')}{grouped} scored with "
-              f"{scorer.model.card.name}: {flagged} flagged (threshold "
-              f"{scorer.threshold:.3f}), {ood} out of distribution; {where}{first} ({NOTE})")
+              f"{scorer.model.card.name}: {flagged} flagged ({above} at or above the threshold "
+              f"{scorer.threshold:.3f}, {ood} out of distribution); {where}{first} ({NOTE})")
     if ood:
         foreign = sorted({r.foreign_modality for r in results if r.foreign_modality})
         n_foreign = sum(1 for r in results if r.foreign_modality)
@@ -1058,9 +1071,9 @@ def evaluate_triage(
                          "contrast, blur, noise, resolution, field of view), for all studies "
                          "and for one class at a time; writes robustness.png.")] = False,
 ) -> None:
-    """AUROC, AUPRC, sensitivity, specificity and accuracy at the stored threshold (bootstrap
-    95 % CIs),
-    a ROC curve, and the worklist effect: waiting time of abnormal studies read in score order
+    """AUROC, AUPRC, sensitivity, specificity and accuracy at the stored threshold, with 95 %
+    CIs (stratified bootstrap for AUROC and AUPRC, Wilson intervals for the proportions), a ROC
+    curve, and the worklist effect: waiting time of abnormal studies read in score order
     versus arrival order.
 
     With --shifts, also how the ranking holds up when another site or scanner acquires the
@@ -1088,6 +1101,10 @@ def evaluate_triage(
         lo, hi = result[f"{key}_ci"]
         table.add_row(key, f"{result[key]:.4f}", f"[{lo:.4f}, {hi:.4f}]")
     console.print(table)
+    if result.get("overlap"):
+        err_console.print(f"[yellow]warning:[/yellow] {escape(result['overlap'])}: these numbers "
+                          "are optimistic; evaluate on images the model never saw",
+                          highlight=False, soft_wrap=True)
     if shifts:
         rob = result["robustness"]
         changes = Table("acquisition change", "all studies", "normal only", "abnormal only",

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
+import medenhance as me
 from medenhance.errors import ConfigError
 from medenhance.triage.data import (CROP_MARGIN, LabelledImages, crop_to_content, model_inputs,
                                     split_by_patient)
@@ -105,3 +107,25 @@ def test_model_inputs_crop_before_equalising() -> None:
     both = model_inputs(frames, {"crop": True, "equalize": True})
     from skimage import exposure
     np.testing.assert_allclose(both[0], exposure.equalize_hist(cropped[0], nbins=1024), atol=1e-6)
+
+
+def test_a_picture_scores_alike_whatever_its_file(tmp_path: Path, samples: Path) -> None:
+    """An 8-bit PNG is read on 0..255 and a 16-bit one on its own range: one radiograph scored
+    0.335 and 0.203 and its flag flipped; a slice of a volume took the volume's range."""
+    from medenhance.triage.data import triage_frame, triage_frames
+    from medenhance.triage.score import TriageScorer
+
+    eight = np.asarray(Image.open(samples / "xray_chest_nih_00009128_000.png").convert("L"))
+    Image.fromarray(eight).save(tmp_path / "a8.png")
+    Image.fromarray(eight.astype(np.uint16) * 257).save(tmp_path / "a16.png")
+    wide = eight.astype(np.int16)
+    volume = np.stack([wide // 4 + 300, wide])                        # two slices, two ranges
+    np.save(tmp_path / "vol.npy", volume)
+    frames = [triage_frame(me.read_image(tmp_path / name), 128) for name in ("a8.png", "a16.png")]
+    np.testing.assert_allclose(frames[0], frames[1], atol=1e-6)
+    scorer = TriageScorer("xray-triage")
+    by_file = {Path(r.path).name: r.score
+               for r in scorer.score_files([tmp_path / "a8.png", tmp_path / "a16.png"])}
+    assert by_file["a8.png"] == pytest.approx(by_file["a16.png"], abs=1e-5)
+    _, slices = triage_frames(me.read_image(tmp_path / "vol.npy"), 128)
+    np.testing.assert_allclose(slices[1], frames[0], atol=1e-6)

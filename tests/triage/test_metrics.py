@@ -97,3 +97,13 @@ def test_temperature_of_uninformative_logits_is_at_the_limit_training_warns_abou
                                   labels)
     assert abs(np.log(informative)) < 2
     assert temperature_warning(informative) is None
+
+
+def test_proportions_get_wilson_intervals_that_do_not_collapse() -> None:
+    """9 of 9 abnormal flagged gave the bootstrap interval [1.000, 1.000]."""
+    from medenhance.triage.metrics import wilson_ci
+
+    assert wilson_ci(9, 9) == pytest.approx((0.7009, 1.0), abs=1e-4)
+    # Newcombe (1998), example (c): 81 of 263, Wilson interval 0.2553 to 0.3662.
+    assert wilson_ci(81, 263) == pytest.approx((0.2553, 0.3662), abs=1e-4)
+    assert np.isnan(wilson_ci(0, 0)).all()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,20 @@ def test_supervised_triage_end_to_end(folders: Path, tmp_path: Path, monkeypatch
     assert summary["waits"]["triage_mean"] < summary["waits"]["arrival_mean"]
     assert (tmp_path / "ev" / "roc.png").stat().st_size > 5000
     assert (tmp_path / "ev" / "scores.png").stat().st_size > 5000
+    assert summary["overlap"] is None and "optimistic" not in ev.output
+    # Sensitivity and specificity: Wilson intervals, which contain the value and do not
+    # collapse to a point when every case is right.
+    for key in ("sensitivity", "specificity", "accuracy"):
+        low, high = summary[f"{key}_ci"]
+        assert low <= summary[key] <= high and high - low > 0.01
+    # The model's own training folder: numbers given, with a warning; a rerun without
+    # --shifts does not leave the earlier evaluation's robustness.png beside its own.
+    own = runner.invoke(app, ["evaluate-triage", str(folders / "train"), "-m", "tiny-supervised",
+                              "-o", str(tmp_path / "ev"), "--bootstrap", "200", "--overwrite"])
+    assert own.exit_code == 0, own.output
+    assert "which holds these images: these numbers are optimistic" in " ".join(
+        own.output.split())
+    assert not (tmp_path / "ev" / "robustness.png").exists()
 
 
 @pytest.mark.parametrize("method", ["synthetic", "transforms", "contrastive"])
@@ -125,6 +140,12 @@ def test_oneclass_never_trains_on_abnormal(folders: Path, tmp_path: Path, monkey
     scorer = TriageScorer("tiny-oneclass")
     card = scorer.model.card
     assert card.training_data["abnormal_in_training"] == 0
+    # The training split's abnormal images are not thrown away: they join validation (a
+    # quarter of the 160 images, about 40, plus about 60 abnormal ones of the training split).
+    moved = re.search(r"one-class: (\d+) abnormal image\(s\) of the training split join "
+                      r"validation", " ".join(result.output.split()))
+    assert moved and int(moved.group(1)) > 40
+    assert card.metrics["val_images"] == 40 + int(moved.group(1))
     info = card.extra["triage"]
     assert info["kind"] == "oneclass" and len(info["platt"]) == 2
     assert info["score"] == ("logit" if method == "synthetic" else "mahalanobis-views")
@@ -170,8 +191,10 @@ def test_equalized_cropped_model_scores_frames_prepared_alike(folders: Path, tmp
     assert info["equalize"] is True and info["crop"] is True
     files = sorted((folders / "test" / "NORMAL").iterdir())[:5]
     frames = model_inputs(np.stack([triage_frame(read_image(f), 64) for f in files]), info)
-    np.testing.assert_allclose(frames[0], exposure.equalize_hist(crop_to_content(
-        np.clip(read_image(files[0]).frames()[0], 0, 1)), nbins=1024), atol=1e-6)
+    first = read_image(files[0]).frames()[0]
+    stretched = (first - first.min()) / (first.max() - first.min())    # each frame's own range
+    np.testing.assert_allclose(frames[0], exposure.equalize_hist(crop_to_content(stretched),
+                                                                 nbins=1024), atol=1e-6)
     # Equalised grey levels are spread evenly: the mean is near 0.5, the quartiles near 1/4, 3/4.
     assert np.quantile(frames, [0.25, 0.5, 0.75]) == pytest.approx([0.25, 0.5, 0.75], abs=0.03)
     expected, _ = scorer.score_frames(frames)
@@ -617,3 +640,70 @@ def test_evaluate_triage_lists_what_it_could_not_read(folders: Path, tmp_path: P
     negative = runner.invoke(app, ["evaluate-triage", str(data), "-m", "xray-pneumonia", "-o",
                                    str(tmp_path / "ev2"), "--minutes", "-5"])
     assert negative.exit_code == 1 and "--minutes" in negative.output
+
+
+def test_ctrl_c_finishes_with_the_best_epoch_so_far(folders: Path, tmp_path: Path,
+                                                    monkeypatch) -> None:
+    """An interrupted train-triage lost every epoch, without a word."""
+    import os
+    import signal
+
+    from medenhance.triage.train import load_triage_config, train_triage
+
+    monkeypatch.setenv("MEDENHANCE_MODELS", str(tmp_path / "models"))
+    config = load_triage_config(_config(folders, "supervised", tmp_path), [])
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if line.startswith("epoch 2/"):
+            os.kill(os.getpid(), signal.SIGINT)          # as Ctrl-C would
+
+    train_triage(config, log=log)
+    assert any(line.startswith("interrupted in epoch 3") for line in lines), lines
+    card = TriageScorer(str(tmp_path / "supervised" / "best.safetensors")).model.card
+    assert [h["epoch"] for h in card.extra["history"]] == [1, 2]
+    # The handler is handed back: Ctrl-C interrupts again as usual.
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_training_leaves_out_what_it_must_not_learn_from(folders: Path, samples: Path,
+                                                          tmp_path: Path, monkeypatch) -> None:
+    """An MR image in a radiograph model's folder, blank and 8x8 images and copies filed under
+    both labels were all learnt from, and only the first unreadable file was named."""
+    import shutil
+
+    monkeypatch.setenv("MEDENHANCE_MODELS", str(tmp_path / "models"))
+    data = tmp_path / "data"
+    shutil.copytree(folders / "train", data)
+    normal, abnormal = data / "NORMAL", data / "PNEUMONIA"
+    shutil.copyfile(samples / "mr_head_MR1_JPLL.dcm", abnormal / "mr.dcm")
+    write_image(from_array(np.zeros((64, 64), np.uint8)), normal / "blank.png")
+    write_image(from_array(np.full((8, 8), 99, np.uint8)), normal / "tiny.png")
+    first = sorted(normal.glob("p*.png"))[0]
+    shutil.copyfile(first, normal / "again.png")                 # a copy: kept once
+    twin = sorted(abnormal.glob("p*.png"))[0]
+    # The same picture as a 16-bit PNG under the other label: both are left out.
+    values = read_image(twin).pixels
+    write_image(from_array((values * 65535).astype(np.uint16)), normal / "twin16.png")
+    (normal / "broken.png").write_bytes(b"not a png")
+    config = _config(data.parent, "supervised", tmp_path,
+                     "modality: CR/DX\nepochs: 1\n").read_text().replace(
+        f"data: {data.parent / 'train'}", f"data: {data}").replace("epochs: 4\n", "")
+    (tmp_path / "c.yaml").write_text(config)
+    result = runner.invoke(app, ["train-triage", "-c", str(tmp_path / "c.yaml")])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "6 image(s) left out" in said and "1 unreadable file(s) skipped" in said
+    rows = {Path(r["path"]).name: r["reason"]
+            for r in csv.DictReader(open(tmp_path / "supervised" / "skipped.csv"))}
+    assert rows["mr.dcm"].startswith("modality MR, the model is for CR/DX")
+    assert rows["blank.png"].startswith("empty") and rows["tiny.png"].startswith("too small")
+    # Files are read in name order: the later of each pair names the earlier.
+    assert rows[first.name] == f"a copy of {normal / 'again.png'}" and "again.png" not in rows
+    assert "labelled NORMAL, not PNEUMONIA: both left out" in rows[twin.name]
+    assert rows["twin16.png"].startswith("labelled otherwise") and "unreadable" in rows[
+        "broken.png"]
+    card = TriageScorer("tiny-supervised").model.card
+    assert card.training_data["left_out"] == 6 and card.training_data["unreadable"] == 1
+    assert sum(card.training_data["images"].values()) == 160 - 1

@@ -264,6 +264,8 @@ class Pipeline:
             raise DegradationError(f"{path}: {exc.strerror}") from None
         except yaml.YAMLError as exc:
             raise DegradationError(f"{path}: not valid JSON/YAML ({exc})") from None
+        except UnicodeDecodeError:
+            raise DegradationError(f"{path}: not a pipeline file (not text: an image?)") from None
         steps = data.get("steps") if isinstance(data, Mapping) else data
         if not isinstance(steps, list):
             raise DegradationError(f"{path}: expected a list of steps or {{'steps': [...]}}")

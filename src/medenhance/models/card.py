@@ -37,6 +37,14 @@ INTENSITY_CONTRACT = ("float32 in [0, 1]: stored values mapped by the image's in
                       "(bit-depth range for <= 8-bit data, min..max otherwise); sigma on that scale")
 
 
+def foreign_modality(trained_on: str, modality: str | None) -> str | None:
+    """``modality`` (a DICOM Modality) when it is not among ``trained_on`` (``"CR/DX"``, or
+    ``"any"``); ``None`` when it is, or unknown (absent, or OT: "other")."""
+    trained = {m for m in trained_on.upper().split("/") if m not in ("", "ANY")}
+    given = (modality or "").strip().upper()
+    return given if trained and given not in ("", "OT") and given not in trained else None
+
+
 @dataclass
 class ModelCard:
     """Everything needed to rebuild, trust and reproduce a trained model."""
@@ -64,9 +72,7 @@ class ModelCard:
         """``modality`` (a DICOM Modality, upper case) when the model was trained on others;
         ``None`` when it is one of them, unknown (absent, or OT: "other"), or the model takes
         any."""
-        trained = {m for m in self.modality.upper().split("/") if m not in ("", "ANY")}
-        given = (modality or "").strip().upper()
-        return given if trained and given not in ("", "OT") and given not in trained else None
+        return foreign_modality(self.modality, modality)
 
     @classmethod
     def from_json(cls, text: str, source: str = "model card") -> ModelCard:

@@ -9,6 +9,7 @@ that keep a patient's images together, come from a regular expression on the fil
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,13 @@ MAX_FRAMES = 256
 
 
 def _sized(frame: np.ndarray, size: int) -> np.ndarray:
+    # Each frame spread over [0, 1] by its own range: the intensity contract keeps 8-bit data on
+    # 0..255 but stretches wider integers to their min..max, so one radiograph scored 0.335 as
+    # an 8-bit PNG and 0.203 as a 16-bit one; and a slice of a volume took the whole volume's
+    # range, so it scored otherwise than the same slice as a file of its own.
+    low, high = float(frame.min()), float(frame.max())
+    if high - low > 1e-6:
+        frame = (frame - low) / (high - low)
     if frame.shape != (size, size):
         frame = resize(frame, (size, size), "area" if min(frame.shape) > size else "bicubic")
     return np.clip(frame, 0.0, 1.0).astype(np.float32)
@@ -126,6 +134,9 @@ class LabelledImages:
     failures: list[str] = field(default_factory=list)
     #: The split of each image given by a prepared dataset's manifest (None for folders).
     splits: list[str] | None = None
+    #: ``(path, reason)`` of readable images left out: empty, too small, another modality, a
+    #: copy of an image already read (both, where the copies carry different labels).
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def subset(self, index: np.ndarray) -> LabelledImages:
         return LabelledImages(self.images[index], self.labels[index],
@@ -183,6 +194,9 @@ def labelled_files(source: str | Path, splits: Sequence[str] | None = None
     files = [LabelledFile(manifest.parent / r["path"], r["label"], r.get("patient_id") or None,
                           r.get("split") or None)
              for r in rows if splits is None or r.get("split") in splits]
+    if not files and splits and rows and "split" not in rows[0]:
+        raise DatasetError(f"{manifest}: no 'split' column (train, val, test); `medenhance "
+                           "prepare` writes one, split by patient")
     if not files:
         have = sorted({r.get("split") or "" for r in rows})
         raise DatasetError(f"{manifest}: no rows in the {'/'.join(splits or [])} split (it has "
@@ -190,41 +204,105 @@ def labelled_files(source: str | Path, splits: Sequence[str] | None = None
     return files
 
 
+#: Frames smaller than this (either side) are not pictures a triage model should learn from.
+MIN_TRAINING_SIDE = 32
+
+
+def _left_out(image: MedicalImage, modality: str) -> str | None:
+    """Why a readable image must not be learnt from, or None."""
+    from ..models.card import foreign_modality
+
+    other = foreign_modality(modality, image.meta.modality)
+    if other:
+        return f"modality {other}, the model is for {modality}"
+    frames = display_frames(image)
+    middle = frames[len(frames) // 2]
+    if min(middle.shape) < MIN_TRAINING_SIDE:
+        return f"too small ({middle.shape[0]}x{middle.shape[1]} pixels)"
+    if np.ptp(middle) <= 1e-6:
+        return "empty (one value throughout)"
+    return None
+
+
+def _copy_key(image: MedicalImage, frame: np.ndarray) -> str:
+    """The same picture, whatever the file: a DICOM SOP Instance UID, else the triage frame's
+    grey levels (12 bits: an 8-bit and a 16-bit file of one picture agree)."""
+    uid = getattr(image.meta.header, "SOPInstanceUID", None)
+    if uid:
+        return f"uid:{uid}"
+    levels = np.round(np.asarray(frame, np.float64) * 4095).astype(np.uint16)
+    return "pixels:" + hashlib.sha1(levels.tobytes()).hexdigest()
+
+
 def load_labelled(root: str | Path, normal_labels: Sequence[str], size: int, *,
                   patient_regex: str | None = None,
-                  progress: Callable[[list[Path]], Iterable[Path]] | None = None
-                  ) -> LabelledImages:
+                  progress: Callable[[list[Path]], Iterable[Path]] | None = None,
+                  modality: str = "any") -> LabelledImages:
     """Read the labelled images of ``root`` (:func:`labelled_files`; of a prepared dataset, its
-    train and val splits only: its test split is for evaluation)."""
+    train and val splits only: its test split is for evaluation).
+
+    Readable images that must not be learnt from are left out and listed in ``skipped``:
+    another DICOM modality than ``modality`` (``"CR/DX"``; ``"any"`` takes all), frames under
+    :data:`MIN_TRAINING_SIDE` pixels, empty frames, and copies of an image already read (the
+    same SOP Instance UID, or the same picture): a copy once, and both where the copies carry
+    different labels (a copy on both sides of the split would also leak validation)."""
     base = Path(root)
     manifest = manifest_of(base)
     entries = labelled_files(base, splits=("train", "val") if manifest else None)
     pattern = re.compile(patient_regex) if patient_regex else None
     normal = {n.lower() for n in normal_labels}
     images, labels, paths, patients, classes, splits, failures = [], [], [], [], [], [], []
+    skipped: list[tuple[str, str]] = []
+    first_of: dict[str, int] = {}         # copy key -> index of the first image with it
+    conflicting: set[int] = set()
     by_path = {e.path: e for e in entries}
     for f in (progress(list(by_path)) if progress else list(by_path)):
         entry = by_path[f]
         try:
-            images.append(triage_frame(read_image(f), size))
+            image = read_image(f)
+            reason = _left_out(image, modality)
+            frame = None if reason else triage_frame(image, size)
         except MedEnhanceError as exc:
             failures.append(str(exc))
             continue
+        if reason:
+            skipped.append((str(f), reason))
+            continue
+        key = _copy_key(image, frame)
+        if key in first_of:
+            j = first_of[key]
+            if classes[j] != entry.label:
+                conflicting.add(j)
+                skipped.append((str(f), f"the same image as {paths[j]}, which is labelled "
+                                         f"{classes[j]}, not {entry.label}: both left out"))
+            else:
+                skipped.append((str(f), f"a copy of {paths[j]}"))
+            continue
+        first_of[key] = len(images)
+        images.append(frame)
         labels.append(0 if entry.label.lower() in normal else 1)
         paths.append(f)
         classes.append(entry.label)
         splits.append(entry.split or "")
         match = pattern.search(f.name) if pattern and not entry.patient else None
         patients.append(entry.patient or (match.group(1) if match else f.stem))
+    if conflicting:          # the first of each conflicting pair goes too
+        keep = [i for i in range(len(images)) if i not in conflicting]
+        skipped += [(str(paths[i]), "labelled otherwise in a copy of it: left out")
+                    for i in sorted(conflicting)]
+        images, labels, paths, patients, classes, splits = (
+            [seq[i] for i in keep] for seq in (images, labels, paths, patients, classes, splits))
     if not images:
-        raise DatasetError(f"{base}: no readable image")
+        raise DatasetError(f"{base}: no readable image"
+                           + (f" to learn from ({len(skipped)} left out, e.g. {skipped[0][0]}: "
+                              f"{skipped[0][1]})" if skipped else ""))
     found = {c.lower() for c in classes}
     if not normal & found:
         raise DatasetError(f"{base}: none of the normal labels {list(normal_labels)} is a "
                            f"{'label in the manifest' if manifest else 'sub-folder'} (found "
                            f"{sorted(set(classes))})")
     return LabelledImages(np.stack(images), np.asarray(labels), paths, patients, classes, failures,
-                          splits=splits if manifest else None)
+                          splits=splits if manifest else None, skipped=skipped)
 
 
 #: How the validation patients are chosen: at random, or the lowest-numbered patients of each id

@@ -12,7 +12,8 @@ import numpy as np
 
 from ..errors import DatasetError
 from .data import labelled_files, manifest_of
-from .metrics import (auprc, auroc, bootstrap_ci, roc_curve, sens_spec, worklist_waits)
+from .metrics import (auprc, auroc, bootstrap_ci, roc_curve, sens_spec, wilson_ci,
+                      worklist_waits)
 from .score import NOTE, TriageScorer
 
 
@@ -84,9 +85,15 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
                               "n_abnormal": int(labels.sum()),
                               "ood": int(sum(r.ood for r in results)), "note": NOTE,
                               "failures": failures, "repeats": repeats}
+    flagged = scores >= t
+    counts = {"sensitivity": (int(flagged[labels == 1].sum()), int((labels == 1).sum())),
+              "specificity": (int((~flagged[labels == 0]).sum()), int((labels == 0).sum())),
+              "accuracy": (int((flagged == (labels == 1)).sum()), len(labels))}
     for name, fn in stats.items():
         result[name] = float(fn(labels, scores))
-        result[f"{name}_ci"] = list(bootstrap_ci(labels, scores, fn, n=n_bootstrap))
+        # Proportions at the fixed threshold: Wilson intervals; rank measures: bootstrap.
+        result[f"{name}_ci"] = list(wilson_ci(*counts[name]) if name in counts else
+                                    bootstrap_ci(labels, scores, fn, n=n_bootstrap))
     waits = worklist_waits(labels, scores, minutes_per_study=minutes_per_study)
     result["waits"] = vars(waits)
     result["minutes_per_study"] = minutes_per_study
@@ -95,6 +102,11 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
 
         result["robustness"] = model_robustness(scorer, [Path(r.path) for r in results], labels,
                                                 progress=shift_progress)
+    result["overlap"] = training_overlap(scorer.model.card, base, split)
+    try:
+        earlier_shifts = "robustness" in json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        earlier_shifts = False
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "scores.csv", "w", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
@@ -107,7 +119,31 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
     _plot_scores(labels, scores, t, result, out / "scores.png")
     if shifts:
         _plot_robustness(result, out / "robustness.png")
+    elif earlier_shifts:       # the replaced evaluation's picture, of another model or data
+        (out / "robustness.png").unlink(missing_ok=True)
     return result
+
+
+def training_overlap(card: Any, base: Path, split: str | None) -> str | None:
+    """Why the evaluated images include the model's own training or validation images (the
+    numbers are then optimistic), or None. A folder of label sub-folders was split into
+    training and validation whole; of a prepared dataset, its train and val splits were used."""
+    data = card.training_data or {}
+    here = base.resolve()
+    repo = Path(__file__).resolve().parents[3]       # bundled cards name ../shared/... from there
+    for root in {*(data.get("sources") or []), data.get("root")} - {None, ""}:
+        given = Path(root)
+        for place in ([given] if given.is_absolute() else [Path.cwd() / given, repo / given]):
+            if not place.exists():
+                continue
+            place = place.resolve()
+            if split is not None:        # a prepared dataset: only its test split is unseen
+                if place == here and split in ("train", "val"):
+                    return (f"the {split} split of {base} is what {card.name} was trained and "
+                            "calibrated on")
+            elif place == here or place in here.parents or here in place.parents:
+                return f"{card.name} was trained and calibrated on {root}, which holds these images"
+    return None
 
 
 def _plot_robustness(result: dict, path: Path) -> None:

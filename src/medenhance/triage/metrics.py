@@ -1,4 +1,5 @@
-"""Scores -> decisions: ROC/PR areas, operating points, bootstrap CIs, calibration, worklists.
+"""Scores -> decisions: ROC/PR areas, operating points, bootstrap and Wilson CIs, calibration,
+worklists.
 
 Conventions: ``labels`` are 1 for abnormal and 0 for normal; ``scores`` are higher for "more likely
 abnormal". All functions are plain NumPy so they can be checked against reference implementations
@@ -93,6 +94,16 @@ def bootstrap_ci(labels: np.ndarray, scores: np.ndarray,
         values.append(statistic(y[idx], s[idx]))
     lo, hi = np.nanpercentile(values, [50 * (1 - confidence), 50 * (1 + confidence)])
     return float(lo), float(hi)
+
+
+def wilson_ci(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``successes / n`` (sensitivity, specificity,
+    accuracy at a fixed threshold), by SciPy. Unlike a bootstrap, it does not collapse to one
+    point when every case was right (9 of 9 abnormal flagged gave "1.000 [1.000, 1.000]")."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    ci = stats.binomtest(int(successes), int(n)).proportion_ci(confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 #: The natural logarithms of the temperatures :func:`fit_temperature` searches between.

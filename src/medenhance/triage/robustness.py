@@ -112,14 +112,16 @@ def validation_split(scorer: TriageScorer) -> tuple[np.ndarray, np.ndarray]:
     """Frames as read and labels of the validation split the model was trained with, rebuilt
     from the training config in its card (its training folder must be where the card says)."""
     from .data import load_labelled, train_val_split
-    from .train import TriageConfig
+    from .train import TriageConfig, oneclass_split
 
     fields = TriageConfig.__dataclass_fields__
     config = TriageConfig(**{k: v for k, v in scorer.model.card.config.items() if k in fields})
     data = load_labelled(config.data, config.normal_labels, config.size,
-                         patient_regex=config.patient_regex)
-    _, val = train_val_split(data, config.val_fraction, config.patient_split_seed,
-                             config.val_split)
+                         patient_regex=config.patient_regex, modality=config.modality)
+    train, val = train_val_split(data, config.val_fraction, config.patient_split_seed,
+                                 config.val_split)
+    if config.kind == "oneclass":
+        train, val = oneclass_split(data, train, val, lambda line: None)
     return data.images[val], data.labels[val]
 
 

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import signal
+import threading
 import time
 import typing
 from collections.abc import Callable
@@ -54,7 +56,7 @@ from ..models.classifier import all_views, transform8
 from ..models.registry import create_model
 from ..train.config import _build, _coerce
 from ..train.loop import pick_device
-from .data import VAL_SPLITS, load_labelled, model_inputs, train_val_split
+from .data import VAL_SPLITS, LabelledImages, load_labelled, model_inputs, train_val_split
 from .patch_memory import candidate_patches, greedy_coreset
 from .synthetic import add_anomalies
 from .metrics import (LOG_TEMPERATURE_BOUNDS, auprc, auroc, fit_temperature, sens_spec,
@@ -73,6 +75,10 @@ PROJECTION_DIM = 64
 ONECLASS_SCORES = ("gaussian", "patch-nn")
 #: Zoomed copies of each training image in the feature Gaussian's fit (``fit_zoom``).
 FIT_ZOOM_COPIES = 2
+
+
+#: Networks a triage model can be built on (the others restore images).
+TRIAGE_NETWORKS = ("small_resnet",)
 
 
 @dataclass
@@ -139,6 +145,13 @@ class TriageConfig:
 
     def validate(self) -> None:
         check_model_name(self.name)
+        if self.model not in TRIAGE_NETWORKS:
+            raise ConfigError(f"model {self.model!r} is not a triage network (it restores "
+                              f"images); triage trains {', '.join(TRIAGE_NETWORKS)}")
+        bad_args = [k for k, v in self.model_args.items() if v is None]
+        if bad_args:       # "{width:7}" is YAML for a key "width:7" without a value
+            raise ConfigError(f"model_args: no value for {', '.join(map(repr, bad_args))} "
+                              "(write key: value, with a space after the colon)")
         if self.kind not in KINDS:
             raise ConfigError(f"kind must be supervised or oneclass, got {self.kind!r}")
         if self.oneclass_method not in ONECLASS_METHODS:
@@ -197,6 +210,8 @@ def load_triage_config(path: str | Path, overrides: list[str] | None = None) -> 
         raise ConfigError(f"{path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a triage config (not text: an image?)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
     hints = typing.get_type_hints(TriageConfig)
@@ -423,16 +438,90 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
                           "replace it, or --set output_dir=...)")
     if config.register:
         check_registration(config.name, run / "best.safetensors", overwrite=overwrite, log=log)
+    pick_device(config.device)          # no CUDA: said now, not after reading the images
     # Made now so that an unwritable folder fails before minutes of work; removed again if
-    # training fails before anything is saved in it.
+    # training fails before a model is saved in it.
     created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
+    log(f"training {config.kind} triage model {config.name!r} -> {run}/")
     try:
         return _train_and_save(config, run, registered, log=log, progress=progress)
     except BaseException:
-        if created and not any(run.iterdir()):
-            run.rmdir()
+        if created and not (run / "best.safetensors").exists():
+            (run / "skipped.csv").unlink(missing_ok=True)
+            if not any(run.iterdir()):
+                run.rmdir()
         raise
+
+
+def _note_left_out(data: LabelledImages, run: Path, log: Callable[[str], None]) -> None:
+    """Say what was not learnt from, and list every such file in ``run/skipped.csv``."""
+    import csv
+
+    rows = [(f.split(": ", 1)[0], "unreadable: " + f.split(": ", 1)[-1]) for f in data.failures]
+    rows += data.skipped
+    if data.failures:
+        log(f"{len(data.failures)} unreadable file(s) skipped, e.g. {data.failures[0]}")
+    if data.skipped:
+        path, reason = data.skipped[0]
+        log(f"{len(data.skipped)} image(s) left out (empty, too small, another modality, or "
+            f"copies), e.g. {path}: {reason}")
+    target = run / "skipped.csv"
+    if rows:
+        with open(target, "w", newline="") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(["path", "reason"])
+            writer.writerows(rows)
+        log(f"all {len(rows)} listed in {target}")
+    else:
+        target.unlink(missing_ok=True)      # an earlier run's list
+
+
+class _StopRequest:
+    """The first Ctrl-C during training asks to stop after the current batch and finish with
+    the best epoch so far (it used to lose every epoch, silently); the second stops at once.
+    Only in the main thread, where Python delivers signals."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._ask)
+
+    def _ask(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+def oneclass_split(data: LabelledImages, train_idx: np.ndarray, val_idx: np.ndarray,
+                    log: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray]:
+    """A one-class model trains on the training split's normal images only. Its abnormal ones
+    would be thrown away: those of patients without a normal training image join validation
+    (more cases behind the threshold; 33 of 42 abnormal images were unused in a user's run),
+    unless a prepared dataset's manifest fixed the splits."""
+    labels = data.labels
+    normal = train_idx[labels[train_idx] == 0]
+    abnormal = train_idx[labels[train_idx] == 1]
+    if not abnormal.size:
+        return normal, val_idx
+    seen = {data.patients[i] for i in normal}
+    movable = np.array([i for i in abnormal if data.patients[i] not in seen], dtype=int)
+    if data.splits is not None or not movable.size:
+        log(f"one-class: {abnormal.size} abnormal image(s) of the training split are not used "
+            "(the model learns from normal images only)")
+        return normal, val_idx
+    kept_out = abnormal.size - movable.size
+    log(f"one-class: {movable.size} abnormal image(s) of the training split join validation "
+        "(the model learns from normal images only)"
+        + (f"; {kept_out} not used (their patients have normal training images)"
+           if kept_out else ""))
+    return normal, np.sort(np.r_[val_idx, movable])
 
 
 def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
@@ -445,17 +534,17 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
     if config.init_from:  # a misspelt name fails now, not after minutes of reading images
         resolve_model(config.init_from)
     data = load_labelled(config.data, config.normal_labels, config.size,
-                         patient_regex=config.patient_regex, progress=progress)
+                         patient_regex=config.patient_regex, progress=progress,
+                         modality=config.modality)
     raw_frames = data.images          # as read: the robustness check changes these
     preprocessing = {"crop": config.crop, "equalize": config.equalize}   # stored in the card
     data.images = model_inputs(data.images, preprocessing)
-    if data.failures:
-        log(f"{len(data.failures)} unreadable file(s) skipped, e.g. {data.failures[0]}")
+    _note_left_out(data, run, log)
     train_idx, val_idx = train_val_split(data, config.val_fraction, config.patient_split_seed,
                                          config.val_split)
-    train, val = data.subset(train_idx), data.subset(val_idx)
     if config.kind == "oneclass":
-        train = train.subset(np.nonzero(train.labels == 0)[0])  # normal images only
+        train_idx, val_idx = oneclass_split(data, train_idx, val_idx, log)
+    train, val = data.subset(train_idx), data.subset(val_idx)
     if len(set(val.labels.tolist())) < 2:
         raise ConfigError("the validation split needs normal and abnormal images to choose the "
                           "operating point")
@@ -501,66 +590,79 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
         synth_images = torch.cat([normal, altered])[:, 0].numpy()
         synth_labels = np.r_[np.zeros(len(normal)), np.ones(len(altered))]
     start = time.perf_counter()
-    for epoch in range(config.epochs):
-        model.train()
-        order = torch.randperm(len(labels), generator=gen)
-        losses = []
-        for i in range(0, len(order) - batch_size + 1, batch_size):
-            idx = order[i: i + batch_size]
-            x = augment(images[idx], gen, config.augment, config.max_zoom).to(device)
-            if contrastive:
-                # Two augmentations of each image, in the same view: they should match each
-                # other and no other image (SimCLR), and the view should be recognised.
-                x2 = augment(images[idx], gen, config.augment, config.max_zoom).to(device)
-                k = torch.randint(0, 8, (len(idx),), generator=gen)
-                out = model(torch.cat([transform8(x, k), transform8(x2, k)]))
-                loss = (F.cross_entropy(out[:, :8], k.repeat(2).to(device))
-                        + nt_xent(out[:, 8:]))
-            elif transforms:
-                k = torch.randint(0, 8, (len(idx),), generator=gen)
-                loss = F.cross_entropy(model(transform8(x, k)), k.to(device))
+    stop = _StopRequest()
+    try:
+        for epoch in range(config.epochs):
+            model.train()
+            order = torch.randperm(len(labels), generator=gen)
+            losses = []
+            for i in range(0, len(order) - batch_size + 1, batch_size):
+                if stop.requested:
+                    break
+                idx = order[i: i + batch_size]
+                x = augment(images[idx], gen, config.augment, config.max_zoom).to(device)
+                if contrastive:
+                    # Two augmentations of each image, in the same view: they should match each
+                    # other and no other image (SimCLR), and the view should be recognised.
+                    x2 = augment(images[idx], gen, config.augment, config.max_zoom).to(device)
+                    k = torch.randint(0, 8, (len(idx),), generator=gen)
+                    out = model(torch.cat([transform8(x, k), transform8(x2, k)]))
+                    loss = (F.cross_entropy(out[:, :8], k.repeat(2).to(device))
+                            + nt_xent(out[:, 8:]))
+                elif transforms:
+                    k = torch.randint(0, 8, (len(idx),), generator=gen)
+                    loss = F.cross_entropy(model(transform8(x, k)), k.to(device))
+                elif synthetic:
+                    # Dense targets: each last-stage location learns whether it saw altered
+                    # tissue, a far stronger signal than one label per image.
+                    chosen = torch.rand(len(idx), generator=gen) < 0.5
+                    if chosen.any():
+                        altered, mask = add_anomalies(x[chosen].cpu(), gen)
+                        x[chosen] = altered.to(device)
+                    logits = model.location_logits(x)
+                    target = torch.zeros_like(logits)
+                    if chosen.any():
+                        cells = F.adaptive_avg_pool2d(mask, logits.shape[-2:])[:, 0]
+                        target[chosen.to(device)] = (cells > 0.1).float().to(device)
+                    loss = F.binary_cross_entropy_with_logits(logits, target)
+                else:
+                    loss = F.binary_cross_entropy_with_logits(model(x), labels[idx].to(device),
+                                                              pos_weight=pos_weight)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(loss.item())
+            model.eval()
+            if stop.requested:
+                if best_state is None:
+                    raise KeyboardInterrupt
+                log(f"interrupted in epoch {epoch + 1}: finishing with the best of the "
+                    f"{len(history)} epoch(s) done (calibration and saving take a moment; "
+                    "interrupt again to stop without saving)")
+                break
+            if config.kind == "supervised":
+                val_score = auroc(val.labels, batched(model, val.images, device))
+                note = f"val AUROC {val_score:.4f}"
             elif synthetic:
-                # Dense targets: each last-stage location learns whether it saw altered
-                # tissue, a far stronger signal than one label per image.
-                chosen = torch.rand(len(idx), generator=gen) < 0.5
-                if chosen.any():
-                    altered, mask = add_anomalies(x[chosen].cpu(), gen)
-                    x[chosen] = altered.to(device)
-                logits = model.location_logits(x)
-                target = torch.zeros_like(logits)
-                if chosen.any():
-                    cells = F.adaptive_avg_pool2d(mask, logits.shape[-2:])[:, 0]
-                    target[chosen.to(device)] = (cells > 0.1).float().to(device)
-                loss = F.binary_cross_entropy_with_logits(logits, target)
+                val_score = auroc(synth_labels, batched(model.anomaly_logit, synth_images, device))
+                note = f"val AUROC normal vs synthetic anomalies {val_score:.4f}"
             else:
-                loss = F.binary_cross_entropy_with_logits(model(x), labels[idx].to(device),
-                                                          pos_weight=pos_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-        model.eval()
-        if config.kind == "supervised":
-            val_score = auroc(val.labels, batched(model, val.images, device))
-            note = f"val AUROC {val_score:.4f}"
-        elif synthetic:
-            val_score = auroc(synth_labels, batched(model.anomaly_logit, synth_images, device))
-            note = f"val AUROC normal vs synthetic anomalies {val_score:.4f}"
-        else:
-            # Model selection must not look at abnormal images: use the normal images' loss.
-            normal = torch.from_numpy(val.images[val.labels == 0])[:, None]
-            k = torch.arange(len(normal)) % 8
-            logits = batched(model, transform8(normal, k)[:, 0].numpy(), device)[:, :8]
-            val_score = -float(F.cross_entropy(torch.from_numpy(logits), k))
-            note = f"val (normal) transformation loss {-val_score:.4f}"
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-                        "val": val_score})
-        log(f"epoch {epoch + 1}/{config.epochs}  loss {np.mean(losses):.4f}  {note}"
-            + ("  *best" if val_score > best_val else ""))
-        if val_score > best_val:
-            best_val = val_score
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                # Model selection must not look at abnormal images: use the normal images' loss.
+                normal = torch.from_numpy(val.images[val.labels == 0])[:, None]
+                k = torch.arange(len(normal)) % 8
+                logits = batched(model, transform8(normal, k)[:, 0].numpy(), device)[:, :8]
+                val_score = -float(F.cross_entropy(torch.from_numpy(logits), k))
+                note = f"val (normal) transformation loss {-val_score:.4f}"
+            history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
+                            "val": val_score})
+            log(f"epoch {epoch + 1}/{config.epochs}  loss {np.mean(losses):.4f}  {note}"
+                + ("  *best" if val_score > best_val else ""))
+            if val_score > best_val:
+                best_val = val_score
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    finally:
+        stop.restore()
     if best_state is not None:  # None: epochs 0, the init_from network as it is
         model.load_state_dict(best_state)
     model.eval()
@@ -597,15 +699,18 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
                               "distance_p90": float(np.percentile(val_dist, 90)),
                               "distance": "views" if view_average else "upright"}
     if config.kind == "supervised":
-        logits = batched(model, val.images, device)
+        # float64: with a large temperature, float32 rounds neighbouring scores into ties (the
+        # card's AUROC was 0.8917 where the logits rank at 0.9000).
+        logits = np.asarray(batched(model, val.images, device), dtype=np.float64)
         temperature = fit_temperature(logits, val.labels)
         if warning := temperature_warning(temperature):
             log(warning)
         triage["temperature"] = temperature
         prob = expit(logits / temperature)
     else:
-        raw = (batched(model.patch_distance, val.images, device) if patch_nn else
-               batched(model.anomaly_logit, val.images, device) if synthetic else val_dist)
+        raw = np.asarray(batched(model.patch_distance, val.images, device) if patch_nn else
+                         batched(model.anomaly_logit, val.images, device) if synthetic else
+                         val_dist, dtype=np.float64)
         a, b = fit_platt(raw, val.labels)
         triage["platt"] = [a, b]
         triage["score"] = ("patch-nn" if patch_nn else "logit" if synthetic else
@@ -629,6 +734,7 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
         training_data={"root": str(config.data), "sources": [str(config.data)],
                        "images": {"train": int(len(train.labels)), "val": int(len(val.labels))},
                        "abnormal_in_training": int(train.labels.sum()),
+                       "left_out": len(data.skipped), "unreadable": len(data.failures),
                        "classes": sorted(set(data.classes)),
                        **({"init_from": init_info} if init_info else {})},
         config=asdict(config), metrics=metrics, extra={"triage": triage, "history": history})
