@@ -104,12 +104,14 @@ def test_small_images_are_refused_with_advice() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:Setting data_range based on")
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16])
-def test_integer_images_take_their_range_from_the_type_as_in_skimage(dtype) -> None:
-    """uint8 images were scored on a range of 1.0 (PSNR -21 dB where scikit-image says 27)."""
+@pytest.mark.parametrize("dtype,low", [(np.uint8, 0), (np.uint16, 0), (np.int16, -1000),
+                                       (np.int16, 0)])
+def test_integer_images_take_their_range_from_the_type_as_in_skimage(dtype, low: int) -> None:
+    """uint8 images were scored on a range of 1.0 (PSNR -21 dB where scikit-image says 27);
+    scikit-image's SSIM takes a signed type's whole span even without negative values."""
     rng = np.random.default_rng(3)
     info = np.iinfo(dtype)
-    clean = rng.integers(max(info.min, -1000), min(info.max, 60000), (64, 64)).astype(dtype)
+    clean = rng.integers(low, min(info.max, 60000), (64, 64)).astype(dtype)
     noisy = np.clip(clean + rng.normal(0, 8, clean.shape), info.min, info.max).astype(dtype)
     assert M.psnr(clean, noisy) == pytest.approx(sk.peak_signal_noise_ratio(clean, noisy),
                                                  abs=1e-6)
@@ -131,3 +133,6 @@ def test_metrics_take_images_and_refuse_what_has_no_scale() -> None:
         M.ssim(clean, noisy, data_range="abc")
     with pytest.raises(InvalidImageError, match="got str"):
         M.mse("clean.png", "noisy.png")
+    as_bytes = (clean * 255).astype(np.uint8)
+    with pytest.raises(InvalidImageError, match="uint8 and the test float64: pass data_range"):
+        M.psnr(as_bytes, noisy)

@@ -1036,7 +1036,8 @@ def triage(
         except MedEnhanceError as exc:       # the folder itself cannot be written
             heat_failures.append(str(exc))
             written = []
-        say.print(f"{len(written)} heatmap(s) of flagged studies in {heatmaps}/, to look "
+        say.print(f"{len(written)} heatmap(s) of the studies at or above the threshold in "
+                  f"{heatmaps}/, to look "
                   f"through in {heatmaps / 'index.html'} (left: what the model saw; right: "
                   "where it looked most abnormal, scaled per image)")
         for line in heat_failures:
@@ -1101,6 +1102,14 @@ def evaluate_triage(
         lo, hi = result[f"{key}_ci"]
         table.add_row(key, f"{result[key]:.4f}", f"[{lo:.4f}, {hi:.4f}]")
     console.print(table)
+    target = float(result.get("target_sensitivity") or 0.95)
+    if result["specificity"] < 0.05 or result["sensitivity"] < target - 0.10:
+        err_console.print(
+            f"[yellow]warning:[/yellow] at the stored threshold {result['threshold']:.3f}, "
+            f"sensitivity {result['sensitivity']:.3f} and specificity "
+            f"{result['specificity']:.3f}: the operating point chosen on validation (for "
+            f"{target:.0%} sensitivity) does not hold on these studies", highlight=False,
+            soft_wrap=True)
     if result.get("overlap"):
         err_console.print(f"[yellow]warning:[/yellow] {escape(result['overlap'])}: these numbers "
                           "are optimistic; evaluate on images the model never saw",

@@ -5,10 +5,12 @@ Every function takes a reference and a test image of the same shape, ``(H, W)`` 
 ``data_range`` and an optional boolean foreground ``mask`` of shape ``(H, W)`` or ``(N, H, W)``.
 A 2-D input returns a float; a batch returns a float64 array of shape ``(N,)``.
 
-Without ``data_range``, it follows from the reference as in scikit-image: the type's maximum for
-integers (255 for uint8, 65535 for uint16; max - min for signed types holding negative values),
-and 1.0 for floats, which must then lie on the [0, 1] scale of ``MedicalImage`` pixels (other
-floats need an explicit ``data_range``: a guess would make the numbers meaningless).
+Without ``data_range``, it follows from the reference's type as in scikit-image: for integers,
+the span of the type for SSIM and MS-SSIM (255 for uint8, 65535 for uint16 and int16) and for
+PSNR the type's maximum unless the reference holds negative values (then the span); 1.0 for
+floats, which must then lie on the [0, 1] scale of ``MedicalImage`` pixels. Other floats, and an
+integer reference with a test of another type, need an explicit ``data_range``: a guess would
+make the numbers meaningless.
 
 PSNR and SSIM agree with :func:`skimage.metrics.peak_signal_noise_ratio` and
 :func:`skimage.metrics.structural_similarity` (their defaults: 7x7 uniform window, K1 = 0.01,
@@ -40,8 +42,11 @@ def _pixels(image: object) -> np.ndarray:
     return arr
 
 
-def _data_range(ref: np.ndarray, data_range: float | None) -> float:
-    """``data_range`` as given, or as scikit-image infers it from the reference's type."""
+def _data_range(ref: np.ndarray, tst: np.ndarray, data_range: float | None,
+                rule: str = "span") -> float:
+    """``data_range`` as given, or as scikit-image infers it from the reference's type: for
+    integers the type's span (``rule="span"``, its SSIM) or, where the reference holds no
+    negative value, the type's maximum (``rule="psnr"``)."""
     if data_range is not None:
         try:
             value = float(data_range)
@@ -52,8 +57,13 @@ def _data_range(ref: np.ndarray, data_range: float | None) -> float:
             raise InvalidImageError(f"data_range must be a positive number, got {data_range}")
         return value
     if ref.dtype.kind in "ui":
+        if tst.dtype != ref.dtype:
+            raise InvalidImageError(f"the reference is {ref.dtype} and the test {tst.dtype}: "
+                                    "pass data_range, or give both on one scale")
         info = np.iinfo(ref.dtype)
-        return float(info.max) if ref.min() >= 0 else float(info.max) - float(info.min)
+        if rule == "psnr" and ref.min() >= 0:
+            return float(info.max)
+        return float(info.max) - float(info.min)
     if ref.dtype.kind == "b":
         return 1.0
     lo, hi = float(np.min(ref)), float(np.max(ref))
@@ -65,7 +75,7 @@ def _data_range(ref: np.ndarray, data_range: float | None) -> float:
 
 
 def _prepare(reference: np.ndarray, test: np.ndarray, data_range: float | None,
-             mask: np.ndarray | None
+             mask: np.ndarray | None, rule: str = "span"
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, bool, float]:
     ref, tst = _pixels(reference), _pixels(test)
     if ref.shape != tst.shape:
@@ -74,7 +84,7 @@ def _prepare(reference: np.ndarray, test: np.ndarray, data_range: float | None,
         raise InvalidImageError(f"expected (H, W) or (N, H, W) images, got shape {ref.shape}")
     if not (np.isfinite(ref).all() and np.isfinite(tst).all()):
         raise InvalidImageError("images contain NaN or infinite values")
-    data_range = _data_range(ref, data_range)
+    data_range = _data_range(ref, tst, data_range, rule)
     ref, tst = ref.astype(np.float64), tst.astype(np.float64)
     single = ref.ndim == 2
     if single:
@@ -124,7 +134,7 @@ def mae(reference: np.ndarray, test: np.ndarray, *, data_range: float | None = N
 def psnr(reference: np.ndarray, test: np.ndarray, *, data_range: float | None = None,
          mask: np.ndarray | None = None) -> float | np.ndarray:
     """Peak signal-to-noise ratio in dB: ``10 log10(data_range**2 / MSE)``; ``inf`` if identical."""
-    ref, tst, m, single, data_range = _prepare(reference, test, data_range, mask)
+    ref, tst, m, single, data_range = _prepare(reference, test, data_range, mask, "psnr")
     err = _reduce((ref - tst) ** 2, m)
     with np.errstate(divide="ignore"):
         values = 10.0 * np.log10(data_range**2 / err)

@@ -112,20 +112,29 @@ def test_model_inputs_crop_before_equalising() -> None:
 def test_a_picture_scores_alike_whatever_its_file(tmp_path: Path, samples: Path) -> None:
     """An 8-bit PNG is read on 0..255 and a 16-bit one on its own range: one radiograph scored
     0.335 and 0.203 and its flag flipped; a slice of a volume took the volume's range."""
-    from medenhance.triage.data import triage_frame, triage_frames
+    from medenhance.triage.data import model_inputs, triage_frame, triage_frames
     from medenhance.triage.score import TriageScorer
 
-    eight = np.asarray(Image.open(samples / "xray_chest_nih_00009128_000.png").convert("L"))
+    full = np.asarray(Image.open(samples / "xray_chest_nih_00009128_000.png").convert("L"))
+    eight = (full * 0.6 + 40).astype(np.uint8)           # 40..193: not the whole 8-bit range
     Image.fromarray(eight).save(tmp_path / "a8.png")
     Image.fromarray(eight.astype(np.uint16) * 257).save(tmp_path / "a16.png")
     wide = eight.astype(np.int16)
     volume = np.stack([wide // 4 + 300, wide])                        # two slices, two ranges
     np.save(tmp_path / "vol.npy", volume)
-    frames = [triage_frame(me.read_image(tmp_path / name), 128) for name in ("a8.png", "a16.png")]
+    raw = np.stack([triage_frame(me.read_image(tmp_path / name), 128)
+                    for name in ("a8.png", "a16.png")])
+    assert np.abs(raw[0] - raw[1]).max() > 0.05          # as read, the files differ
+    own = {"frame_range": "own"}                          # cards of models trained since
+    frames = model_inputs(raw, own)
     np.testing.assert_allclose(frames[0], frames[1], atol=1e-6)
     scorer = TriageScorer("xray-triage")
+    scorer.info = {**scorer.info, **own}
     by_file = {Path(r.path).name: r.score
                for r in scorer.score_files([tmp_path / "a8.png", tmp_path / "a16.png"])}
     assert by_file["a8.png"] == pytest.approx(by_file["a16.png"], abs=1e-5)
     _, slices = triage_frames(me.read_image(tmp_path / "vol.npy"), 128)
-    np.testing.assert_allclose(slices[1], frames[0], atol=1e-6)
+    np.testing.assert_allclose(model_inputs(slices, own)[1], frames[0], atol=1e-6)
+    # A card without the setting (trained before it) sees the frames as read, as it was trained.
+    np.testing.assert_array_equal(model_inputs(raw, {}), raw)
+

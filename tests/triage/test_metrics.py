@@ -92,7 +92,11 @@ def test_temperature_of_uninformative_logits_is_at_the_limit_training_warns_abou
     logits = np.where(rng.random(100) < 0.5, 3.0, -3.0)
     uninformative = fit_temperature(logits, labels)
     assert np.log(uninformative) > LOG_TEMPERATURE_BOUNDS[1] - 0.01
-    assert "hit its limit" in (temperature_warning(uninformative) or "")
+    assert "upper limit" in (temperature_warning(uninformative) or "")
+    # Logits that hardly vary but separate the classes: the temperature goes to its lower limit.
+    tiny = fit_temperature(np.where(labels == 1, 1e-4, -1e-4), labels)
+    assert "lower limit" in (temperature_warning(tiny) or "") and "pushed to 0 and 1" in (
+        temperature_warning(tiny) or "")
     informative = fit_temperature(np.where(labels == 1, 2.0, -2.0) + rng.normal(0, 1, 100),
                                   labels)
     assert abs(np.log(informative)) < 2

@@ -271,3 +271,19 @@ def test_dicom_objects_without_an_image_are_skipped_with_a_note(tmp_path: Path) 
     out = CliRunner().invoke(app, ["triage", str(tmp_path / "dose.dcm"), "-m", "mri-triage",
                                    "-o", str(tmp_path / "w.csv"), "--overwrite"])
     assert out.exit_code == 0 and list(csv.DictReader(open(tmp_path / "w.csv"))) == []
+
+
+def test_noisy_end_slices_do_not_count_with_frames_on_their_own_range(tmp_path: Path) -> None:
+    """Spreading each frame over its own range made the noise of a volume's empty end slices
+    as bright as anatomy: the study was scored on its noise slices only (a reviewer's case)."""
+    from medenhance.triage.score import TriageScorer
+
+    rng = np.random.default_rng(0)
+    disk = np.hypot(*np.mgrid[-48:48, -48:48]) < 36
+    volume = rng.normal(200, 10, (12, 96, 96))
+    volume[3:9] += 1500 * disk
+    np.save(tmp_path / "vol.npy", volume.astype(np.uint16))
+    scorer = TriageScorer("mri-triage")
+    scorer.info = {**scorer.info, "frame_range": "own"}
+    (result,) = scorer.score_files([tmp_path / "vol.npy"])
+    assert result.frames == 6 and 3 <= result.frame <= 8

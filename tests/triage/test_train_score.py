@@ -436,7 +436,8 @@ def test_patch_nn_model_refits_an_existing_network(folders: Path, tmp_path: Path
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     with open(worklist_csv, newline="") as fh:
-        flagged = [row for row in csv.DictReader(fh) if row["flag"] == "1"]
+        flagged = [row for row in csv.DictReader(fh)
+                   if row["score"] and float(row["score"]) >= scorer.threshold]
     pngs = sorted(heat.glob("*.png"))
     assert len(pngs) == len(flagged) > 0
     page = (heat / "index.html").read_text()
@@ -446,9 +447,10 @@ def test_patch_nn_model_refits_an_existing_network(folders: Path, tmp_path: Path
     first = flagged[0]
     assert pngs[0].name == f"{int(first['rank']):04d}_{Path(first['path']).stem}.png"
     picture = np.asarray(Image.open(pngs[0]))
-    assert picture.shape == (64, 128, 3)
+    assert picture.shape == (384, 768, 3)          # 64 x 128, each pixel a 6 x 6 block
+    np.testing.assert_array_equal(picture[::6, ::6].repeat(6, 0).repeat(6, 1), picture)
     seen = model_inputs(triage_frame(read_image(first["path"]), 64)[None], scorer.info)[0]
-    np.testing.assert_allclose(picture[:, :64, 0], np.round(seen * 255), atol=1)
+    np.testing.assert_allclose(picture[::6, :384:6, 0], np.round(seen * 255), atol=1)
     again = runner.invoke(app, args + ["--overwrite"])      # the worklist exists as well
     assert again.exit_code == 0
     refused = runner.invoke(app, ["triage", str(folders / "test"), "-m", str(path), "-o",
@@ -522,6 +524,7 @@ def test_a_prepared_dataset_trains_and_evaluates_by_its_own_split(folders: Path,
     again = runner.invoke(app, ["train-triage", "-c", str(_config(folders, "supervised",
                                                                   tmp_path))])
     assert again.exit_code == 1 and "already holds a trained model" in again.output
+    assert "training supervised" not in again.output     # said once the checks have passed
     moved = runner.invoke(app, ["train-triage", "-c", str(_config(folders, "supervised",
                                                                   tmp_path)),
                                 "--set", f"output_dir={tmp_path / 'elsewhere'}"])
@@ -615,6 +618,7 @@ def test_a_failed_training_leaves_no_empty_run_folder(folders: Path, tmp_path: P
                                                  f"data: {only_normal}"))
     result = runner.invoke(app, ["train-triage", "-c", str(config)])
     assert result.exit_code == 1 and "normal and abnormal" in result.output, result.output
+    assert "only normal images (label folder(s) NORMAL" in " ".join(result.output.split())
     assert not (tmp_path / "oneclass").exists()
     kept = tmp_path / "kept"        # a folder that existed before is left as it was
     kept.mkdir()

@@ -8,6 +8,7 @@ large image is denoised with the same strength and tiled output matches whole-im
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,12 +51,14 @@ class EnhanceOptions:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for settings that cannot run (before any work)."""
-        for name, kinds in (("noise_level", (int, float, type(None))), ("tile", (int,)),
-                            ("overlap", (int, type(None))), ("batch_size", (int,)),
-                            ("device", (str,))):
+        for name, kinds, what in (("noise_level", (numbers.Real, type(None)), "a number"),
+                                  ("tile", (numbers.Integral,), "a whole number"),
+                                  ("overlap", (numbers.Integral, type(None)), "a whole number"),
+                                  ("batch_size", (numbers.Integral,), "a whole number"),
+                                  ("device", (str,), "'cpu' or 'cuda'")):
             value = getattr(self, name)
-            if not isinstance(value, kinds) or isinstance(value, bool):
-                raise ConfigError(f"EnhanceOptions.{name}: got {value!r} "
+            if not isinstance(value, kinds) or isinstance(value, (bool, np.bool_)):
+                raise ConfigError(f"EnhanceOptions.{name} must be {what}, got {value!r} "
                                   f"({type(value).__name__})")
         if self.noise_level is not None and not 0.0 <= self.noise_level < 1.0:
             raise ConfigError(f"noise level must be in [0, 1) (of the image range), got "

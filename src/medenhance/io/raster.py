@@ -145,9 +145,8 @@ def _output_dtype(image: MedicalImage, fmt: str) -> tuple[np.dtype, MedicalImage
     dtype = np.dtype(meta.stored_dtype)
     # A NumPy array's own integers (from_array, .npy) are kept where the type can hold them:
     # a uint8 array of 100s came back as a 16-bit PNG of 25700s.
-    own_values = meta.source_format == "npy" and (dtype.kind == "f" or (
-        dtype.kind in "ui" and np.iinfo(dtype).min <= meta.window.low
-        and meta.window.high <= np.iinfo(dtype).max))
+    own_values = meta.source_format == "npy" and dtype.kind in "ui" and (
+        np.iinfo(dtype).min <= meta.window.low and meta.window.high <= np.iinfo(dtype).max)
     if meta.source_format in ("png", "jpeg", "tiff") or own_values:
         if fmt == "tiff" or (fmt == "png" and dtype in (np.uint8, np.uint16)) or (
                 fmt == "jpeg" and dtype == np.uint8):

@@ -31,13 +31,6 @@ MAX_FRAMES = 256
 
 
 def _sized(frame: np.ndarray, size: int) -> np.ndarray:
-    # Each frame spread over [0, 1] by its own range: the intensity contract keeps 8-bit data on
-    # 0..255 but stretches wider integers to their min..max, so one radiograph scored 0.335 as
-    # an 8-bit PNG and 0.203 as a 16-bit one; and a slice of a volume took the whole volume's
-    # range, so it scored otherwise than the same slice as a file of its own.
-    low, high = float(frame.min()), float(frame.max())
-    if high - low > 1e-6:
-        frame = (frame - low) / (high - low)
     if frame.shape != (size, size):
         frame = resize(frame, (size, size), "area" if min(frame.shape) > size else "bicubic")
     return np.clip(frame, 0.0, 1.0).astype(np.float32)
@@ -114,9 +107,29 @@ def crop_to_content(frame: np.ndarray, margin: float = CROP_MARGIN) -> np.ndarra
     return np.clip(resize(square, (h, w), method), 0.0, 1.0).astype(np.float32)
 
 
+def own_range(frames: np.ndarray) -> np.ndarray:
+    """Each ``(N, H, W)`` frame spread over [0, 1] by its own lowest and highest value (a flat
+    frame stays as it is)."""
+    out = np.array(frames, dtype=np.float32)
+    for frame in out:
+        low, high = float(frame.min()), float(frame.max())
+        if high - low > 1e-6:
+            frame -= low
+            frame /= high - low
+    return out
+
+
 def model_inputs(frames: np.ndarray, info: dict) -> np.ndarray:
     """Frames as read (:func:`triage_frame`) -> what the network sees, by the preprocessing
-    recorded in a triage model's card (``crop``, then ``equalize``)."""
+    recorded in a triage model's card (``frame_range``, ``crop``, then ``equalize``).
+
+    ``frame_range: own`` (models trained since it exists) spreads each frame over its own range
+    first: the intensity contract keeps 8-bit data on 0..255 but stretches wider integers to
+    their min..max, so one radiograph scored 0.335 as an 8-bit PNG and 0.203 as a 16-bit one,
+    and a slice of a volume took the volume's range. Older cards keep the frames as read, as
+    their models were trained."""
+    if info.get("frame_range") == "own":
+        frames = own_range(frames)
     if info.get("crop"):
         frames = np.stack([crop_to_content(f) for f in frames])
     if info.get("equalize"):
@@ -230,7 +243,7 @@ def _copy_key(image: MedicalImage, frame: np.ndarray) -> str:
     uid = getattr(image.meta.header, "SOPInstanceUID", None)
     if uid:
         return f"uid:{uid}"
-    levels = np.round(np.asarray(frame, np.float64) * 4095).astype(np.uint16)
+    levels = np.round(own_range(frame[None])[0].astype(np.float64) * 4095).astype(np.uint16)
     return "pixels:" + hashlib.sha1(levels.tobytes()).hexdigest()
 
 
@@ -269,9 +282,10 @@ def load_labelled(root: str | Path, normal_labels: Sequence[str], size: int, *,
             skipped.append((str(f), reason))
             continue
         key = _copy_key(image, frame)
+        label = 0 if entry.label.lower() in normal else 1
         if key in first_of:
             j = first_of[key]
-            if classes[j] != entry.label:
+            if labels[j] != label:         # normal against abnormal (two abnormal classes agree)
                 conflicting.add(j)
                 skipped.append((str(f), f"the same image as {paths[j]}, which is labelled "
                                          f"{classes[j]}, not {entry.label}: both left out"))
@@ -280,7 +294,7 @@ def load_labelled(root: str | Path, normal_labels: Sequence[str], size: int, *,
             continue
         first_of[key] = len(images)
         images.append(frame)
-        labels.append(0 if entry.label.lower() in normal else 1)
+        labels.append(label)
         paths.append(f)
         classes.append(entry.label)
         splits.append(entry.split or "")

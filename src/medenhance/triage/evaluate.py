@@ -82,6 +82,7 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
     result: dict[str, Any] = {"model": scorer.model.card.name, "folder": str(base),
                               "split": split,
                               "threshold": t, "n_normal": int((labels == 0).sum()),
+                              "target_sensitivity": scorer.info.get("target_sensitivity"),
                               "n_abnormal": int(labels.sum()),
                               "ood": int(sum(r.ood for r in results)), "note": NOTE,
                               "failures": failures, "repeats": repeats}

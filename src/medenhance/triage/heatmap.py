@@ -36,6 +36,18 @@ def overlay(frame: np.ndarray, evidence: np.ndarray) -> np.ndarray:
     return (np.concatenate([grey, blended], axis=1) * 255 + 0.5).astype(np.uint8)
 
 
+#: Heatmaps are enlarged (by whole pixels) to at least this height: at a model's input size
+#: (128 px) they were thumbnails when opened on their own.
+MIN_HEIGHT = 384
+
+
+def enlarged(picture: np.ndarray) -> np.ndarray:
+    """``picture`` repeated by a whole factor until it is :data:`MIN_HEIGHT` pixels high: each
+    pixel the model saw stays one block, nothing is smoothed in."""
+    factor = max(1, -(-MIN_HEIGHT // picture.shape[0]))
+    return np.repeat(np.repeat(picture, factor, axis=0), factor, axis=1)
+
+
 def write_heatmaps(scorer: TriageScorer, ranked: Sequence[tuple[int, TriageResult]],
                    folder: Path, progress: Callable[[list], Iterable] | None = None,
                    failures: list[str] | None = None) -> list[Path]:
@@ -54,7 +66,7 @@ def write_heatmaps(scorer: TriageScorer, ranked: Sequence[tuple[int, TriageResul
         try:
             _, frame = triage_frames(read_image(result.path), size, index=[result.frame])
             frame = model_inputs(frame, scorer.info)
-            picture = overlay(frame[0], scorer.evidence_maps(frame)[0])
+            picture = enlarged(overlay(frame[0], scorer.evidence_maps(frame)[0]))
             atomic_write(target, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"),
                          overwrite=True)
         except MedEnhanceError as exc:

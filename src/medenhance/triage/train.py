@@ -405,9 +405,13 @@ def temperature_warning(temperature: float) -> str | None:
     low, high = LOG_TEMPERATURE_BOUNDS
     if low + 0.01 < np.log(temperature) < high - 0.01:
         return None
-    return (f"warning: the calibration temperature hit its limit ({temperature:.3g}): the "
-            "classifier barely separates the validation classes, so its scores are all close to "
-            "one value; train longer or on more data")
+    if np.log(temperature) >= high - 0.01:
+        return (f"warning: the calibration temperature hit its upper limit ({temperature:.3g}): "
+                "the classifier barely separates the validation classes, so its scores are all "
+                "close to one value; train longer or on more data")
+    return (f"warning: the calibration temperature hit its lower limit ({temperature:.3g}): the "
+            "classifier's outputs hardly vary (too few training steps?), so its scores are "
+            "pushed to 0 and 1; train longer or with a smaller batch")
 
 
 def fit_platt(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -537,7 +541,8 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
                          patient_regex=config.patient_regex, progress=progress,
                          modality=config.modality)
     raw_frames = data.images          # as read: the robustness check changes these
-    preprocessing = {"crop": config.crop, "equalize": config.equalize}   # stored in the card
+    # Stored in the card, so that scoring prepares frames as training did.
+    preprocessing = {"frame_range": "own", "crop": config.crop, "equalize": config.equalize}
     data.images = model_inputs(data.images, preprocessing)
     _note_left_out(data, run, log)
     train_idx, val_idx = train_val_split(data, config.val_fraction, config.patient_split_seed,
@@ -545,6 +550,11 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
     if config.kind == "oneclass":
         train_idx, val_idx = oneclass_split(data, train_idx, val_idx, log)
     train, val = data.subset(train_idx), data.subset(val_idx)
+    if len(set(data.labels.tolist())) < 2:
+        found, which = sorted(set(data.classes)), "normal" if data.labels.max() == 0 else "abnormal"
+        raise ConfigError(f"{config.data}: only {which} images (label folder(s) {', '.join(found)}; normal: "
+                          f"{', '.join(config.normal_labels)}); triage needs normal and abnormal "
+                          "images, also a one-class model, to choose its operating point")
     if len(set(val.labels.tolist())) < 2:
         raise ConfigError("the validation split needs normal and abnormal images to choose the "
                           "operating point")
