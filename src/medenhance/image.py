@@ -236,7 +236,7 @@ class MedicalImage:
         if old_hw != new_hw or pixel_map is not None:
             if pixel_map is None:
                 row_scale, col_scale = old_hw[0] / new_hw[0], old_hw[1] / new_hw[1]
-                pixel_map = (row_scale, col_scale, row_scale / 2 - 0.5, col_scale / 2 - 0.5)
+                pixel_map = covering_map(row_scale, col_scale)
             extra["pixel_map"] = compose_pixel_maps(extra.get("pixel_map"), pixel_map)
             if meta.pixel_spacing is not None:
                 meta.pixel_spacing = (meta.pixel_spacing[0] * pixel_map[0],
@@ -244,6 +244,12 @@ class MedicalImage:
             if extra.get("nan_mask") is not None:
                 extra["nan_mask"] = resize_nearest(extra["nan_mask"], new.shape)
         return MedicalImage(new, meta)
+
+
+def covering_map(row_scale: float, col_scale: float) -> tuple[float, float, float, float]:
+    """The pixel map (see ``with_pixels``) of new pixels ``scale`` old ones apart that cover
+    the old extent: new pixel 0's centre lies ``scale / 2 - 0.5`` old pixels in."""
+    return (row_scale, col_scale, row_scale / 2 - 0.5, col_scale / 2 - 0.5)
 
 
 def compose_pixel_maps(first: tuple[float, ...] | None, then: tuple[float, ...]

@@ -349,7 +349,7 @@ def record_pixel_map(record: DegradationRecord, shape: tuple[int, ...]
     ``MedicalImage.with_pixels``): bicubic covers the old extent (scale ``H / h``); area
     averages whole ``scale x scale`` blocks and drops the rows and columns left over (scale
     exactly ``scale``)."""
-    from ..image import compose_pixel_maps
+    from ..image import compose_pixel_maps, covering_map
 
     h, w = shape[-2:]
     total = None
@@ -362,6 +362,6 @@ def record_pixel_map(record: DegradationRecord, shape: tuple[int, ...]
             s_r = s_c = float(scale)
         else:
             s_r, s_c = h / new_h, w / new_w
-        total = compose_pixel_maps(total, (s_r, s_c, s_r / 2 - 0.5, s_c / 2 - 0.5))
+        total = compose_pixel_maps(total, covering_map(s_r, s_c))
         h, w = new_h, new_w
     return total

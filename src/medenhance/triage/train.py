@@ -545,16 +545,18 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
     preprocessing = {"frame_range": "own", "crop": config.crop, "equalize": config.equalize}
     data.images = model_inputs(data.images, preprocessing)
     _note_left_out(data, run, log)
+    if len(set(data.labels.tolist())) < 2:       # before the split says anything about it
+        found = ", ".join(sorted(set(data.classes)))
+        which = "normal" if data.labels.max() == 0 else "abnormal"
+        raise ConfigError(f"{config.data}: only {which} images (label folder(s) {found}; "
+                          f"normal: {', '.join(config.normal_labels)}); triage needs normal and "
+                          "abnormal images, also a one-class model, to choose its operating "
+                          "point")
     train_idx, val_idx = train_val_split(data, config.val_fraction, config.patient_split_seed,
                                          config.val_split)
     if config.kind == "oneclass":
         train_idx, val_idx = oneclass_split(data, train_idx, val_idx, log)
     train, val = data.subset(train_idx), data.subset(val_idx)
-    if len(set(data.labels.tolist())) < 2:
-        found, which = sorted(set(data.classes)), "normal" if data.labels.max() == 0 else "abnormal"
-        raise ConfigError(f"{config.data}: only {which} images (label folder(s) {', '.join(found)}; normal: "
-                          f"{', '.join(config.normal_labels)}); triage needs normal and abnormal "
-                          "images, also a one-class model, to choose its operating point")
     if len(set(val.labels.tolist())) < 2:
         raise ConfigError("the validation split needs normal and abnormal images to choose the "
                           "operating point")
