@@ -163,3 +163,24 @@ def test_nifti_modality_survives_model_names_in_the_history(tmp_path: Path) -> N
         image.header["descrip"] = text.encode()
         nib.save(image, tmp_path / "x.nii")
         assert me.read_image(tmp_path / "x.nii").meta.modality == modality, text
+
+
+def test_integer_sources_are_written_to_nifti_as_integers(samples: Path, tmp_path: Path) -> None:
+    """A 16-bit PNG stays uint16 in NIfTI, values equal; a DICOM keeps its integer values (they
+    were float32)."""
+    from PIL import Image
+
+    arr = np.random.default_rng(3).integers(0, 65535, size=(20, 30), dtype=np.uint16)
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    nii = nib.load(me.write_image(me.read_image(tmp_path / "a.png"), tmp_path / "a.nii.gz"))
+    assert nii.get_data_dtype() == np.uint16
+    np.testing.assert_array_equal(np.asarray(nii.dataobj)[:, :, 0].T, arr)
+    dicom = me.read_image(samples / "mr_head_MR1_JPLL.dcm")
+    nii = nib.load(me.write_image(dicom, tmp_path / "mr.nii.gz"))
+    assert nii.get_data_dtype().kind in "ui"
+    np.testing.assert_array_equal(np.asarray(nii.dataobj)[:, :, 0].T,
+                                  np.rint(dicom.values()[0] if dicom.values().ndim == 3
+                                          else dicom.values()))
+    # A float source stays float.
+    floats = me.from_array(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8))
+    assert nib.load(me.write_image(floats, tmp_path / "f.nii.gz")).get_data_dtype() == np.float32

@@ -316,3 +316,27 @@ def test_a_cds_dicomdir_is_not_an_input(samples: Path, tmp_path: Path) -> None:
     skipped: list[Path] = []
     assert me.find_images(tmp_path, skipped=skipped) == [tmp_path / "IMAGES" / "IM0"]
     assert skipped == []
+
+
+def test_tiff_keeps_the_pixel_spacing(samples: Path, tmp_path: Path) -> None:
+    """DICOM -> TIFF -> TIFF keeps the spacing (as pixels per centimetre); a TIFF that states
+    its resolution in inches (72 dpi, a program's default) has no spacing."""
+    source = me.read_image(samples / "mr_head_MR1_JPLL.dcm")
+    assert source.meta.pixel_spacing is not None
+    first = me.read_image(me.write_image(source, tmp_path / "a.tif"))
+    np.testing.assert_allclose(first.meta.pixel_spacing, source.meta.pixel_spacing, rtol=1e-6)
+    unequal = me.from_array(np.zeros((6, 8), np.uint16), pixel_spacing=(0.5, 0.25))
+    with tifffile.TiffFile(me.write_image(unequal, tmp_path / "u.tif")) as tif:
+        assert tif.pages[0].resolution == pytest.approx((40.0, 20.0))   # x: 10 mm / 0.25 mm
+    again = me.read_image(me.write_image(me.read_image(tmp_path / "u.tif"), tmp_path / "v.tif"))
+    assert again.meta.pixel_spacing == pytest.approx((0.5, 0.25))
+    tifffile.imwrite(tmp_path / "dpi.tif", np.zeros((4, 4), np.uint8), resolution=(72, 72),
+                     resolutionunit="INCH")
+    assert me.read_image(tmp_path / "dpi.tif").meta.pixel_spacing is None
+
+
+def test_overwrite_must_be_a_bool(samples: Path, tmp_path: Path) -> None:
+    image = me.read_image(samples / "mri_brain_glioma_Te-gl_0063.png")
+    me.write_image(image, tmp_path / "a.png")
+    with pytest.raises(ImageWriteError, match="overwrite must be True or False, got 'no'"):
+        me.write_image(image, tmp_path / "a.png", overwrite="no")

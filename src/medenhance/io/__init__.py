@@ -114,6 +114,8 @@ def write_image(image: MedicalImage, path: str | os.PathLike[str], *,
     if not isinstance(image, MedicalImage):
         raise ImageWriteError(Path(path), f"write_image takes a MedicalImage (from read_image "
                                           f"or from_array), got {type(image).__name__}")
+    if not isinstance(overwrite, (bool, np.bool_)):   # "no" would have counted as true
+        raise ImageWriteError(Path(path), f"overwrite must be True or False, got {overwrite!r}")
     target = Path(path)
     fmt = SUFFIX_FORMATS.get(full_suffix(target))
     if fmt is None and full_suffix(target) == "" and image.meta.source_format == "dicom":

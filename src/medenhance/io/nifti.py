@@ -115,6 +115,28 @@ def read_nifti(path: str | Path) -> MedicalImage:
     return MedicalImage(window.to_unit(frames), meta)
 
 
+def _integer_valued(meta: ImageMeta) -> bool:
+    """Whether the source stored integers in the units it is written in: a PNG, TIFF or array of
+    integers, or integer DICOM pixels whose rescale (to HU, say) has integer slope and
+    intercept."""
+    if meta.stored_dtype is None or np.dtype(meta.stored_dtype).kind not in "ui":
+        return False
+    slope, intercept = meta.extra.get("rescale", (1.0, 0.0))
+    return float(slope).is_integer() and float(intercept).is_integer()
+
+
+def _in_integer_type(volume: np.ndarray, meta: ImageMeta) -> np.ndarray:
+    """``volume`` rounded, in the source's integer type where the window's range fits it (a
+    uint16 radiograph stays uint16), else the narrowest of int16 and int32 that holds it (CT
+    stored as uint16 with intercept -1024 is in HU)."""
+    low, high = np.floor(meta.window.low), np.ceil(meta.window.high)
+    for dtype in (np.dtype(meta.stored_dtype), np.dtype(np.int16), np.dtype(np.int32)):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return np.clip(np.rint(volume), info.min, info.max).astype(dtype)
+    return volume.astype(np.float32)
+
+
 def write_nifti(image: MedicalImage, tmp_path: Path, target: Path) -> None:
     """Write ``image`` as NIfTI, in the input's data type and scaling when it came from NIfTI."""
     meta = image.meta
@@ -162,7 +184,8 @@ def write_nifti(image: MedicalImage, tmp_path: Path, target: Path) -> None:
         affine = np.eye(4)
         if meta.pixel_spacing is not None:      # voxel sizes; the orientation is not known here
             affine[0, 0], affine[1, 1] = meta.pixel_spacing[1], meta.pixel_spacing[0]
-        out = nib.Nifti1Image(volume.astype(np.float32), affine)
+        out = nib.Nifti1Image(_in_integer_type(volume, meta) if _integer_valued(meta) else
+                              volume.astype(np.float32), affine)
     # The modality first: NIfTI has no field for it, and the history's model and preset names
     # ("mri-denoise") made a CT read back as MR.
     said = f"[{meta.modality}] " if meta.modality and meta.modality.isalnum() else ""

@@ -2,7 +2,8 @@
 
 16-bit stays 16-bit and float TIFF stays float. Gray stored as RGB(A) with equal channels is read
 losslessly as gray; a genuinely coloured image is converted to luminance (ITU-R 601) with a warning
-in the log, and written back as gray. Multi-page TIFFs become frames ``(N, H, W)``.
+in the log, and written back as gray. Multi-page TIFFs become frames ``(N, H, W)``. TIFF keeps the
+pixel spacing as its resolution in pixels per centimetre.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def read_tiff(path: str | Path) -> MedicalImage:
         with tifffile.TiffFile(p) as tif:
             arr = tif.asarray()
             photometric = tif.pages[0].photometric
+            spacing = _tiff_spacing(tif.pages[0])
             separate_planes = int(tif.pages[0].planarconfig) == 2     # RR..GG..BB..
     except FileNotFoundError:
         raise ImageReadError(p, "no such file") from None
@@ -122,12 +124,31 @@ def read_tiff(path: str | Path) -> MedicalImage:
     invert = photometric is not None and int(photometric) == 0  # MINISWHITE, like MONOCHROME1
     image = _make(p, arr, "tiff", {"colour_converted": colour, "tiff_photometric":
                                    int(photometric) if photometric is not None else None})
+    image.meta.pixel_spacing = spacing
     if invert:
         w = image.meta.window
         image.meta.window = type(w)(w.low, w.high, True)
         image.pixels = 1.0 - image.pixels
         image.meta.photometric = "MONOCHROME1"
     return image
+
+
+#: Millimetres per TIFF resolution unit that states a physical length (centimetre, and the
+#: millimetre and micrometre of tifffile's extension). Inches are left out: most inch
+#: resolutions are a program's default 72 dpi, not the size of a pixel.
+_MM_PER_UNIT = {3: 10.0, 4: 1.0, 5: 1e-3}
+
+
+def _tiff_spacing(page: tifffile.TiffPage) -> tuple[float, float] | None:
+    """(row, column) pixel spacing in mm from a page's resolution, where its unit is a length."""
+    try:
+        unit = int(page.resolutionunit)
+        x_per_unit, y_per_unit = (float(v) for v in page.resolution)
+    except (TypeError, ValueError):
+        return None
+    if unit not in _MM_PER_UNIT or not (x_per_unit > 0 and y_per_unit > 0):
+        return None
+    return (_MM_PER_UNIT[unit] / y_per_unit, _MM_PER_UNIT[unit] / x_per_unit)
 
 
 def stored_values(image: MedicalImage, dtype: np.dtype) -> np.ndarray:
@@ -162,7 +183,8 @@ def _output_dtype(image: MedicalImage, fmt: str) -> tuple[np.dtype, MedicalImage
     peak = 1.0 if target.kind == "f" else float(np.iinfo(target).max)
     converted = MedicalImage(image.pixels, type(meta)(
         source_format=fmt, window=type(meta.window)(0.0, peak, False), stored_dtype=target.name,
-        bits_stored=None if target.kind == "f" else target.itemsize * 8, history=meta.history))
+        bits_stored=None if target.kind == "f" else target.itemsize * 8, history=meta.history,
+        pixel_spacing=meta.pixel_spacing))
     return target, converted
 
 
@@ -172,8 +194,11 @@ def write_raster(image: MedicalImage, tmp_path: Path, target: Path, fmt: str) ->
     arr = stored_values(image, dtype)
     if fmt == "tiff":
         photometric = "miniswhite" if image.meta.window.invert else "minisblack"
+        spacing = image.meta.pixel_spacing     # as pixels per centimetre, x (columns) first
+        resolution = {"resolution": (10.0 / spacing[1], 10.0 / spacing[0]),
+                      "resolutionunit": "CENTIMETER"} if spacing else {}
         tifffile.imwrite(tmp_path, arr, photometric=photometric,
-                         description=None, metadata=None)
+                         description=None, metadata=None, **resolution)
         return
     if arr.ndim == 3:
         if arr.shape[0] != 1:
