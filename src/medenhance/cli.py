@@ -1124,6 +1124,10 @@ def evaluate_triage(
                                                                "abnormal_only")))
         console.print(changes)
     note_repeats(result["repeats"])
+    if outside := result.get("unlabelled"):
+        err_console.print(f"note: {len(outside)} image(s) lie outside the label sub-folders and "
+                          f"were not evaluated, e.g. {escape(outside[0])}", highlight=False,
+                          soft_wrap=True)
     w = result["waits"]
     console.print(f"abnormal studies wait {w['arrival_mean']:.0f} min on average "
                   f"(90th percentile {w['arrival_p90']:.0f}) in arrival order, "

@@ -176,10 +176,11 @@ def manifest_of(source: str | Path) -> Path | None:
     return p if p.suffix.lower() == ".csv" else None
 
 
-def labelled_files(source: str | Path, splits: Sequence[str] | None = None
-                   ) -> list[LabelledFile]:
+def labelled_files(source: str | Path, splits: Sequence[str] | None = None,
+                   unlabelled: list[Path] | None = None) -> list[LabelledFile]:
     """The labelled images of ``source``: ``ROOT/<label>/...`` (the label is the first folder
-    below ``ROOT``), or the rows of a prepared dataset's manifest (``splits``: only these)."""
+    below ``ROOT``), or the rows of a prepared dataset's manifest (``splits``: only these).
+    Images that lie in ``ROOT`` itself have no label: they are added to ``unlabelled``."""
     base = Path(source)
     manifest = manifest_of(base)
     if manifest is None:
@@ -188,8 +189,11 @@ def labelled_files(source: str | Path, splits: Sequence[str] | None = None
         if not base.is_dir():
             raise DatasetError(f"{base}: not a folder of label sub-folders nor a prepared "
                                "dataset (manifest.csv)")
-        files = [LabelledFile(f, f.relative_to(base).parts[0]) for f in find_images([base])
+        found = find_images([base])
+        files = [LabelledFile(f, f.relative_to(base).parts[0]) for f in found
                  if len(f.relative_to(base).parts) >= 2]
+        if unlabelled is not None:
+            unlabelled += [f for f in found if len(f.relative_to(base).parts) < 2]
         if not files:
             raise DatasetError(f"{base}: no images in label sub-folders (expected "
                                "ROOT/LABEL/image)")
@@ -261,11 +265,14 @@ def load_labelled(root: str | Path, normal_labels: Sequence[str], size: int, *,
     different labels (a copy on both sides of the split would also leak validation)."""
     base = Path(root)
     manifest = manifest_of(base)
-    entries = labelled_files(base, splits=("train", "val") if manifest else None)
+    outside: list[Path] = []
+    entries = labelled_files(base, splits=("train", "val") if manifest else None,
+                             unlabelled=outside)
     pattern = re.compile(patient_regex) if patient_regex else None
     normal = {n.lower() for n in normal_labels}
     images, labels, paths, patients, classes, splits, failures = [], [], [], [], [], [], []
-    skipped: list[tuple[str, str]] = []
+    skipped = [(str(f), "not in a label sub-folder (ROOT/LABEL/image), so it has no label")
+               for f in outside]
     first_of: dict[str, int] = {}         # copy key -> index of the first image with it
     conflicting: set[int] = set()
     by_path = {e.path: e for e in entries}

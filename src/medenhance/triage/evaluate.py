@@ -53,7 +53,8 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
         raise DatasetError(f"{base}: --split is for datasets made by `medenhance prepare`; this "
                            "is a folder of label sub-folders, all of which are evaluated")
     split = (split or "test") if prepared else None
-    entries = labelled_files(base, splits=[split] if split else None)
+    unlabelled: list[Path] = []
+    entries = labelled_files(base, splits=[split] if split else None, unlabelled=unlabelled)
     label_of = {str(e.path): e.label for e in entries}
     failures: list[str] = []
     repeats: list[str] = []
@@ -85,7 +86,8 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
                               "target_sensitivity": scorer.info.get("target_sensitivity"),
                               "n_abnormal": int(labels.sum()),
                               "ood": int(sum(r.ood for r in results)), "note": NOTE,
-                              "failures": failures, "repeats": repeats}
+                              "failures": failures, "repeats": repeats,
+                              "unlabelled": [str(f) for f in unlabelled]}
     flagged = scores >= t
     counts = {"sensitivity": (int(flagged[labels == 1].sum()), int((labels == 1).sum())),
               "specificity": (int((~flagged[labels == 0]).sum()), int((labels == 0).sum())),
