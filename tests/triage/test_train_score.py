@@ -635,11 +635,15 @@ def test_evaluate_triage_lists_what_it_could_not_read(folders: Path, tmp_path: P
         for src in sorted((folders / "test" / label).iterdir())[:6]:
             (data / label / src.name).write_bytes(src.read_bytes())
     (data / "PNEUMONIA" / "text.png").write_text("not an image")
+    (data / "loose.png").write_bytes(src.read_bytes())         # outside the label folders
     result = runner.invoke(app, ["evaluate-triage", str(data), "-m", "xray-pneumonia", "-o",
                                  str(tmp_path / "ev"), "--bootstrap", "100"])
     assert result.exit_code == 1, result.output
     assert "1 of 13 input(s) failed" in result.output and "text.png" in result.output
+    said = " ".join(result.output.split())
+    assert "1 image(s) lie outside the label sub-folders and were not evaluated" in said
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["unlabelled"] == [str(data / "loose.png")]
     assert summary["n_abnormal"] == 6 and summary["n_normal"] == 6
     negative = runner.invoke(app, ["evaluate-triage", str(data), "-m", "xray-pneumonia", "-o",
                                    str(tmp_path / "ev2"), "--minutes", "-5"])
@@ -691,6 +695,7 @@ def test_training_leaves_out_what_it_must_not_learn_from(folders: Path, samples:
     values = read_image(twin).pixels
     write_image(from_array((values * 65535).astype(np.uint16)), normal / "twin16.png")
     (normal / "broken.png").write_bytes(b"not a png")
+    shutil.copyfile(first, data / "loose.png")         # no label folder: left out, with a note
     config = _config(data.parent, "supervised", tmp_path,
                      "modality: CR/DX\nepochs: 1\n").read_text().replace(
         f"data: {data.parent / 'train'}", f"data: {data}").replace("epochs: 4\n", "")
@@ -698,10 +703,11 @@ def test_training_leaves_out_what_it_must_not_learn_from(folders: Path, samples:
     result = runner.invoke(app, ["train-triage", "-c", str(tmp_path / "c.yaml")])
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
-    assert "6 image(s) left out" in said and "1 unreadable file(s) skipped" in said
+    assert "7 image(s) left out" in said and "1 unreadable file(s) skipped" in said
     rows = {Path(r["path"]).name: r["reason"]
             for r in csv.DictReader(open(tmp_path / "supervised" / "skipped.csv"))}
     assert rows["mr.dcm"].startswith("modality MR, the model is for CR/DX")
+    assert rows["loose.png"].startswith("not in a label sub-folder")
     assert rows["blank.png"].startswith("empty") and rows["tiny.png"].startswith("too small")
     # Files are read in name order: the later of each pair names the earlier.
     assert rows[first.name] == f"a copy of {normal / 'again.png'}" and "again.png" not in rows
@@ -709,5 +715,88 @@ def test_training_leaves_out_what_it_must_not_learn_from(folders: Path, samples:
     assert rows["twin16.png"].startswith("labelled otherwise") and "unreadable" in rows[
         "broken.png"]
     card = TriageScorer("tiny-supervised").model.card
-    assert card.training_data["left_out"] == 6 and card.training_data["unreadable"] == 1
+    assert card.training_data["left_out"] == 7 and card.training_data["unreadable"] == 1
     assert sum(card.training_data["images"].values()) == 160 - 1
+
+
+def test_an_ensemble_scores_the_mean_of_its_members(folders: Path, tmp_path: Path) -> None:
+    """``ensemble:`` joins models of one recipe trained with other seeds: its logit, distance and
+    heatmap are the members' mean; only the calibration and the operating point are fitted."""
+    from scipy.special import expit
+
+    from medenhance.models.card import load_model
+    from medenhance.triage.data import model_inputs, triage_frame
+    from medenhance.triage.train import load_triage_config, train_triage
+
+    quiet = {"log": lambda line: None}
+    members = []
+    for seed in (0, 1):
+        (tmp_path / f"m{seed}").mkdir()
+        config = _config(folders, "supervised", tmp_path / f"m{seed}")
+        members.append(train_triage(load_triage_config(config, [
+            "epochs=1", f"seed={seed}", "split_seed=0", "register=false", "robustness=false"]),
+            **quiet)[0])
+    (tmp_path / "ens").mkdir()
+    config = _config(folders, "supervised", tmp_path / "ens")
+    path, metrics = train_triage(load_triage_config(config, [
+        "epochs=0", "split_seed=0", "register=false",
+        f"ensemble=[{members[0]}, {members[1]}]"]), **quiet)
+    ensemble = load_model(path)
+    assert ensemble.card.architecture == "triage_ensemble"
+    assert [m["seed"] for m in ensemble.card.training_data["ensemble"]] == [0, 1]
+    assert "val_robust_auroc" in metrics
+    nets = [load_model(m).network for m in members]
+    files = sorted((folders / "test" / "PNEUMONIA").iterdir())[:3] + \
+        sorted((folders / "test" / "NORMAL").iterdir())[:3]
+    scorer = TriageScorer(ensemble)
+    frames = model_inputs(np.stack([triage_frame(read_image(f), 64) for f in files]), scorer.info)
+    x = torch.from_numpy(frames)[:, None]
+    with torch.no_grad():
+        logits = torch.stack([n(x) for n in nets]).mean(0).double().numpy()
+        distance = torch.stack([n.mahalanobis(n.density_features(x)) for n in nets]).mean(0)
+        where = torch.stack([n.location_logits(x) for n in nets]).mean(0)
+    prob, dist = scorer.score_frames(frames)
+    np.testing.assert_allclose(prob, expit(logits / scorer.info["temperature"]), rtol=1e-5)
+    np.testing.assert_allclose(dist, distance.numpy(), rtol=1e-5)
+    with torch.no_grad():
+        np.testing.assert_allclose(ensemble.network.location_logits(x).numpy(), where.numpy(),
+                                   rtol=1e-5, atol=1e-6)
+    # The members are not changed by joining (the saved ensemble holds their weights).
+    for net, member in zip(nets, ensemble.network.members, strict=True):
+        for key, value in net.state_dict().items():
+            assert torch.equal(member.state_dict()[key], value), key
+    # Another model started from the ensemble starts from its first member.
+    (tmp_path / "next").mkdir()
+    start, _ = train_triage(load_triage_config(_config(folders, "oneclass", tmp_path / "next"), [
+        "epochs=0", f"init_from={path}", "register=false", "robustness=false"]), **quiet)
+    started = load_model(start)
+    assert started.card.training_data["init_from"]["member"] == 0
+    for key, value in nets[0].state_dict().items():
+        if not key.startswith(("head.", "feature_")):
+            assert torch.equal(started.network.state_dict()[key], value), key
+
+
+def test_an_ensemble_refuses_members_trained_otherwise(folders: Path, tmp_path: Path) -> None:
+    from medenhance.errors import ConfigError
+    from medenhance.triage.train import load_triage_config, train_triage
+
+    quiet = {"log": lambda line: None}
+    trained = {}
+    for name, sets in (("a", ["split_seed=0"]), ("b", ["split_seed=1"]),
+                       ("c", ["split_seed=0", "size=32"])):
+        (tmp_path / name).mkdir()
+        config = _config(folders, "supervised", tmp_path / name)
+        trained[name] = train_triage(load_triage_config(config, [
+            "epochs=1", "register=false", "robustness=false", *sets]), **quiet)[0]
+    (tmp_path / "ens").mkdir()
+    config = _config(folders, "supervised", tmp_path / "ens")
+    for other, words in (("b", "patient split"), ("c", "size 32")):
+        with pytest.raises(ConfigError, match=words):
+            train_triage(load_triage_config(config, [
+                "epochs=0", "split_seed=0", "register=false",
+                f"ensemble=[{trained['a']}, {trained[other]}]"]), **quiet)
+    for sets in (["epochs=2", f"ensemble=[{trained['a']}, {trained['a']}]"],
+                 ["epochs=0", f"ensemble=[{trained['a']}]"]):
+        with pytest.raises(ConfigError, match="ensemble: needs two or more"):
+            load_triage_config(config, sets)
+    assert not (tmp_path / "ens" / "supervised").exists()

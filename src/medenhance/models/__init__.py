@@ -1,6 +1,7 @@
-"""Restoration networks, one file per architecture, built through the registry."""
+"""Restoration and triage networks, one file per architecture, built through the registry."""
 
-from . import autoencoder, classifier, dncnn, drunet, fastunet, ffdnet  # noqa: F401  (they register themselves)
+from . import (autoencoder, classifier, dncnn, drunet, ensemble, fastunet,  # noqa: F401
+               ffdnet)  # (they register themselves)
 from .card import load_model
 from .registry import create_model, list_models, register_model
 

@@ -53,6 +53,7 @@ from ..errors import ConfigError
 from ..models.card import (ModelCard, check_model_name, check_registration, load_model,
                           resolve_model, save_checkpoint, user_dir)
 from ..models.classifier import all_views, transform8
+from ..models.ensemble import TriageEnsemble
 from ..models.registry import create_model
 from ..train.config import _build, _coerce
 from ..train.loop import pick_device
@@ -128,7 +129,12 @@ class TriageConfig:
     crop: bool = False
     #: Start from another triage model's convolutions (name or path; same architecture and
     #: widths), e.g. a one-class network's self-supervised features; its head is not copied.
+    #: Of an ensemble (:attr:`ensemble`), its first member's.
     init_from: str = ""
+    #: Trained triage models (names or paths) of this config's recipe, trained with other seeds
+    #: on the same patient split, to score as one (their mean; :mod:`..models.ensemble`). Needs
+    #: ``epochs: 0``: only the calibration, threshold and out-of-distribution limit are fitted.
+    ensemble: list[str] = field(default_factory=list)
     #: Fit the feature Gaussian also to ``FIT_ZOOM_COPIES`` copies of every training image
     #: enlarged by a random factor in [1, ``fit_zoom``] (1: off), so that a tighter field of view
     #: (another site's collimation or positioning) is not by itself abnormal.
@@ -179,8 +185,12 @@ class TriageConfig:
         if self.oneclass_score == "patch-nn" and (self.kind != "oneclass"
                                                   or self.memory_size < 1):
             raise ConfigError("oneclass_score: patch-nn needs kind: oneclass and memory_size >= 1")
-        if self.epochs == 0 and (not self.init_from or self.kind != "oneclass"
-                                 or self.oneclass_method == "synthetic"):
+        if self.ensemble:
+            if len(self.ensemble) < 2 or self.epochs or self.init_from:
+                raise ConfigError("ensemble: needs two or more trained models, epochs: 0 (the "
+                                  "members are trained already) and no init_from")
+        elif self.epochs == 0 and (not self.init_from or self.kind != "oneclass"
+                                   or self.oneclass_method == "synthetic"):
             # The head is not copied from init_from: only the feature scores work untrained.
             raise ConfigError("epochs: 0 (fit only the normal model and calibration) needs "
                               "init_from, the network to use, and a one-class feature score "
@@ -337,11 +347,14 @@ def _initialise_backbone(model: torch.nn.Module, config: TriageConfig
     """
     source = load_model(config.init_from)
     src = source.card
-    if src.task != "triage" or src.architecture != config.model:
+    network = source.network
+    if src.task == "triage" and src.architecture == "triage_ensemble":
+        network = network.members[0]      # its networks are alike; the first is the source
+    elif src.task != "triage" or src.architecture != config.model:
         raise ConfigError(f"init_from {config.init_from!r} is a {src.task} {src.architecture} "
                           f"model, not a triage {config.model}")
     skip = ("head.", "feature_mean", "feature_precision", "patch_memory")
-    state = {k: v for k, v in source.network.state_dict().items() if not k.startswith(skip)}
+    state = {k: v for k, v in network.state_dict().items() if not k.startswith(skip)}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:
@@ -352,19 +365,79 @@ def _initialise_backbone(model: torch.nn.Module, config: TriageConfig
         raise ConfigError(f"init_from {config.init_from!r} does not fit {config.model} "
                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     # Features learnt on other data are fine; on the same data, only with the same patient split.
-    src_config = TriageConfig(**{k: v for k, v in src.config.items()
-                                 if k in TriageConfig.__dataclass_fields__})
-    def split_of(c: TriageConfig) -> tuple:
-        seed = c.patient_split_seed if c.val_split == "random" else None  # lowest-ids: no seed
-        return c.val_fraction, seed, c.patient_regex, c.val_split
-
+    src_config = _config_of(src)
     other_split = (_same_folder(src_config.data, config.data)
-                   and split_of(src_config) != split_of(config))
-    line = (f"initialised from {src.name} ({source.path})" +
+                   and _split_of(src_config) != _split_of(config))
+    first = " (its first member)" if network is not source.network else ""
+    line = (f"initialised from {src.name}{first} ({source.path})" +
             ("; WARNING: it was trained on another split of the same data, so some validation "
              "images may have been among its training images" if other_split else ""))
     digest = hashlib.sha256(Path(source.path).read_bytes()).hexdigest()
-    return line, {"model": src.name, "path": str(source.path), "sha256": digest}
+    return line, {"model": src.name, "path": str(source.path), "sha256": digest,
+                  **({"member": 0} if first else {})}
+
+
+def _config_of(card: ModelCard) -> TriageConfig:
+    """The training config a triage model's card records."""
+    return TriageConfig(**{k: v for k, v in card.config.items()
+                           if k in TriageConfig.__dataclass_fields__})
+
+
+def _split_of(c: TriageConfig) -> tuple:
+    """What decides a config's train/validation split of its data folder."""
+    seed = c.patient_split_seed if c.val_split == "random" else None  # lowest-ids: no seed
+    return c.val_fraction, seed, c.patient_regex, c.val_split
+
+
+#: What the members of an ensemble must share with its config: the same task, inputs, score and
+#: patient split, or the mean of their outputs means nothing (or the calibration would see a
+#: member's training images).
+ENSEMBLE_SHARED = ("kind", "oneclass_method", "oneclass_score", "view_average", "size", "crop",
+                   "equalize", "model", "normal_labels", "modality")
+
+
+def _assemble_ensemble(config: TriageConfig) -> tuple[TriageEnsemble, dict, list[dict]]:
+    """The trained models of ``config.ensemble`` as one :class:`TriageEnsemble`, with the
+    members' (common) arguments and, for the card, each member's name, file, seed and sha256.
+
+    :class:`ConfigError` names the first member that was trained otherwise than the config
+    says (another recipe, other arguments, another data folder or patient split) or that is not
+    a triage model."""
+    members, records, arguments = [], [], None
+    for name in config.ensemble:
+        loaded = load_model(name)
+        card = loaded.card
+        if card.task != "triage" or card.architecture != config.model:
+            raise ConfigError(f"ensemble member {name!r} is a {card.task} {card.architecture} "
+                              f"model, not a triage {config.model}")
+        if (card.extra.get("triage") or {}).get("frame_range") != "own":
+            raise ConfigError(f"ensemble member {name!r} was trained before frames were spread "
+                              "over their own range; retrain it")
+        member = _config_of(card)
+        for key in ENSEMBLE_SHARED:
+            if getattr(member, key) != getattr(config, key):
+                raise ConfigError(f"ensemble member {name!r} was trained with {key} "
+                                  f"{getattr(member, key)!r}, this config has "
+                                  f"{getattr(config, key)!r}")
+        if (not _same_folder(member.data, config.data)
+                or _split_of(member) != _split_of(config)):
+            raise ConfigError(f"ensemble member {name!r} was trained on another folder or "
+                              "patient split than this config's (its validation images could be "
+                              "another member's training images); train every member with this "
+                              "config's data, val_fraction, split_seed and patient_regex")
+        if arguments is None:
+            arguments = dict(card.arguments)
+        elif card.arguments != arguments:
+            raise ConfigError(f"ensemble member {name!r} has other arguments "
+                              f"({card.arguments}) than the first ({arguments})")
+        members.append(loaded.network)
+        records.append({"model": card.name, "path": str(loaded.path), "seed": member.seed,
+                        "sha256": hashlib.sha256(Path(loaded.path).read_bytes()).hexdigest()})
+    assert arguments is not None
+    ensemble = create_model("triage_ensemble", members=len(members), **arguments)
+    for target, source in zip(ensemble.members, members, strict=True):
+        target.load_state_dict(source.state_dict())
+    return ensemble, arguments, records
 
 
 def _same_folder(a: str, b: str) -> bool:
@@ -468,8 +541,8 @@ def _note_left_out(data: LabelledImages, run: Path, log: Callable[[str], None]) 
         log(f"{len(data.failures)} unreadable file(s) skipped, e.g. {data.failures[0]}")
     if data.skipped:
         path, reason = data.skipped[0]
-        log(f"{len(data.skipped)} image(s) left out (empty, too small, another modality, or "
-            f"copies), e.g. {path}: {reason}")
+        log(f"{len(data.skipped)} image(s) left out (empty, too small, another modality, "
+            f"copies, or outside the label sub-folders), e.g. {path}: {reason}")
     target = run / "skipped.csv"
     if rows:
         with open(target, "w", newline="") as fh:
@@ -535,8 +608,9 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
     if config.threads:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
-    if config.init_from:  # a misspelt name fails now, not after minutes of reading images
-        resolve_model(config.init_from)
+    for name in [config.init_from, *config.ensemble]:
+        if name:  # a misspelt name fails now, not after minutes of reading images
+            resolve_model(name)
     data = load_labelled(config.data, config.normal_labels, config.size,
                          patient_regex=config.patient_regex, progress=progress,
                          modality=config.modality)
@@ -573,8 +647,14 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
     outputs = 8 + PROJECTION_DIM if contrastive else 8 if transforms else 1
     patch_nn = config.kind == "oneclass" and config.oneclass_score == "patch-nn"
     extra_args = {"memory_size": config.memory_size} if patch_nn else {}
-    model = create_model(config.model, num_outputs=outputs, **extra_args, **config.model_args)
-    init_info = None
+    init_info, members, member_args = None, None, {}
+    if config.ensemble:
+        model, member_args, members = _assemble_ensemble(config)
+        log(f"ensemble of {len(members)} trained models ({', '.join(m['model'] for m in members)}"
+            "): only the calibration, threshold and out-of-distribution limit are fitted")
+    else:
+        model = create_model(config.model, num_outputs=outputs, **extra_args,
+                             **config.model_args)
     if config.init_from:
         line, init_info = _initialise_backbone(model, config)
         log(line)
@@ -687,11 +767,12 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
     # on validation (0.966 against 0.960 with a Gaussian per view, X-ray one-class model).
     embed = (lambda x: model.density_features(all_views(x))) if view_average else \
         model.density_features
-    fit_images = gaussian_fit_images(train.images, config.fit_zoom, config.seed)
-    mean, precision = fit_gaussian(batched(embed, fit_images, device, batch=16))
-    model.feature_mean.copy_(torch.from_numpy(mean).float())
-    model.feature_precision.copy_(torch.from_numpy(precision).float())
-    if patch_nn:
+    if not members:         # an ensemble's members keep the Gaussians they were fitted with
+        fit_images = gaussian_fit_images(train.images, config.fit_zoom, config.seed)
+        mean, precision = fit_gaussian(batched(embed, fit_images, device, batch=16))
+        model.feature_mean.copy_(torch.from_numpy(mean).float())
+        model.feature_precision.copy_(torch.from_numpy(precision).float())
+    if patch_nn and not members:
         patches = candidate_patches(lambda x: model.patch_features(x.to(device)), train.images,
                                     config.seed)
         log(f"choosing up to {config.memory_size} of {len(patches)} normal patch features "
@@ -736,8 +817,9 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
                "val_images": int(len(val.labels)), "train_minutes":
                round((time.perf_counter() - start) / 60, 1)}
     card = ModelCard(
-        name=config.name, architecture=config.model,
-        arguments={**config.model_args, **extra_args, "num_outputs": outputs}, task="triage",
+        name=config.name, architecture="triage_ensemble" if members else config.model,
+        arguments=({"members": len(members), **member_args} if members else
+                   {**config.model_args, **extra_args, "num_outputs": outputs}), task="triage",
         modality=config.modality, description=config.description,
         intensity="float32 in [0, 1] by the image's intensity window; middle frame resized to "
                   f"{config.size}x{config.size}"
@@ -748,7 +830,8 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
                        "abnormal_in_training": int(train.labels.sum()),
                        "left_out": len(data.skipped), "unreadable": len(data.failures),
                        "classes": sorted(set(data.classes)),
-                       **({"init_from": init_info} if init_info else {})},
+                       **({"init_from": init_info} if init_info else {}),
+                       **({"ensemble": members} if members else {})},
         config=asdict(config), metrics=metrics, extra={"triage": triage, "history": history})
     if config.robustness:
         from ..models.card import LoadedModel
