@@ -667,12 +667,17 @@ def test_ctrl_c_finishes_with_the_best_epoch_so_far(folders: Path, tmp_path: Pat
         if line.startswith("epoch 2/"):
             os.kill(os.getpid(), signal.SIGINT)          # as Ctrl-C would
 
-    train_triage(config, log=log)
+    # As in a terminal (a shell's background job, as CI may run this, starts with SIGINT ignored).
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        train_triage(config, log=log)
+        # The handler is handed back: Ctrl-C interrupts again as usual.
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, outer)
     assert any(line.startswith("interrupted in epoch 3") for line in lines), lines
     card = TriageScorer(str(tmp_path / "supervised" / "best.safetensors")).model.card
     assert [h["epoch"] for h in card.extra["history"]] == [1, 2]
-    # The handler is handed back: Ctrl-C interrupts again as usual.
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_training_leaves_out_what_it_must_not_learn_from(folders: Path, samples: Path,

@@ -557,12 +557,14 @@ def _note_left_out(data: LabelledImages, run: Path, log: Callable[[str], None]) 
 class _StopRequest:
     """The first Ctrl-C during training asks to stop after the current batch and finish with
     the best epoch so far (it used to lose every epoch, silently); the second stops at once.
-    Only in the main thread, where Python delivers signals."""
+    Only in the main thread, where Python delivers signals, and not where Ctrl-C is ignored (a
+    shell's background job): it should stay ignored there."""
 
     def __init__(self) -> None:
         self.requested = False
         self._previous = None
-        if threading.current_thread() is threading.main_thread():
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):
             self._previous = signal.signal(signal.SIGINT, self._ask)
 
     def _ask(self, signum: int, frame: object) -> None:
