@@ -644,6 +644,16 @@ def test_evaluate_triage_lists_what_it_could_not_read(folders: Path, tmp_path: P
     assert "1 image(s) lie outside the label sub-folders and were not evaluated" in said
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["unlabelled"] == [str(data / "loose.png")]
+    # In Python, the scored studies can be kept (the benchmark reuses them).
+    from medenhance.triage.evaluate import evaluate_triage_folder
+
+    studies: list = []
+    again = evaluate_triage_folder(data, "xray-pneumonia", tmp_path / "ev3", n_bootstrap=10,
+                                   studies=studies)
+    assert len(studies) == again["n_normal"] + again["n_abnormal"] == 12
+    with open(tmp_path / "ev3" / "scores.csv", newline="") as fh:
+        assert [round(r.score, 10) for r in studies] == [float(row["score"])
+                                                         for row in csv.DictReader(fh)]
     assert summary["n_abnormal"] == 6 and summary["n_normal"] == 6
     negative = runner.invoke(app, ["evaluate-triage", str(data), "-m", "xray-pneumonia", "-o",
                                    str(tmp_path / "ev2"), "--minutes", "-5"])

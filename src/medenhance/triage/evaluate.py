@@ -26,11 +26,13 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
                            minutes_per_study: float = 5.0, n_bootstrap: int = 1000,
                            shifts: bool = False, progress: Callable | None = None,
                            shift_progress: Callable | None = None, split: str | None = None,
-                           overwrite: bool = False) -> dict[str, Any]:
+                           overwrite: bool = False,
+                           studies: list | None = None) -> dict[str, Any]:
     """Evaluate ``model`` on ``folder`` (label sub-folders, or a prepared dataset: its ``split``
     rows, by default ``test``); ``shifts``: also the AUROC under simulated acquisition changes
     (:mod:`.robustness`), written to ``robustness.png`` and the summary. An earlier evaluation in
-    ``output`` is kept (:class:`DatasetError`) unless ``overwrite``."""
+    ``output`` is kept (:class:`DatasetError`) unless ``overwrite``. ``studies``: a list that
+    receives the :class:`~.score.TriageResult` of every study scored."""
     base, out = Path(folder), Path(output)
     if not minutes_per_study > 0:
         raise DatasetError(f"--minutes (reading time per study) must be above 0, got "
@@ -63,6 +65,8 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
     if not results:
         raise DatasetError(f"{base}: none of its {len(entries)} images could be read, e.g. "
                            f"{failures[0]}")
+    if studies is not None:
+        studies += results
     labels = np.array([0 if label_of[r.path].lower() in normal else 1 for r in results])
     if len(set(labels.tolist())) < 2:
         found = sorted({label_of[r.path] for r in results})
