@@ -913,7 +913,8 @@ def triage(
     threshold, set for one image, so a study of many frames is flagged more often; also every
     study out of distribution), `ood` (1 = unlike the training images, or a DICOM modality the
     model was not trained on: do not trust the score), `frames`
-    (how many showed the anatomy and counted), `files`, `study` (the UID) and `note`. Unreadable
+    (how many showed the anatomy and counted), `files`, `study` (the UID), `note` and `use`
+    ("research use only", on every row, so that a row copied out still says it). Unreadable
     files are not fatal: they head the worklist (no score, flag 1) and are listed at the end, and
     the exit status is 1. Copies of a DICOM image (same SOP Instance UID) count once.
 
@@ -926,7 +927,7 @@ def triage(
 
     from .io import find_images
     from .io._files import atomic_write, writable_target
-    from .triage.score import NOTE, TriageScorer, population_shift, worklist
+    from .triage.score import CSV_NOTE, NOTE, TriageScorer, population_shift, worklist
 
     failures: list[str] = []
     skipped: list[Path] = []
@@ -972,10 +973,11 @@ def triage(
     def write_rows(fh) -> None:
         w = _csv.writer(fh, lineterminator="\n")
         w.writerow(["rank", "path", "frame", "score", "flag", "ood", "frames", "files",
-                    "study", "note"])
+                    "study", "note", "use"])
         # A study the model could not score must not drop out of the reading: first.
         for i, (path, reason) in enumerate(unreadable, 1):
-            w.writerow([i, path, "", "", 1, 1, 0, 1, "", f"unreadable ({reason}): read it"])
+            w.writerow([i, path, "", "", 1, 1, 0, 1, "", f"unreadable ({reason}): read it",
+                        CSV_NOTE])
         for i, r in enumerate(results, len(unreadable) + 1):
             note = ("empty (one value throughout): read as flagged" if r.empty else
                     f"modality {r.foreign_modality} (model trained on "
@@ -984,7 +986,7 @@ def triage(
                     "likely abnormal" if r.flag else "")
             # An out-of-distribution study is read as flagged: a filter on flag == 1 keeps it.
             w.writerow([i, r.path, r.frame, f"{r.score:.9f}", max(r.flag, r.ood), r.ood,
-                        r.frames, r.files, r.study, note])
+                        r.frames, r.files, r.study, note, CSV_NOTE])
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as fh:

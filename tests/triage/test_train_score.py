@@ -436,8 +436,9 @@ def test_patch_nn_model_refits_an_existing_network(folders: Path, tmp_path: Path
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     with open(worklist_csv, newline="") as fh:
-        flagged = [row for row in csv.DictReader(fh)
-                   if row["score"] and float(row["score"]) >= scorer.threshold]
+        rows = list(csv.DictReader(fh))
+    assert {row["use"] for row in rows} == {"research use only (not for diagnosis)"}
+    flagged = [row for row in rows if row["score"] and float(row["score"]) >= scorer.threshold]
     pngs = sorted(heat.glob("*.png"))
     assert len(pngs) == len(flagged) > 0
     page = (heat / "index.html").read_text()
@@ -446,8 +447,12 @@ def test_patch_nn_model_refits_an_existing_network(folders: Path, tmp_path: Path
     assert page.count("<figure>") == len(pngs) and "research use only" in page
     first = flagged[0]
     assert pngs[0].name == f"{int(first['rank']):04d}_{Path(first['path']).stem}.png"
-    picture = np.asarray(Image.open(pngs[0]))
-    assert picture.shape == (384, 768, 3)          # 64 x 128, each pixel a 6 x 6 block
+    opened = Image.open(pngs[0])
+    assert "research use only" in opened.text["Comment"]
+    # 64 x 128, each pixel a 6 x 6 block, above a caption strip (white text on black).
+    caption = np.asarray(opened)[384:]
+    assert caption.shape == (24, 768, 3) and caption.max() > 200 and np.median(caption) == 0
+    picture = np.asarray(opened)[:384]
     np.testing.assert_array_equal(picture[::6, ::6].repeat(6, 0).repeat(6, 1), picture)
     seen = model_inputs(triage_frame(read_image(first["path"]), 64)[None], scorer.info)[0]
     np.testing.assert_allclose(picture[::6, :384:6, 0], np.round(seen * 255), atol=1)
@@ -652,8 +657,9 @@ def test_evaluate_triage_lists_what_it_could_not_read(folders: Path, tmp_path: P
                                    studies=studies)
     assert len(studies) == again["n_normal"] + again["n_abnormal"] == 12
     with open(tmp_path / "ev3" / "scores.csv", newline="") as fh:
-        assert [round(r.score, 10) for r in studies] == [float(row["score"])
-                                                         for row in csv.DictReader(fh)]
+        rows = list(csv.DictReader(fh))
+    assert [round(r.score, 10) for r in studies] == [float(row["score"]) for row in rows]
+    assert {row["use"] for row in rows} == {"research use only (not for diagnosis)"}
     assert summary["n_abnormal"] == 6 and summary["n_normal"] == 6
     negative = runner.invoke(app, ["evaluate-triage", str(data), "-m", "xray-pneumonia", "-o",
                                    str(tmp_path / "ev2"), "--minutes", "-5"])

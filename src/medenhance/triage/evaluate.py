@@ -14,7 +14,7 @@ from ..errors import DatasetError
 from .data import labelled_files, manifest_of
 from .metrics import (auprc, auroc, bootstrap_ci, roc_curve, sens_spec, wilson_ci,
                       worklist_waits)
-from .score import NOTE, TriageScorer
+from .score import CSV_NOTE, NOTE, TriageScorer
 
 
 def _accuracy(y: np.ndarray, s: np.ndarray, t: float) -> float:
@@ -117,10 +117,11 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "scores.csv", "w", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["path", "label", "score", "flag", "ood", "distance"])
+        w.writerow(["path", "label", "score", "flag", "ood", "distance", "use"])
         for r, y in zip(results, labels, strict=True):
             # Enough digits that a score reproduces its flag and the metrics.
-            w.writerow([r.path, int(y), f"{r.score:.10f}", r.flag, r.ood, f"{r.distance:.3f}"])
+            w.writerow([r.path, int(y), f"{r.score:.10f}", r.flag, r.ood, f"{r.distance:.3f}",
+                        CSV_NOTE])
     (out / "summary.json").write_text(json.dumps(result, indent=2))
     _plot_roc(labels, scores, t, result, out / "roc.png")
     _plot_scores(labels, scores, t, result, out / "scores.png")

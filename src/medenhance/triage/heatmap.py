@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from ..errors import MedEnhanceError
 from ..io import read_image
@@ -48,6 +48,20 @@ def enlarged(picture: np.ndarray) -> np.ndarray:
     return np.repeat(np.repeat(picture, factor, axis=0), factor, axis=1)
 
 
+#: Height of the caption strip under each picture: a picture passed on alone still says what it
+#: is and that it is not for diagnosis.
+CAPTION_HEIGHT = 24
+
+
+def captioned(picture: np.ndarray, text: str) -> np.ndarray:
+    """``picture`` with a black strip of :data:`CAPTION_HEIGHT` pixels below it, ``text`` in white
+    on it (cut to the width)."""
+    strip = Image.new("RGB", (picture.shape[1], CAPTION_HEIGHT))
+    ImageDraw.Draw(strip).text((6, 4), text, fill=(255, 255, 255),
+                               font=ImageFont.load_default(size=14))
+    return np.concatenate([picture, np.asarray(strip)], axis=0)
+
+
 def write_heatmaps(scorer: TriageScorer, ranked: Sequence[tuple[int, TriageResult]],
                    folder: Path, progress: Callable[[list], Iterable] | None = None,
                    failures: list[str] | None = None) -> list[Path]:
@@ -66,8 +80,13 @@ def write_heatmaps(scorer: TriageScorer, ranked: Sequence[tuple[int, TriageResul
         try:
             _, frame = triage_frames(read_image(result.path), size, index=[result.frame])
             frame = model_inputs(frame, scorer.info)
-            picture = enlarged(overlay(frame[0], scorer.evidence_maps(frame)[0]))
-            atomic_write(target, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"),
+            picture = captioned(enlarged(overlay(frame[0], scorer.evidence_maps(frame)[0])),
+                                f"#{rank}  score {result.score:.3f}  {scorer.model.card.name}  "
+                                f"({NOTE})")
+            info = PngImagePlugin.PngInfo()
+            info.add_text("Comment", f"medenhance triage evidence map, {result.path}; {NOTE}")
+            atomic_write(target, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG",
+                                                                           pnginfo=info),
                          overwrite=True)
         except MedEnhanceError as exc:
             if failures is None:

@@ -24,6 +24,9 @@ from .data import model_inputs, triage_frames
 from .study import FrameScore, study_key, summarise, thumbnail
 
 NOTE = "research use only, not for diagnosis"
+#: On every row of the CSV files written (no comma in it: it stays one cell for `cut -d,`); a
+#: row copied out of the worklist still says it.
+CSV_NOTE = "research use only (not for diagnosis)"
 
 
 @dataclass
