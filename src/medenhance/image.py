@@ -94,6 +94,9 @@ def choose_window(values: np.ndarray, *, integer_bits: int | None, signed: bool 
             return IntensityWindow(-(2 ** (integer_bits - 1)), 2 ** (integer_bits - 1) - 1, invert)
         return IntensityWindow(0.0, float(2**integer_bits - 1), invert)
     lo, hi = float(np.min(finite)), float(np.max(finite))
+    if not np.isfinite(hi - lo):        # e.g. -1e308 to 1e308: the scale to [0, 1] overflows
+        raise InvalidImageError(f"values span {lo:.3g} to {hi:.3g}, wider than floating-point "
+                                "arithmetic can scale")
     if integer_bits is None and lo >= 0.0 and hi <= 1.0:
         return IntensityWindow(0.0, 1.0, invert)
     return IntensityWindow(lo, hi, invert)

@@ -57,6 +57,7 @@ def test_npy_int_roundtrip(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("arr,match", [
     (np.array([[np.nan, 1.0], [0.0, 0.5]]), "NaN"),
+    (np.array([[-1e308, 1e308], [0.0, 0.5]]), "wider than floating-point"),   # overflowed
     (np.zeros(5), "2-D or 3-D"),
     (np.array([["a", "b"]]), "numeric"),
     (np.zeros((64, 48, 3), np.float32), "colour image"),

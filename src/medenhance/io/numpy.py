@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ImageReadError
+from ..errors import ImageReadError, InvalidImageError
 from ..image import MedicalImage, from_array, looks_like_colour
 from .raster import stored_values
 
@@ -32,7 +32,10 @@ def read_npy(path: str | Path) -> MedicalImage:
                                 "medenhance reads grey images: (H, W) or frames (N, H, W)")
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise ImageReadError(p, "array contains NaN or infinite values")
-    image = from_array(arr)
+    try:
+        image = from_array(arr)
+    except InvalidImageError as exc:        # named after the file, as the checks above
+        raise ImageReadError(p, str(exc)) from None
     image.meta.source_path = str(p)
     return image
 
