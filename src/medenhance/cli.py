@@ -27,7 +27,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
 from rich.table import Column, Table
 
 from ._version import __version__
-from .errors import MedEnhanceError, NotAnImageError
+from .errors import MedEnhanceError, ModalityWarning, NotAnImageError
 
 app = typer.Typer(
     name="medenhance", no_args_is_help=True, add_completion=False,
@@ -684,7 +684,10 @@ def enhance(
             err_console.print(f"[yellow]note:[/yellow] {f}: modality {modality}, but "
                               f"{loaded.card.name} was trained on {loaded.card.modality} images "
                               "(see `medenhance models` for the others)", highlight=False)
-        write_image(enhance_image(image, loaded, opts), targets[0], overwrite=overwrite)
+        with warnings.catch_warnings():         # said once above, as a note
+            warnings.simplefilter("ignore", ModalityWarning)
+            enhanced = enhance_image(image, loaded, opts)
+        write_image(enhanced, targets[0], overwrite=overwrite)
 
     done, failures = _for_each_file(files, names, f"enhancing ({loaded.card.name})", output,
                                     lambda name: (output / name,), process, overwrite)

@@ -58,3 +58,8 @@ class DatasetError(MedEnhanceError, ValueError):
 
 class ConfigError(MedEnhanceError, ValueError):
     """A configuration value is missing, of the wrong type or out of range."""
+
+
+class ModalityWarning(UserWarning):
+    """An image of a modality the model was not trained on was given to it: its output may be
+    off (the CLI says so in a note of its own)."""

@@ -52,6 +52,8 @@ def test_clean_input_is_nearly_unchanged(xray_model, radiograph: np.ndarray) -> 
     assert psnr(radiograph, out) > 38
 
 
+# The MR sample goes through the X-ray model on purpose.
+@pytest.mark.filterwarnings("ignore::medenhance.errors.ModalityWarning")
 def test_formats_and_units_are_kept(xray_model, samples, tmp_path) -> None:
     for path in me.find_images([samples]):
         image = me.read_image(path)
@@ -143,3 +145,18 @@ def test_what_cannot_be_enhanced_is_refused_with_the_reason(xray_model, samples)
     # A checkpoint given as a Path works like its string.
     by_path = enhance_image(image, bundled_dir() / "mri-denoise.safetensors")
     np.testing.assert_array_equal(by_path.pixels, enhance_image(image, "mri-denoise").pixels)
+
+
+def test_an_image_of_another_modality_draws_a_warning_in_python(xray_model, samples) -> None:
+    """The CLI noted an MR image given to an X-ray model; Python callers got no word."""
+    import warnings
+
+    from medenhance.errors import ModalityWarning
+
+    mr = me.read_image(samples / "mr_head_MR1_JPLL.dcm")
+    with pytest.warns(ModalityWarning, match="modality MR, but xray-denoise was trained on CR/DX"):
+        enhance_image(mr, xray_model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ModalityWarning)
+        enhance_image(me.read_image(samples / "cr_chest_RG1_J2KI.dcm"), xray_model)   # its own
+        enhance_image(me.from_array(mr.pixels), xray_model)       # no modality known

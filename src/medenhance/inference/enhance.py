@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConfigError, InvalidImageError
+from ..errors import ConfigError, InvalidImageError, ModalityWarning
 from ..image import MedicalImage, check_unit_range
 from ..io.padding import fill_from_nearest
 from ..models.card import LoadedModel, load_model
@@ -174,7 +175,8 @@ def enhance_image(image: MedicalImage, model: LoadedModel | str | os.PathLike[st
     """Enhance a :class:`MedicalImage` with a model (a loaded one, a name or a checkpoint path).
 
     The result keeps the input's metadata (so it is written in the same format and units) and
-    records the model and the noise level used in its history.
+    records the model and the noise level used in its history. An image of a DICOM modality
+    the model was not trained on draws a :class:`~medenhance.errors.ModalityWarning`.
     """
     from ..io.padding import keep_padding, padding_mask
 
@@ -186,6 +188,11 @@ def enhance_image(image: MedicalImage, model: LoadedModel | str | os.PathLike[st
         raise ConfigError(f"options must be EnhanceOptions(...), got {type(options).__name__}")
     loaded = _loaded(model)
     opts = options or EnhanceOptions()
+    foreign = loaded.card.foreign_modality(image.meta.modality)
+    if foreign:
+        warnings.warn(f"{image.meta.source_path or 'image'}: modality {foreign}, but "
+                      f"{loaded.card.name} was trained on {loaded.card.modality} images",
+                      ModalityWarning, stacklevel=2)
     mask = padding_mask(image)
     pixels, sigmas = enhance_array(image.pixels, loaded, opts, keep=mask)
     known = [s for s in sigmas if s is not None]          # flat frames had no level
