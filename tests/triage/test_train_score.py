@@ -821,3 +821,58 @@ def test_an_ensemble_refuses_members_trained_otherwise(folders: Path, tmp_path: 
         with pytest.raises(ConfigError, match="ensemble: needs two or more"):
             load_triage_config(config, sets)
     assert not (tmp_path / "ens" / "supervised").exists()
+
+
+def test_wavelet_oneclass_model_fits_only_a_gaussian(folders: Path, tmp_path: Path,
+                                                   monkeypatch) -> None:
+    """``model: wavelet_features``: fixed features, the normal images' Gaussian fitted, scored by
+    the distance to it, with a map of where it comes from."""
+    from scipy.special import expit
+
+    from medenhance.triage.data import model_inputs, triage_frame
+    from medenhance.triage.metrics import auroc
+    from medenhance.triage.train import fit_gaussian
+
+    monkeypatch.setenv("MEDENHANCE_MODELS", str(tmp_path / "models"))
+    config = tmp_path / "w.yaml"
+    config.write_text(f"name: tiny-wavelet\nkind: oneclass\nmodel: wavelet_features\n"
+                      f"model_args: {{grid: 2}}\ndata: {folders / 'train'}\nsize: 64\nepochs: 0\n"
+                      f"val_fraction: 0.25\nthreads: 1\noutput_dir: {tmp_path / 'w'}\n")
+    result = runner.invoke(app, ["train-triage", "-c", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "fixed features, nothing to train" in " ".join(result.output.split())
+    scorer = TriageScorer("tiny-wavelet")
+    card, net = scorer.model.card, scorer.model.network
+    assert card.architecture == "wavelet_features" and card.arguments == {"grid": 2}
+    assert card.training_data["abnormal_in_training"] == 0
+    assert scorer.info["score"] == "mahalanobis" and scorer.info["distance"] == "upright"
+    # The stored Gaussian is the one of the normal training images' features.
+    from medenhance.triage.data import load_labelled, train_val_split
+    from medenhance.triage.train import oneclass_split
+
+    data = load_labelled(folders / "train", ["NORMAL"], 64)
+    data.images = model_inputs(data.images, scorer.info)
+    train, _ = oneclass_split(data, *train_val_split(data, 0.25, 0), lambda line: None)
+    features = net.density_features(torch.from_numpy(data.images[train])[:, None]).numpy()
+    mean, precision = fit_gaussian(features.astype(np.float64))
+    np.testing.assert_allclose(net.feature_mean.numpy(), mean, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(net.feature_precision.numpy(), precision, rtol=1e-3, atol=1e-3)
+    # Scores are the calibrated distance, and a bright blob in a normal study is found.
+    files = sorted((folders / "test" / "NORMAL").iterdir()) + sorted(
+        (folders / "test" / "PNEUMONIA").iterdir())
+    frames = model_inputs(np.stack([triage_frame(read_image(f), 64) for f in files]), scorer.info)
+    prob, dist = scorer.score_frames(frames)
+    a, b = scorer.info["platt"]
+    np.testing.assert_allclose(prob, expit(a * (dist - b)), atol=1e-9)
+    labels = np.r_[np.zeros(30), np.ones(30)]
+    assert auroc(labels, prob) > 0.85
+    maps = scorer.evidence_maps(frames[30:33])
+    assert maps.shape == (3, 64, 64) and (maps >= 0).all()
+    # A network with fixed features cannot be trained, nor be a classifier.
+    for extra in ("epochs: 3\n", "kind: supervised\n", "oneclass_score: patch-nn\n"):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(config.read_text().replace("epochs: 0\n", "").replace(
+            "kind: oneclass\n", "") + ("" if "epochs" in extra else "epochs: 0\n")
+            + ("" if "kind" in extra else "kind: oneclass\n") + extra)
+        refused = runner.invoke(app, ["train-triage", "-c", str(bad)])
+        assert refused.exit_code != 0 and "fixed features" in refused.output, extra

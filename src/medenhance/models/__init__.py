@@ -1,7 +1,7 @@
 """Restoration and triage networks, one file per architecture, built through the registry."""
 
 from . import (autoencoder, classifier, dncnn, drunet, ensemble, fastunet,  # noqa: F401
-               ffdnet)  # (they register themselves)
+               ffdnet, wavelet)  # (they register themselves)
 from .card import load_model
 from .registry import create_model, list_models, register_model
 

@@ -100,22 +100,34 @@ class TriageScorer:
 
     @property
     def has_evidence_maps(self) -> bool:
-        return self.info.get("score") in ("patch-nn", "logit") or self.info["kind"] == "supervised"
+        return (self.info.get("score") in ("patch-nn", "logit") or self.info["kind"] == "supervised"
+                or self._distance_map is not None)
+
+    @property
+    def _distance_map(self):
+        """The network's map of its feature distance (fixed wavelet features: each cell's share),
+        where the score is that distance; else None."""
+        if self.info.get("score") != "mahalanobis":
+            return None
+        return getattr(self.model.network, "distance_map", None)
 
     @torch.no_grad()
     def evidence_maps(self, frames: np.ndarray) -> np.ndarray:
         """Where in each network input (``(N, size, size)``, after :func:`.data.model_inputs`)
         the score comes from, ``(N, size, size)``, higher = more abnormal: the distance of each
-        patch to the normal patch memory (``patch-nn``), or the classifier's head applied at
-        every location (supervised, synthetic anomalies). Models that score the pooled features
-        of the whole image have none."""
+        patch to the normal patch memory (``patch-nn``), the classifier's head applied at
+        every location (supervised, synthetic anomalies), or each cell's share of the feature
+        distance (fixed wavelet features). Models that score the pooled features of a learnt
+        network have none."""
         net, how = self.model.network, self.info.get("score")
         x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))[:, None]
         if not self.has_evidence_maps:
             raise ConfigError(f"model {self.model.card.name!r} scores the pooled features of the "
                               "whole image, so it has no map of where its score comes from "
-                              "(patch-nn and supervised models have one)")
-        grid = net.patch_distance_map(x) if how == "patch-nn" else net.location_logits(x)
+                              "(patch-nn, wavelet and supervised models have one)")
+        grid = (net.patch_distance_map(x) if how == "patch-nn" else
+                self._distance_map(x) if self._distance_map is not None else
+                net.location_logits(x))
         return torch.nn.functional.interpolate(grid[:, None], size=x.shape[-2:],
                                                mode="bilinear", align_corners=False
                                                )[:, 0].numpy()

@@ -18,6 +18,10 @@
     projection: two augmentations of an image, in the same view, should match each other and no
     other image (close to CSI, Tack et al., NeurIPS 2020); scored the same way.
 
+  With ``model: wavelet_features`` (:mod:`..models.wavelet`) nothing is trained and
+  ``oneclass_method`` is not used: fixed Gabor wavelet features, scored by the Mahalanobis distance
+  to a Gaussian of the normal training images (bundled ``xray-triage`` and ``mri-triage``).
+
   Abnormal images are never used for training or model selection; a labelled validation split is
   used only to calibrate the score into a probability (Platt scaling) and to choose the operating
   point.
@@ -79,7 +83,10 @@ FIT_ZOOM_COPIES = 2
 
 
 #: Networks a triage model can be built on (the others restore images).
-TRIAGE_NETWORKS = ("small_resnet",)
+TRIAGE_NETWORKS = ("small_resnet", "wavelet_features")
+#: Of those, the ones with fixed features (:mod:`..models.wavelet`): nothing is trained, only the
+#: normal images' Gaussian is fitted (one-class, ``epochs: 0``).
+FIXED_FEATURE_NETWORKS = ("wavelet_features",)
 
 
 @dataclass
@@ -185,7 +192,14 @@ class TriageConfig:
         if self.oneclass_score == "patch-nn" and (self.kind != "oneclass"
                                                   or self.memory_size < 1):
             raise ConfigError("oneclass_score: patch-nn needs kind: oneclass and memory_size >= 1")
-        if self.ensemble:
+        if self.model in FIXED_FEATURE_NETWORKS:
+            if (self.kind != "oneclass" or self.epochs or self.init_from or self.ensemble
+                    or self.oneclass_score != "gaussian"):
+                raise ConfigError(f"model {self.model} has fixed features: it needs kind: "
+                                  "oneclass and epochs: 0 (only the normal images' Gaussian is "
+                                  "fitted), without init_from, ensemble or oneclass_score: "
+                                  "patch-nn")
+        elif self.ensemble:
             if len(self.ensemble) < 2 or self.epochs or self.init_from:
                 raise ConfigError("ensemble: needs two or more trained models, epochs: 0 (the "
                                   "members are trained already) and no init_from")
@@ -641,11 +655,13 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
         f"({int(val.labels.sum())} abnormal), {len(set(data.patients))} patients"
         + ("; train/val split of the manifest" if data.splits is not None else ""))
 
-    contrastive = config.kind == "oneclass" and config.oneclass_method == "contrastive"
+    fixed = config.model in FIXED_FEATURE_NETWORKS
+    contrastive = (config.kind == "oneclass" and config.oneclass_method == "contrastive"
+                   and not fixed)
     # The contrastive method also recognises the views: its first 8 outputs, then a projection.
-    transforms = config.kind == "oneclass" and config.oneclass_method in ("transforms",
-                                                                          "contrastive")
-    synthetic = config.kind == "oneclass" and config.oneclass_method == "synthetic"
+    transforms = config.kind == "oneclass" and config.oneclass_method in (
+        "transforms", "contrastive") and not fixed
+    synthetic = config.kind == "oneclass" and config.oneclass_method == "synthetic" and not fixed
     outputs = 8 + PROJECTION_DIM if contrastive else 8 if transforms else 1
     patch_nn = config.kind == "oneclass" and config.oneclass_score == "patch-nn"
     extra_args = {"memory_size": config.memory_size} if patch_nn else {}
@@ -654,6 +670,10 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
         model, member_args, members = _assemble_ensemble(config)
         log(f"ensemble of {len(members)} trained models ({', '.join(m['model'] for m in members)}"
             "): only the calibration, threshold and out-of-distribution limit are fitted")
+    elif fixed:
+        model = create_model(config.model, **config.model_args)
+        log(f"{config.model}: fixed features, nothing to train; fitting the normal images' "
+            "Gaussian")
     else:
         model = create_model(config.model, num_outputs=outputs, **extra_args,
                              **config.model_args)
@@ -661,7 +681,9 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
         line, init_info = _initialise_backbone(model, config)
         log(line)
     model = model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # A dummy parameter where the network has none (fixed features): there are no steps then.
+    opt = torch.optim.AdamW(list(model.parameters()) or [torch.nn.Parameter(torch.zeros(1))],
+                            lr=config.lr, weight_decay=config.weight_decay)
     # Batches are whole (batch norm); with fewer images than a batch there would be no step.
     batch_size = min(config.batch_size, len(train.labels))
     if config.epochs and batch_size < 2:
@@ -821,6 +843,7 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
     card = ModelCard(
         name=config.name, architecture="triage_ensemble" if members else config.model,
         arguments=({"members": len(members), **member_args} if members else
+                   dict(config.model_args) if fixed else
                    {**config.model_args, **extra_args, "num_outputs": outputs}), task="triage",
         modality=config.modality, description=config.description,
         intensity="float32 in [0, 1] by the image's intensity window; middle frame resized to "
