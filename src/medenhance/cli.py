@@ -858,11 +858,10 @@ def train_triage_cmd(
     ~/.medenhance/models; `register: false` skips it), so `-m NAME` finds it; a bundled model of
     the same name comes first.
 
-    Example: `medenhance train-triage -c configs/xray-pneumonia-member.yaml --set data=data/cxr
-    --set name=my-model --set output_dir=runs/my-model`
+    Example: `medenhance train-triage -c configs/xray-pneumonia.yaml`
 
-    Example (an ensemble of trained members, as the bundled xray-pneumonia): `medenhance
-    train-triage -c configs/xray-pneumonia.yaml`
+    Example: `medenhance train-triage -c configs/xray-pneumonia.yaml --set data=data/cxr --set
+    name=my-model --set output_dir=runs/my-model`
     """
     from .triage.train import load_triage_config, train_triage
 
