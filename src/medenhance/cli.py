@@ -952,7 +952,7 @@ def triage(
         if heatmaps is not None and not scorer.has_evidence_maps:
             raise MedEnhanceError(f"--heatmaps: model {scorer.model.card.name!r} scores the "
                                   "pooled features of the whole image and has no map of where "
-                                  "its score comes from (use a patch-nn or supervised model)")
+                                  "its score comes from (use a wavelet, patch-nn or supervised model)")
         files = find_images(inputs, errors=failures, skipped=skipped)
         note_skipped(skipped)
         resolved = {f.resolve() for f in files}
@@ -1041,7 +1041,7 @@ def triage(
         except MedEnhanceError as exc:       # the folder itself cannot be written
             heat_failures.append(str(exc))
             written = []
-        say.print(f"{len(written)} heatmap(s) of the studies at or above the threshold in "
+        say.print(f"{len(written)} heatmap(s) of the flagged studies in "
                   f"{heatmaps}/, to look "
                   f"through in {heatmaps / 'index.html'} (left: what the model saw; right: "
                   "where it looked most abnormal, scaled per image)")
