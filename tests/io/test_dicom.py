@@ -43,6 +43,8 @@ def test_derived_attributes(samples: Path, tmp_path: Path) -> None:
     src, dst = pydicom.dcmread(src_path), pydicom.dcmread(out)
     assert dst.SOPInstanceUID != src.SOPInstanceUID
     assert dst.SeriesInstanceUID != src.SeriesInstanceUID
+    # Numbered apart from its source, as scanners number derived series.
+    assert int(src.SeriesNumber) > 0 and dst.SeriesNumber == int(src.SeriesNumber) + 1000
     assert dst.file_meta.MediaStorageSOPInstanceUID == dst.SOPInstanceUID
     assert list(dst.ImageType)[:2] == ["DERIVED", "SECONDARY"]
     assert "halved for a test" in dst.DerivationDescription

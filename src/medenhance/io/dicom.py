@@ -10,7 +10,8 @@ Order of operations on read, as in PS3.3 C.11 (Modality LUT -> VOI LUT -> Presen
 
 The VOI LUT / window centre and width are display settings: they are left untouched and kept in the
 header. The writer undoes step 3 and 2 exactly and writes a *derived* image: new SOP and Series
-Instance UIDs, (0008,0008) *Image Type* DERIVED\\SECONDARY, a (0008,2111) *Derivation Description*,
+Instance UIDs, the source's (0020,0011) *Series Number* + 1000, (0008,0008) *Image Type*
+DERIVED\\SECONDARY, a (0008,2111) *Derivation Description*,
 a (0008,2112) *Source Image Sequence* pointing at the input, and the input's bit depth, photometric
 interpretation and every other attribute kept. Pixel data is written uncompressed (Explicit VR
 Little Endian).
@@ -258,6 +259,22 @@ def _derived_series_uid(source: Dataset, derivation: list[str]) -> str:
     return generate_uid(entropy_srcs=[_RUN_SALT, series, *derivation])
 
 
+#: Added to the source's Series Number, as scanners number the series they derive (a viewer
+#: that lists a study's series by number then shows the derived one apart from its source).
+DERIVED_SERIES_OFFSET = 1000
+
+
+def _derived_series_number(source: Dataset) -> int | None:
+    """The source's (0020,0011) *Series Number* + :data:`DERIVED_SERIES_OFFSET`, or None where
+    the source has no usable one or the sum would not fit an IS value (it is then kept)."""
+    try:
+        number = int(source.get("SeriesNumber"))
+    except (TypeError, ValueError):
+        return None
+    derived = number + DERIVED_SERIES_OFFSET
+    return derived if -2 ** 31 <= derived < 2 ** 31 else None
+
+
 def _mark_frames_derived(ds: Dataset) -> None:
     """Set value 1 of every *Frame Type* in the functional groups to DERIVED."""
     for group in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
@@ -369,6 +386,8 @@ def derived_dataset(image: MedicalImage, target: Path) -> Dataset:
         ds.SourceImageSequence = Sequence([ref])
     description = str(source.get("SeriesDescription", "") or "")
     ds.SeriesDescription = (description + " medenhance").strip()[-64:]
+    if (number := _derived_series_number(source)) is not None:
+        ds.SeriesNumber = number
     now = _dt.datetime.now()
     ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ds.InstanceCreationDate, ds.InstanceCreationTime = ds.ContentDate, ds.ContentTime
