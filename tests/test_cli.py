@@ -547,3 +547,25 @@ def test_pacs_exports_with_reports_and_suffixless_files(samples: Path, tmp_path:
     enhanced = run("enhance", export, "-m", "mri-denoise", "-o", tmp_path / "enh")
     assert enhanced.exit_code == 0 and said in " ".join(enhanced.output.split())
     assert sorted(p.name for p in (tmp_path / "enh").iterdir()) == ["IM0.dcm", "IM0_1.dcm"]
+
+
+def test_heatmaps_cover_out_of_distribution_studies_below_the_threshold(samples: Path,
+                                                                         tmp_path: Path) -> None:
+    """An out-of-distribution study is read as flagged, so it gets its heatmap even when its
+    score is below the threshold (the NEMA adult radiograph for the paediatric classifier)."""
+    heat = tmp_path / "heat"
+    result = run("triage", samples, "-m", "xray-pneumonia", "-o", tmp_path / "w.csv",
+                 "--heatmaps", heat)
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "w.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    from medenhance.triage.score import TriageScorer
+
+    threshold = TriageScorer("xray-pneumonia").threshold
+    quiet = [r for r in rows if r["ood"] == "1" and float(r["score"]) < threshold]
+    assert quiet, "no out-of-distribution study below the threshold among the samples"
+    names = {p.name for p in heat.glob("*.png")}
+    assert names == {f"{int(r['rank']):04d}_{Path(r['path']).stem}.png" for r in rows
+                     if r["flag"] == "1"}
+    assert f"{int(quiet[0]['rank']):04d}_{Path(quiet[0]['path']).stem}.png" in names
+    assert "out of distribution" in (heat / "index.html").read_text()

@@ -901,8 +901,9 @@ def triage(
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace an existing worklist (and heatmaps).")] = False,
     heatmaps: Annotated[Path | None, typer.Option(
-        help="Also write, for every flagged study, a PNG of where its score comes from (models "
-             "with a patch-nn score, and supervised ones) into this folder.")] = None,
+        help="Also write, for every flagged study (out-of-distribution ones included), a PNG of "
+             "where its score comes from (wavelet, patch-nn and supervised models) into this "
+             "folder.")] = None,
     by_file: Annotated[bool, typer.Option(
         "--by-file", help="One row per file, also for DICOM files of one study.")] = False,
 ) -> None:
@@ -1033,7 +1034,10 @@ def triage(
     if heatmaps is not None:
         from .triage.heatmap import write_heatmaps
 
-        ranked = [(i, r) for i, r in enumerate(results, len(unreadable) + 1) if r.flag]
+        # Every flagged row of the worklist: at or above the threshold, or out of distribution
+        # (read as flagged) where there is a picture to show.
+        ranked = [(i, r) for i, r in enumerate(results, len(unreadable) + 1)
+                  if r.flag or (r.ood and not r.empty)]
         heat_failures: list[str] = []
         try:
             written = write_heatmaps(scorer, ranked, heatmaps, failures=heat_failures,

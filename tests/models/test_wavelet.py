@@ -10,7 +10,7 @@ import torch
 from scipy.signal import fftconvolve
 
 from medenhance.models import create_model
-from medenhance.models.wavelet import MODULUS_FLOOR, gabor_kernel
+from medenhance.models.wavelet import BORDER, MODULUS_FLOOR, gabor_kernel
 
 
 def test_gabor_kernel_is_zero_mean_and_normalised() -> None:
@@ -26,12 +26,35 @@ def test_responses_agree_with_scipy_convolution() -> None:
     rng = np.random.default_rng(0)
     frame = rng.random((64, 80)).astype(np.float32)
     ours = model.response_moduli(torch.from_numpy(frame)[None, None])[0].numpy()
-    pad = min(48, 63)
-    padded = np.pad(frame.astype(np.float64), pad, mode="reflect")
+    padded = np.pad(frame.astype(np.float64), BORDER, mode="reflect")
     for c in (0, 7, 23):
         kernel = model.kernels[c].numpy()
-        ref = np.abs(fftconvolve(padded, kernel, mode="same"))[pad:-pad, pad:-pad]
+        ref = np.abs(fftconvolve(padded, kernel, mode="same"))[BORDER:-BORDER, BORDER:-BORDER]
         np.testing.assert_allclose(ours[c], ref, atol=2e-5)
+
+
+@pytest.mark.parametrize("side", [20, 32])
+def test_small_frames_are_bordered_without_wrapping(side: int) -> None:
+    """Frames smaller than the longest filter: mirrored as far as they can be, then their edge
+    repeated, never wrapped around (a circular convolution would add the opposite edge)."""
+    model = create_model("wavelet_features")
+    frame = np.random.default_rng(1).random((side, side))
+    ours = model.response_moduli(torch.from_numpy(frame).float()[None, None])[0].numpy()
+    padded = np.pad(np.pad(frame, side - 1, mode="reflect"), BORDER - side + 1, mode="edge")
+    crop = slice(BORDER, BORDER + side)
+    for c in (5, 23):           # 4 and 32 px wavelengths
+        ref = np.abs(fftconvolve(padded, model.kernels[c].numpy(), mode="same"))[crop, crop]
+        np.testing.assert_allclose(ours[c], ref, atol=2e-5)
+
+
+def test_filters_follow_the_frame_shape() -> None:
+    """One model on frames of several shapes gives what a fresh model gives on each."""
+    model = create_model("wavelet_features")
+    frames = [torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 80), torch.rand(1, 1, 96, 64),
+              torch.rand(2, 1, 64, 96)]
+    for x in frames:
+        torch.testing.assert_close(model.density_features(x),
+                                   create_model("wavelet_features").density_features(x))
 
 
 def test_a_grating_answers_most_to_its_own_wavelength_and_orientation() -> None:
@@ -52,10 +75,17 @@ def test_features_shape_flat_frames_and_contrast() -> None:
     flat = torch.full((2, 1, 64, 64), 0.7)
     np.testing.assert_allclose(model.density_features(flat).numpy(), math.log(MODULUS_FLOOR),
                                atol=1e-3)
-    # The logarithm turns a change of contrast into a shift of every feature by its log.
-    x = torch.rand(1, 1, 64, 64)
+    # The responses are linear in the frame: the logarithm turns a change of contrast into a
+    # shift of the features (by log 0.5, where the responses stand well above the floor).
+    blocks = (torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    x = blocks.repeat_interleave(8, -2).repeat_interleave(8, -1)      # 8-px black/white blocks
     a, b = model.response_moduli(x), model.response_moduli(0.5 * x)
     torch.testing.assert_close(b, 0.5 * a, atol=1e-6, rtol=1e-4)
+    fa, fb = model.density_features(x), model.density_features(0.5 * x)
+    strong = fa > math.log(100 * MODULUS_FLOOR)
+    assert strong.any()
+    torch.testing.assert_close(fb[strong] - fa[strong], torch.full_like(fa[strong], math.log(0.5)),
+                               atol=0.02, rtol=0)
 
 
 def test_distance_and_its_map_follow_the_fitted_gaussian() -> None:
@@ -73,6 +103,54 @@ def test_distance_and_its_map_follow_the_fitted_gaussian() -> None:
     torch.testing.assert_close(shares.sum((1, 2)), expected ** 2, rtol=1e-4, atol=1e-4)
 
 
+def test_the_map_puts_each_share_in_its_own_cell() -> None:
+    """A bright spot in one cell of a flat frame: with a Gaussian of the flat frame's features,
+    only the spot's cell departs from it (features are channel-major: channel, row, column)."""
+    model = create_model("wavelet_features", wavelengths=[4], orientations=2, grid=2)
+    flat = torch.full((1, 1, 64, 64), 0.5)
+    model.feature_mean.copy_(model.density_features(flat)[0])
+    model.feature_precision.copy_(torch.eye(model.density_dim))
+    spot = flat.clone()
+    spot[..., 40:48, 8:16] = 1.0              # lower left: row 1, column 0
+    shares = model.distance_map(spot)[0]
+    assert float(shares[1, 0]) > 0 and float(shares.sum() - shares[1, 0]) == pytest.approx(0)
+    # Only one channel's features of the upper right cell weigh: that cell alone lights up.
+    model.feature_precision.zero_()
+    index = 0 * 4 + 0 * 2 + 1                  # channel 0, row 0, column 1
+    model.feature_precision[index, index] = 1.0
+    other = flat.clone()
+    other[..., 4:12, 40:48] = 1.0
+    shares = model.distance_map(other)[0]
+    assert float(shares[0, 1]) > 0 and float(shares.sum() - shares[0, 1]) == pytest.approx(0)
+
+
+def test_a_card_records_the_filter_bank() -> None:
+    model = create_model("wavelet_features", grid=3)
+    assert model.card_arguments == {"wavelengths": [4.0, 8.0, 16.0, 32.0], "orientations": 6,
+                                    "grid": 3}
+    assert create_model("wavelet_features", **model.card_arguments).density_dim == 24 * 9
+
+
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="wavelengths"):
         create_model("wavelet_features", wavelengths=[1])
+
+
+@pytest.mark.parametrize("name, sample, distance", [
+    ("mri-triage", "mri_brain_glioma_Te-gl_0063.png", 14.61798),
+    ("xray-triage", "xray_chest_nih_00009128_000.png", 26.40831)])
+def test_bundled_models_keep_their_features(samples, name: str, sample: str,
+                                            distance: float) -> None:
+    """The bundled wavelet models were fitted to features of this code: their cards name the
+    filter bank, and a change of it (or of how responses are computed) that moved the features
+    would silently move every score; the distances recorded here, at bundling, catch it."""
+    from medenhance.io import read_image
+    from medenhance.triage.data import model_inputs, triage_frame
+    from medenhance.triage.score import TriageScorer
+
+    scorer = TriageScorer(name)
+    assert scorer.model.card.arguments == scorer.model.network.card_arguments == {
+        "wavelengths": [4.0, 8.0, 16.0, 32.0], "orientations": 6, "grid": 4}
+    frame = model_inputs(triage_frame(read_image(samples / sample), 128)[None], scorer.info)
+    _, measured = scorer.score_frames(frame)
+    assert measured[0] == pytest.approx(distance, rel=1e-4)

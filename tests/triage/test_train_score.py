@@ -438,7 +438,8 @@ def test_patch_nn_model_refits_an_existing_network(folders: Path, tmp_path: Path
     with open(worklist_csv, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert {row["use"] for row in rows} == {"research use only (not for diagnosis)"}
-    flagged = [row for row in rows if row["score"] and float(row["score"]) >= scorer.threshold]
+    # Every flagged row gets one: at or above the threshold, or out of distribution.
+    flagged = [row for row in rows if row["flag"] == "1"]
     pngs = sorted(heat.glob("*.png"))
     assert len(pngs) == len(flagged) > 0
     page = (heat / "index.html").read_text()
@@ -843,7 +844,8 @@ def test_wavelet_oneclass_model_fits_only_a_gaussian(folders: Path, tmp_path: Pa
     assert "fixed features, nothing to train" in " ".join(result.output.split())
     scorer = TriageScorer("tiny-wavelet")
     card, net = scorer.model.card, scorer.model.network
-    assert card.architecture == "wavelet_features" and card.arguments == {"grid": 2}
+    assert card.architecture == "wavelet_features" and card.arguments == {
+        "wavelengths": [4.0, 8.0, 16.0, 32.0], "orientations": 6, "grid": 2}
     assert card.training_data["abnormal_in_training"] == 0
     assert scorer.info["score"] == "mahalanobis" and scorer.info["distance"] == "upright"
     # The stored Gaussian is the one of the normal training images' features.
@@ -868,6 +870,15 @@ def test_wavelet_oneclass_model_fits_only_a_gaussian(folders: Path, tmp_path: Pa
     assert auroc(labels, prob) > 0.85
     maps = scorer.evidence_maps(frames[30:33])
     assert maps.shape == (3, 64, 64) and (maps >= 0).all()
+    # A bright spot put into the upper right quarter of normal studies is where the map points.
+    yy, xx = np.mgrid[0:64, 0:64]
+    spotted = []
+    for seed in range(5):
+        study = _study(np.random.default_rng(200 + seed), False).astype(np.float64) / 255
+        spotted.append(np.clip(study + 0.35 * ((yy - 16) ** 2 + (xx - 48) ** 2 < 40), 0, 1))
+    maps = scorer.evidence_maps(model_inputs(np.stack(spotted).astype(np.float32), scorer.info))
+    peaks = [np.unravel_index(m.argmax(), m.shape) for m in maps]
+    assert all(y < 32 <= x for y, x in peaks), peaks
     # A network with fixed features cannot be trained, nor be a classifier.
     for extra in ("epochs: 3\n", "kind: supervised\n", "oneclass_score: patch-nn\n"):
         bad = tmp_path / "bad.yaml"
@@ -876,3 +887,21 @@ def test_wavelet_oneclass_model_fits_only_a_gaussian(folders: Path, tmp_path: Pa
             + ("" if "kind" in extra else "kind: oneclass\n") + extra)
         refused = runner.invoke(app, ["train-triage", "-c", str(bad)])
         assert refused.exit_code != 0 and "fixed features" in refused.output, extra
+    # A filter bank it cannot build is refused before any image is read.
+    refused = runner.invoke(app, ["train-triage", "-c", str(config), "--set",
+                                  "model_args={wavelengths: [1]}"])
+    assert refused.exit_code == 1 and "model_args: wavelengths >= 2 px" in refused.output
+    assert "training" not in refused.output and "Traceback" not in refused.output
+    # One normal training image is no Gaussian (its covariance is not finite).
+    few = tmp_path / "few"
+    rng = np.random.default_rng(5)
+    for i in range(2):          # one for training, one for validation
+        write_image(from_array(_study(rng, False)), few / "NORMAL" / f"n{i}.png")
+    for i in range(6):
+        write_image(from_array(_study(rng, True)), few / "PNEUMONIA" / f"a{i}.png")
+    refused = runner.invoke(app, ["train-triage", "-c", str(config), "--set", f"data={few}",
+                                  "--set", "register=false", "--set", "robustness=false",
+                                  "--set", "val_fraction=0.5",
+                                  "--set", f"output_dir={tmp_path / 'few-run'}"])
+    assert refused.exit_code == 1, refused.output
+    assert "too few to fit the feature Gaussian" in " ".join(refused.output.split())

@@ -1,8 +1,8 @@
 """Fixed Gabor-wavelet features for one-class triage: nothing to learn but a Gaussian.
 
 A one-class model needs features that describe normal anatomy well, and no pretrained network
-can be downloaded here. A network trained on a few dozen normal slices (57 in the Nickparvar
-brain MRI training folder) learns little; a fixed wavelet filter bank needs no training at all and
+can be downloaded here. A network trained on a few dozen normal slices (57 in the training split
+of the Nickparvar brain MRI folder) learns little; a fixed wavelet filter bank needs no training at all and
 is what the scattering transform builds on (Bruna & Mallat, IEEE TPAMI 2013: modulus of complex
 wavelet responses, averaged locally, is stable to small deformations and informative about
 texture and edges). Here, the first order of it:
@@ -14,7 +14,8 @@ texture and edges). Here, the first order of it:
   them): ``len(wavelengths) * orientations * grid**2`` features;
 * a Gaussian fitted to the normal training images' features; the anomaly score is the
   Mahalanobis distance to it, as for the learnt features of :mod:`.classifier` (Rippel et al.,
-  ICPR 2020), and each cell's share of it is a map of where the image looks unlike normal.
+  ICPR 2020), and each cell's share of its square is a map of where the image looks unlike
+  normal.
 
 The filters are computed, not stored: the checkpoint holds only the Gaussian.
 """
@@ -34,6 +35,9 @@ from .registry import register_model
 MODULUS_FLOOR = 1e-3
 #: Half-width cap of a filter in px (the longest wavelength's envelope is cut at about 2.2 sigma).
 MAX_HALF_WIDTH = 40
+#: Border added around a frame before the FFT convolution, more than any filter's half-width, so
+#: that the circular convolution does not wrap one edge onto the other.
+BORDER = MAX_HALF_WIDTH + 8
 
 
 def gabor_kernel(wavelength: float, angle: float) -> torch.Tensor:
@@ -76,6 +80,13 @@ class WaveletFeatures(nn.Module):
         self.register_buffer("feature_precision", torch.zeros(self.density_dim, self.density_dim))
         self._spectra: dict[tuple[int, int], torch.Tensor] = {}
 
+    @property
+    def card_arguments(self) -> dict[str, object]:
+        """The filter bank as built, for the model card: a card names its features whatever the
+        defaults of a later version."""
+        return {"wavelengths": list(self.wavelengths), "orientations": self.orientations,
+                "grid": self.grid}
+
     def _filter_spectra(self, height: int, width: int) -> torch.Tensor:
         """The filters' spectra on a ``height`` x ``width`` grid, ``(C, height, width)``."""
         if (height, width) not in self._spectra:
@@ -89,20 +100,25 @@ class WaveletFeatures(nn.Module):
         return self._spectra[(height, width)]
 
     @staticmethod
-    def _pad_of(h: int, w: int) -> int:
-        # Mirror by a little more than the longest filter's half-width; reflection needs a pad
-        # shorter than the side, so small frames are mirrored less.
-        return min(MAX_HALF_WIDTH + 8, h - 1, w - 1)
+    def _bordered(x: torch.Tensor) -> torch.Tensor:
+        """``x`` with :data:`BORDER` pixels around it: mirrored at its edges, so that the
+        frame's border is not an edge, as far as reflection can go (less than the side), and the
+        rest repeating the outermost pixels."""
+        h, w = x.shape[-2:]
+        mirrored = min(BORDER, h - 1, w - 1)
+        out = F.pad(x.float(), (mirrored,) * 4, mode="reflect") if mirrored > 0 else x.float()
+        if mirrored < BORDER:
+            out = F.pad(out, (BORDER - mirrored,) * 4, mode="replicate")
+        return out
 
     def response_moduli(self, x: torch.Tensor) -> torch.Tensor:
-        """``|x * filter|`` for every filter at every pixel, ``(N, C, H, W)``; the frame is
-        mirrored at its edges first, so that the border is not an edge."""
+        """``|x * filter|`` for every filter at every pixel, ``(N, C, H, W)`` (see
+        :meth:`_bordered` for the frame's edges)."""
         h, w = x.shape[-2:]
-        pad = self._pad_of(h, w)
-        padded = F.pad(x.float(), (pad, pad, pad, pad), mode="reflect")
+        padded = self._bordered(x)
         spectra = self._filter_spectra(*padded.shape[-2:]).to(padded.device)
         out = torch.fft.ifft2(torch.fft.fft2(padded) * spectra).abs()
-        return out[..., pad: pad + h, pad: pad + w]
+        return out[..., BORDER: BORDER + h, BORDER: BORDER + w]
 
     def _cell_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, grid, grid)``: log of each response's mean modulus in each cell."""
@@ -127,9 +143,10 @@ class WaveletFeatures(nn.Module):
         return self.mahalanobis(self.density_features(x))
 
     def distance_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Each cell's share of the squared distance, ``(N, grid, grid)`` (the shares add up to
-        the squared distance; negative shares, cells that pull the image towards normal, are
-        shown as 0): where the image looks unlike the normal ones."""
+        """Each cell's share of the squared distance, ``(N, grid, grid)``: where the image
+        looks unlike the normal ones. The shares add up to the squared distance; a negative
+        share (a cell whose deviation, through the correlations between features, offsets
+        another's) is shown as 0."""
         d = self.density_features(x) - self.feature_mean
         share = (d @ self.feature_precision) * d
         return share.view(len(x), self.channels, self.grid, self.grid).sum(1).clamp(min=0.0)

@@ -27,10 +27,12 @@
   point.
 
 Both store, in the model card, the calibration, the threshold that reaches the target sensitivity
-on validation, and an out-of-distribution distance limit (Mahalanobis distance of the pooled
-features of the last two stages above the 99th percentile of the validation images, so 1 % of
-in-distribution studies are flagged by construction): images beyond it get a warning instead of a
-score one should trust.
+on validation, and an out-of-distribution distance limit (Mahalanobis distance of the density
+features, the pooled features of the last two stages or the wavelet features, above the 99th
+percentile of the validation images, so 1 % of in-distribution studies are flagged by
+construction): images beyond it get a warning instead of a score one should trust. Where the
+one-class score is that same distance, the limit also marks the most abnormal-looking studies,
+which are flagged anyway.
 """
 
 from __future__ import annotations
@@ -199,6 +201,10 @@ class TriageConfig:
                                   "oneclass and epochs: 0 (only the normal images' Gaussian is "
                                   "fitted), without init_from, ensemble or oneclass_score: "
                                   "patch-nn")
+            try:      # wrong arguments now, not after minutes of reading images
+                create_model(self.model, **self.model_args)
+            except ValueError as exc:
+                raise ConfigError(f"model_args: {exc}") from None
         elif self.ensemble:
             if len(self.ensemble) < 2 or self.epochs or self.init_from:
                 raise ConfigError("ensemble: needs two or more trained models, epochs: 0 (the "
@@ -792,6 +798,9 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
     embed = (lambda x: model.density_features(all_views(x))) if view_average else \
         model.density_features
     if not members:         # an ensemble's members keep the Gaussians they were fitted with
+        if len(train.labels) < 2:       # (with epochs, the batch check has said so already)
+            raise ConfigError(f"{len(train.labels)} training image(s): too few to fit the "
+                              "feature Gaussian (at least 2 are needed, many more to be useful)")
         fit_images = gaussian_fit_images(train.images, config.fit_zoom, config.seed)
         mean, precision = fit_gaussian(batched(embed, fit_images, device, batch=16))
         model.feature_mean.copy_(torch.from_numpy(mean).float())
@@ -843,7 +852,7 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
     card = ModelCard(
         name=config.name, architecture="triage_ensemble" if members else config.model,
         arguments=({"members": len(members), **member_args} if members else
-                   dict(config.model_args) if fixed else
+                   model.card_arguments if fixed else
                    {**config.model_args, **extra_args, "num_outputs": outputs}), task="triage",
         modality=config.modality, description=config.description,
         intensity="float32 in [0, 1] by the image's intensity window; middle frame resized to "
