@@ -122,7 +122,7 @@ def tiled_apply(x: torch.Tensor, predictor: Predictor, *, tile: int = 512, overl
     ww, lefts = axis_windows(pw, tile, overlap, size_multiple)
     rows = _ramp(wh * scale, [t * scale for t in tops], ph * scale, overlap * scale, blend,
                  out_device)
-    cols = _ramp(ww * scale, [l * scale for l in lefts], pw * scale, overlap * scale, blend,
+    cols = _ramp(ww * scale, [left * scale for left in lefts], pw * scale, overlap * scale, blend,
                  out_device)
     windows = [(i, j) for i in range(len(tops)) for j in range(len(lefts))]
     out: torch.Tensor | None = None
