@@ -569,3 +569,8 @@ def test_heatmaps_cover_out_of_distribution_studies_below_the_threshold(samples:
                      if r["flag"] == "1"}
     assert f"{int(quiet[0]['rank']):04d}_{Path(quiet[0]['path']).stem}.png" in names
     assert "out of distribution" in (heat / "index.html").read_text()
+    # The picture says so too (caption and PNG comment), also when it travels alone.
+    from PIL import Image
+
+    quiet_png = heat / f"{int(quiet[0]['rank']):04d}_{Path(quiet[0]['path']).stem}.png"
+    assert "out of distribution" in Image.open(quiet_png).text["Comment"]

@@ -81,10 +81,13 @@ def write_heatmaps(scorer: TriageScorer, ranked: Sequence[tuple[int, TriageResul
             _, frame = triage_frames(read_image(result.path), size, index=[result.frame])
             frame = model_inputs(frame, scorer.info)
             picture = captioned(enlarged(overlay(frame[0], scorer.evidence_maps(frame)[0])),
-                                f"#{rank}  score {result.score:.3f}  {scorer.model.card.name}  "
-                                f"({NOTE})")
+                                f"#{rank}  score {result.score:.3f}"
+                                + ("  out of distribution" if result.ood else "")
+                                + f"  {scorer.model.card.name}  ({NOTE})")
             info = PngImagePlugin.PngInfo()
-            info.add_text("Comment", f"medenhance triage evidence map, {result.path}; {NOTE}")
+            info.add_text("Comment", f"medenhance triage evidence map, {result.path}"
+                          + ("; out of distribution: read as flagged" if result.ood else "")
+                          + f"; {NOTE}")
             atomic_write(target, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG",
                                                                            pnginfo=info),
                          overwrite=True)
