@@ -131,9 +131,19 @@ def test_a_card_records_the_filter_bank() -> None:
     assert create_model("wavelet_features", **model.card_arguments).density_dim == 24 * 9
 
 
-def test_bad_arguments_are_refused() -> None:
-    with pytest.raises(ValueError, match="wavelengths"):
-        create_model("wavelet_features", wavelengths=[1])
+@pytest.mark.parametrize("arguments, message", [
+    ({"wavelengths": [1]}, "wavelengths >= 2 px"), ({"wavelengths": 8}, "a list of numbers"),
+    ({"grid": 200}, "grid: a whole number from 1 to 16"), ({"grid": "two"}, "grid: a whole"),
+    ({"orientations": 2.5}, "orientations: a whole number")])
+def test_bad_arguments_are_refused(arguments: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        create_model("wavelet_features", **arguments)
+    assert create_model("wavelet_features", grid=np.int64(2)).grid == 2
+
+
+def test_frames_of_another_shape_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"shape \(N, 1, H, W\), got \(1, 64, 64\)"):
+        create_model("wavelet_features").density_features(torch.rand(1, 64, 64))
 
 
 @pytest.mark.parametrize("name, sample, distance", [

@@ -138,3 +138,45 @@ def test_a_picture_scores_alike_whatever_its_file(tmp_path: Path, samples: Path)
     # A card without the setting (trained before it) sees the frames as read, as it was trained.
     np.testing.assert_array_equal(model_inputs(raw, {}), raw)
 
+
+
+def test_models_that_crop_keep_a_rectangular_frames_proportions() -> None:
+    """A round head in a 100 x 200 matrix stays round for models that crop to the content (it is
+    centred in a square of background first), and is squeezed, as the Kermany radiographs were,
+    for the others."""
+    from medenhance.image import from_array
+    from medenhance.triage.data import crop_to_content, triage_frame
+
+    yy, xx = np.mgrid[0:100, 0:200]
+    head = (((yy - 50) ** 2 + (xx - 100) ** 2) < 40 ** 2).astype(np.float32) * 0.8 + 0.1
+    image = from_array(head)
+
+    def extent(frame: np.ndarray) -> tuple[int, int]:
+        rows, cols = np.nonzero(frame > 0.5)
+        return rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+
+    kept = triage_frame(image, 64, keep_aspect=True)
+    height, width = extent(kept)
+    assert abs(height - width) <= 1 and height == pytest.approx(64 * 80 / 200, abs=2)
+    assert kept[0, 0] == pytest.approx(0.1, abs=0.01)          # the background, not black
+    height, width = extent(triage_frame(image, 64))
+    assert height == pytest.approx(2 * width, abs=2)             # squeezed
+    # Cropped to the content, the kept head fills the frame as a square head would.
+    height, width = extent(crop_to_content(kept))
+    assert abs(height - width) <= 2 and height > 50
+
+
+def test_scoring_reads_rectangular_frames_as_the_model_was_trained(tmp_path: Path) -> None:
+    from medenhance.image import from_array
+    from medenhance.triage.data import triage_frame
+    from medenhance.triage.score import TriageScorer
+
+    scorer = TriageScorer("mri-triage")          # crops to the head: keeps the proportions
+    slice_ = me.read_image(Path(__file__).resolve().parents[2] / "samples"
+                           / "mri_brain_glioma_Te-gl_0063.png").pixels
+    tall = np.zeros((slice_.shape[0] + 96, slice_.shape[1]), np.float32)
+    tall[48:-48] = slice_
+    path = me.write_image(from_array((tall * 255).round().astype(np.uint8)), tmp_path / "t.png")
+    expected, _ = scorer.score_frames(model_inputs(
+        triage_frame(me.read_image(path), 128, keep_aspect=True)[None], scorer.info))
+    assert scorer.score_files([path])[0].score == pytest.approx(float(expected[0]), rel=1e-6)

@@ -887,6 +887,10 @@ def test_wavelet_oneclass_model_fits_only_a_gaussian(folders: Path, tmp_path: Pa
             + ("" if "kind" in extra else "kind: oneclass\n") + extra)
         refused = runner.invoke(app, ["train-triage", "-c", str(bad)])
         assert refused.exit_code != 0 and "fixed features" in refused.output, extra
+    # Settings of network training would be ignored: they are refused, not silently dropped.
+    for setting in ("augment=strong", "oneclass_method=synthetic", "max_zoom=1.3"):
+        refused = runner.invoke(app, ["train-triage", "-c", str(config), "--set", setting])
+        assert refused.exit_code == 1 and "settings of network training" in refused.output
     # A filter bank it cannot build is refused before any image is read.
     refused = runner.invoke(app, ["train-triage", "-c", str(config), "--set",
                                   "model_args={wavelengths: [1]}"])
@@ -905,3 +909,17 @@ def test_wavelet_oneclass_model_fits_only_a_gaussian(folders: Path, tmp_path: Pa
                                   "--set", f"output_dir={tmp_path / 'few-run'}"])
     assert refused.exit_code == 1, refused.output
     assert "too few to fit the feature Gaussian" in " ".join(refused.output.split())
+
+
+def test_training_warns_about_a_model_not_to_use() -> None:
+    from medenhance.triage.train import validation_warnings
+
+    labels = np.r_[np.zeros(20), np.ones(20)]
+    good = np.r_[np.linspace(0.0, 0.4, 20), np.linspace(0.6, 1.0, 20)]
+    assert validation_warnings(labels, good, 1.0) == []
+    lines = validation_warnings(labels, good[::-1], 0.0)
+    assert len(lines) == 1 and "AUROC 0.000" in lines[0]
+    flat = np.full(40, 0.7992) + np.linspace(0, 4e-4, 40)
+    assert any("calibration is flat" in line for line in validation_warnings(labels, flat, 1.0))
+    few = validation_warnings(np.r_[np.zeros(3), np.ones(30)], np.linspace(0, 1, 33), 1.0)
+    assert len(few) == 1 and "3 normal validation image(s)" in few[0]

@@ -2,10 +2,10 @@
 
 A one-class model needs features that describe normal anatomy well, and no pretrained network
 can be downloaded here. A network trained on a few dozen normal slices (57 in the training split
-of the Nickparvar brain MRI folder) learns little; a fixed wavelet filter bank needs no training at all and
-is what the scattering transform builds on (Bruna & Mallat, IEEE TPAMI 2013: modulus of complex
-wavelet responses, averaged locally, is stable to small deformations and informative about
-texture and edges). Here, the first order of it:
+of the Nickparvar brain MRI folder) learns little; a fixed wavelet filter bank needs no training
+at all and is what the scattering transform builds on (Bruna & Mallat, IEEE TPAMI 2013: the
+modulus of complex wavelet responses, averaged locally, is stable to small deformations and
+informative about texture and edges). Here, the first order of it:
 
 * a bank of complex Gabor filters, ``wavelengths`` (px, at the model's input size) times
   ``orientations`` over 180 degrees, each zero-mean with a bandwidth of about one octave;
@@ -23,6 +23,7 @@ The filters are computed, not stored: the checkpoint holds only the Gaussian.
 from __future__ import annotations
 
 import math
+from numbers import Integral
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,8 @@ from .registry import register_model
 MODULUS_FLOOR = 1e-3
 #: Half-width cap of a filter in px (the longest wavelength's envelope is cut at about 2.2 sigma).
 MAX_HALF_WIDTH = 40
+#: Frame shapes whose filter spectra are kept (about 10 MB each at 128 px, 240 MB at 1024 px).
+MAX_CACHED_SHAPES = 4
 #: Border added around a frame before the FFT convolution, more than any filter's half-width, so
 #: that the circular convolution does not wrap one edge onto the other.
 BORDER = MAX_HALF_WIDTH + 8
@@ -67,10 +70,19 @@ class WaveletFeatures(nn.Module):
     def __init__(self, wavelengths: tuple[float, ...] = (4, 8, 16, 32), orientations: int = 6,
                  grid: int = 4) -> None:
         super().__init__()
-        if not wavelengths or min(wavelengths) < 2 or orientations < 1 or grid < 1:
-            raise ValueError("wavelengths >= 2 px (at least one), orientations >= 1, grid >= 1")
-        self.wavelengths = tuple(float(w) for w in wavelengths)
-        self.orientations = int(orientations)
+        try:
+            wavelengths = tuple(float(w) for w in wavelengths)
+        except (TypeError, ValueError):
+            raise ValueError(f"wavelengths: a list of numbers (px), e.g. [4, 8, 16, 32], got "
+                             f"{wavelengths!r}") from None
+        if not 1 <= len(wavelengths) <= 8 or not all(2 <= w <= 128 for w in wavelengths):
+            raise ValueError("wavelengths >= 2 px and <= 128 px, one to eight of them, got "
+                             f"{list(wavelengths)}")
+        for name, value, top in (("orientations", orientations, 16), ("grid", grid, 16)):
+            if isinstance(value, bool) or not isinstance(value, Integral) or not 1 <= value <= top:
+                raise ValueError(f"{name}: a whole number from 1 to {top}, got {value!r}")
+        self.wavelengths = wavelengths
+        self.orientations = int(orientations)  # type: ignore[arg-type]
         self.grid = int(grid)
         self.kernels = [gabor_kernel(w, math.pi * k / orientations)
                         for w in self.wavelengths for k in range(orientations)]
@@ -90,6 +102,8 @@ class WaveletFeatures(nn.Module):
     def _filter_spectra(self, height: int, width: int) -> torch.Tensor:
         """The filters' spectra on a ``height`` x ``width`` grid, ``(C, height, width)``."""
         if (height, width) not in self._spectra:
+            if len(self._spectra) >= MAX_CACHED_SHAPES:      # frames of many sizes (the API)
+                self._spectra.pop(next(iter(self._spectra)))
             spectra = []
             for kernel in self.kernels:
                 half = kernel.shape[0] // 2
@@ -114,6 +128,8 @@ class WaveletFeatures(nn.Module):
     def response_moduli(self, x: torch.Tensor) -> torch.Tensor:
         """``|x * filter|`` for every filter at every pixel, ``(N, C, H, W)`` (see
         :meth:`_bordered` for the frame's edges)."""
+        if x.dim() != 4 or x.shape[1] != 1:
+            raise ValueError(f"expected frames of shape (N, 1, H, W), got {tuple(x.shape)}")
         h, w = x.shape[-2:]
         padded = self._bordered(x)
         spectra = self._filter_spectra(*padded.shape[-2:]).to(padded.device)

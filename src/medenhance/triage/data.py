@@ -30,22 +30,40 @@ from ..io import display_frames, find_images, read_image
 MAX_FRAMES = 256
 
 
-def _sized(frame: np.ndarray, size: int) -> np.ndarray:
+def _squared(frame: np.ndarray) -> np.ndarray:
+    """A non-square frame centred in a square of its background (1st percentile, as
+    :func:`crop_to_content` fills), so that resizing keeps the anatomy's proportions."""
+    h, w = frame.shape
+    if h == w:
+        return frame
+    side = max(h, w)
+    square = np.full((side, side), np.percentile(frame, 1), dtype=frame.dtype)
+    top, left = (side - h) // 2, (side - w) // 2
+    square[top: top + h, left: left + w] = frame
+    return square
+
+
+def _sized(frame: np.ndarray, size: int, keep_aspect: bool = False) -> np.ndarray:
+    if keep_aspect:
+        frame = _squared(frame)
     if frame.shape != (size, size):
         frame = resize(frame, (size, size), "area" if min(frame.shape) > size else "bicubic")
     return np.clip(frame, 0.0, 1.0).astype(np.float32)
 
 
-def triage_frame(image: MedicalImage, size: int) -> np.ndarray:
+def triage_frame(image: MedicalImage, size: int, keep_aspect: bool = False) -> np.ndarray:
     """The frame a triage model is trained on, as float32 ``(size, size)`` in [0, 1]: the middle
     one (of a volume, in display orientation); the model's own preprocessing
-    (:func:`model_inputs`) comes after."""
+    (:func:`model_inputs`) comes after. A non-square frame is squeezed into the square, as the
+    Kermany radiographs were before they reached us, or with ``keep_aspect`` (models that crop
+    to the content, :func:`keeps_aspect`) centred in a square of its background first, so that
+    a rectangular matrix does not squash the head that the crop then finds."""
     frames = display_frames(image)
-    return _sized(np.ascontiguousarray(frames[len(frames) // 2]), size)
+    return _sized(np.ascontiguousarray(frames[len(frames) // 2]), size, keep_aspect)
 
 
-def triage_frames(image: MedicalImage, size: int,
-                  index: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def triage_frames(image: MedicalImage, size: int, index: Sequence[int] | None = None,
+                  keep_aspect: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(indices, frames)``: every frame a triage model scores in ``image`` (all, or
     :data:`MAX_FRAMES` evenly spaced), or those at ``index``, each as :func:`triage_frame`."""
     frames = display_frames(image)
@@ -53,7 +71,14 @@ def triage_frames(image: MedicalImage, size: int,
         index = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), MAX_FRAMES)
                                       ).round().astype(int))
     index = np.asarray(index, dtype=int)
-    return index, np.stack([_sized(np.ascontiguousarray(frames[k]), size) for k in index])
+    return index, np.stack([_sized(np.ascontiguousarray(frames[k]), size, keep_aspect)
+                            for k in index])
+
+
+def keeps_aspect(info: dict) -> bool:
+    """Whether a triage model (its card's ``triage`` settings) reads frames keeping their aspect
+    ratio: the models that crop to the content."""
+    return bool(info.get("crop"))
 
 
 def equalize_frame(frame: np.ndarray) -> np.ndarray:
@@ -254,7 +279,7 @@ def _copy_key(image: MedicalImage, frame: np.ndarray) -> str:
 def load_labelled(root: str | Path, normal_labels: Sequence[str], size: int, *,
                   patient_regex: str | None = None,
                   progress: Callable[[list[Path]], Iterable[Path]] | None = None,
-                  modality: str = "any") -> LabelledImages:
+                  modality: str = "any", keep_aspect: bool = False) -> LabelledImages:
     """Read the labelled images of ``root`` (:func:`labelled_files`; of a prepared dataset, its
     train and val splits only: its test split is for evaluation).
 
@@ -281,7 +306,7 @@ def load_labelled(root: str | Path, normal_labels: Sequence[str], size: int, *,
         try:
             image = read_image(f)
             reason = _left_out(image, modality)
-            frame = None if reason else triage_frame(image, size)
+            frame = None if reason else triage_frame(image, size, keep_aspect)
         except MedEnhanceError as exc:
             failures.append(str(exc))
             continue

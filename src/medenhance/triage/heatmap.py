@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 from ..errors import MedEnhanceError
 from ..io import read_image
 from ..io._files import atomic_write, stem
-from .data import model_inputs, triage_frames
+from .data import keeps_aspect, model_inputs, triage_frames
 from .score import NOTE, TriageResult, TriageScorer
 
 
@@ -78,7 +78,8 @@ def write_heatmaps(scorer: TriageScorer, ranked: Sequence[tuple[int, TriageResul
     for rank, result in (progress(items) if progress else items):
         target = folder / f"{rank:04d}_{stem(result.path)}.png"
         try:
-            _, frame = triage_frames(read_image(result.path), size, index=[result.frame])
+            _, frame = triage_frames(read_image(result.path), size, index=[result.frame],
+                                     keep_aspect=keeps_aspect(scorer.info))
             frame = model_inputs(frame, scorer.info)
             picture = captioned(enlarged(overlay(frame[0], scorer.evidence_maps(frame)[0])),
                                 f"#{rank}  score {result.score:.3f}"

@@ -24,7 +24,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter, zoom as nd_zoom
 
 from ..io import read_image
-from .data import model_inputs, triage_frame
+from .data import keeps_aspect, model_inputs, triage_frame
 from .metrics import auroc
 from .score import TriageScorer
 
@@ -104,7 +104,8 @@ def model_robustness(scorer: TriageScorer, paths: Sequence[Path], labels: np.nda
     model's own cropping or equalisation, as a scanner's would. Each file is one frame here, its
     middle one (as in training), not its most abnormal as in :meth:`TriageScorer.score_files`."""
     size = int(scorer.info["size"])
-    frames = np.stack([triage_frame(read_image(path), size) for path in paths])
+    frames = np.stack([triage_frame(read_image(path), size, keeps_aspect(scorer.info))
+                       for path in paths])
     return shifted_aurocs(frame_scores(scorer), frames, labels, progress=progress)
 
 
@@ -117,7 +118,8 @@ def validation_split(scorer: TriageScorer) -> tuple[np.ndarray, np.ndarray]:
     fields = TriageConfig.__dataclass_fields__
     config = TriageConfig(**{k: v for k, v in scorer.model.card.config.items() if k in fields})
     data = load_labelled(config.data, config.normal_labels, config.size,
-                         patient_regex=config.patient_regex, modality=config.modality)
+                         patient_regex=config.patient_regex, modality=config.modality,
+                         keep_aspect=config.crop)
     train, val = train_val_split(data, config.val_fraction, config.patient_split_seed,
                                  config.val_split)
     if config.kind == "oneclass":

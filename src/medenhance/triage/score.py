@@ -20,7 +20,7 @@ from ..errors import ConfigError, MedEnhanceError, NotAnImageError
 from ..io import read_image
 from ..io._files import _place
 from ..models.card import LoadedModel, load_model
-from .data import model_inputs, triage_frames
+from .data import keeps_aspect, model_inputs, triage_frames
 from .study import FrameScore, study_key, summarise, thumbnail
 
 NOTE = "research use only, not for diagnosis"
@@ -177,7 +177,7 @@ class TriageScorer:
             seen.add(_place(Path(path)))
             try:
                 image = read_image(path)
-                index, frames = triage_frames(image, size)
+                index, frames = triage_frames(image, size, keep_aspect=keeps_aspect(self.info))
             except MedEnhanceError as exc:
                 if isinstance(exc, NotAnImageError) and not_images is not None:
                     not_images.append(str(exc))

@@ -201,6 +201,13 @@ class TriageConfig:
                                   "oneclass and epochs: 0 (only the normal images' Gaussian is "
                                   "fitted), without init_from, ensemble or oneclass_score: "
                                   "patch-nn")
+            ignored = [f"{key}: {value}" for key, value, default in (
+                ("oneclass_method", self.oneclass_method, "transforms"),
+                ("augment", self.augment, "standard"), ("max_zoom", self.max_zoom, None))
+                if value != default]
+            if ignored:
+                raise ConfigError(f"{', '.join(ignored)}: settings of network training, which "
+                                  f"model {self.model} does not do (it fits only a Gaussian)")
             try:      # wrong arguments now, not after minutes of reading images
                 create_model(self.model, **self.model_args)
             except ValueError as exc:
@@ -507,6 +514,32 @@ def temperature_warning(temperature: float) -> str | None:
             "pushed to 0 and 1; train longer or with a smaller batch")
 
 
+#: Fewest validation images of each class behind an operating point worth the name.
+MIN_VALIDATION_PER_CLASS = 10
+
+
+def validation_warnings(labels: np.ndarray, prob: np.ndarray, val_auroc: float) -> list[str]:
+    """Warnings for the training log about a model that is saved but should not be used as it
+    is: it ranks abnormal no higher than normal, its calibrated scores hardly vary (the threshold
+    then separates nothing), or its operating point rests on a handful of images."""
+    lines = []
+    if val_auroc <= 0.5:
+        lines.append(f"warning: validation AUROC {val_auroc:.3f}: the model ranks the abnormal "
+                     "validation images no higher than the normal ones; it is saved, but its "
+                     "scores mean nothing for these data")
+    if float(np.ptp(prob)) < 0.01:
+        lines.append(f"warning: every validation score lies between {prob.min():.4f} and "
+                     f"{prob.max():.4f}: the calibration is flat, so the threshold separates "
+                     "nothing")
+    counts = {"normal": int((labels == 0).sum()), "abnormal": int((labels == 1).sum())}
+    few = [f"{n} {kind}" for kind, n in counts.items() if n < MIN_VALIDATION_PER_CLASS]
+    if few:
+        lines.append(f"warning: the operating point rests on {' and '.join(few)} validation "
+                     f"image(s) (fewer than {MIN_VALIDATION_PER_CLASS}): its sensitivity and "
+                     "specificity are guesses; add images or raise val_fraction")
+    return lines
+
+
 def fit_platt(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """``a, b`` of ``p = sigmoid(a * (s - b))`` minimising the log loss (Platt 1999)."""
     s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=np.float64)
@@ -635,7 +668,7 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
             resolve_model(name)
     data = load_labelled(config.data, config.normal_labels, config.size,
                          patient_regex=config.patient_regex, progress=progress,
-                         modality=config.modality)
+                         modality=config.modality, keep_aspect=config.crop)
     raw_frames = data.images          # as read: the robustness check changes these
     # Stored in the card, so that scoring prepares frames as training did.
     preprocessing = {"frame_range": "own", "crop": config.crop, "equalize": config.equalize}
@@ -654,8 +687,11 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
         train_idx, val_idx = oneclass_split(data, train_idx, val_idx, log)
     train, val = data.subset(train_idx), data.subset(val_idx)
     if len(set(val.labels.tolist())) < 2:
-        raise ConfigError("the validation split needs normal and abnormal images to choose the "
-                          "operating point")
+        n_abnormal = int(val.labels.sum())
+        raise ConfigError(f"the validation split needs normal and abnormal images to choose the "
+                          f"operating point; it has {len(val.labels) - n_abnormal} normal and "
+                          f"{n_abnormal} abnormal, from {len(set(data.patients))} patients "
+                          "(more images of the missing kind, or a larger val_fraction)")
     log(f"{config.kind}: {len(train.labels)} training images "
         f"({int(train.labels.sum())} abnormal), {len(val.labels)} validation images "
         f"({int(val.labels.sum())} abnormal), {len(set(data.patients))} patients"
@@ -849,6 +885,8 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
                "val_sensitivity": sens, "val_specificity": spec,
                "val_images": int(len(val.labels)), "train_minutes":
                round((time.perf_counter() - start) / 60, 1)}
+    for line in validation_warnings(val.labels, prob, metrics["val_auroc"]):
+        log(line)
     card = ModelCard(
         name=config.name, architecture="triage_ensemble" if members else config.model,
         arguments=({"members": len(members), **member_args} if members else
