@@ -180,3 +180,14 @@ def test_scoring_reads_rectangular_frames_as_the_model_was_trained(tmp_path: Pat
     expected, _ = scorer.score_frames(model_inputs(
         triage_frame(me.read_image(path), 128, keep_aspect=True)[None], scorer.info))
     assert scorer.score_files([path])[0].score == pytest.approx(float(expected[0]), rel=1e-6)
+
+
+def test_frames_with_nan_are_refused_not_scored_nan() -> None:
+    """A NaN score never reaches the threshold, so such a study would never be flagged."""
+    from medenhance.errors import InvalidImageError
+    from medenhance.triage.score import TriageScorer
+
+    frames = np.full((1, 128, 128), 0.5, np.float32)
+    frames[0, 3, 3] = np.nan
+    with pytest.raises(InvalidImageError, match="NaN"):
+        TriageScorer("mri-triage").score_frames(frames)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from scipy.special import expit
 
-from ..errors import ConfigError, MedEnhanceError, NotAnImageError
+from ..errors import ConfigError, InvalidImageError, MedEnhanceError, NotAnImageError
 from ..io import read_image
 from ..io._files import _place
 from ..models.card import LoadedModel, load_model
@@ -77,6 +77,9 @@ class TriageScorer:
         """Calibrated scores and feature distances of ``(N, size, size)`` network inputs
         (frames as read after :func:`.data.model_inputs`)."""
         net = self.model.network
+        if not np.isfinite(frames).all():       # a NaN score would never reach the threshold
+            raise InvalidImageError("frames hold NaN or infinite values; files read with "
+                                    "read_image never do (NaN outside a NIfTI mask is filled)")
         x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))[:, None]
         # The feature distance as in training: averaged over the 8 views where the Gaussian
         # was fitted to all of them (cards before "distance" was recorded: by their score).
