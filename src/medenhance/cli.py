@@ -953,7 +953,8 @@ def triage(
         if heatmaps is not None and not scorer.has_evidence_maps:
             raise MedEnhanceError(f"--heatmaps: model {scorer.model.card.name!r} scores the "
                                   "pooled features of the whole image and has no map of where "
-                                  "its score comes from (use a wavelet, patch-nn or supervised model)")
+                                  "its score comes from (use a wavelet, patch-nn or supervised "
+                                  "model)")
         files = find_images(inputs, errors=failures, skipped=skipped)
         note_skipped(skipped)
         resolved = {f.resolve() for f in files}

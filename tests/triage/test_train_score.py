@@ -842,6 +842,7 @@ def test_wavelet_oneclass_model_fits_only_a_gaussian(folders: Path, tmp_path: Pa
     result = runner.invoke(app, ["train-triage", "-c", str(config)])
     assert result.exit_code == 0, result.output
     assert "fixed features, nothing to train" in " ".join(result.output.split())
+    assert "warning" not in result.output           # 20 normal validation images and more
     scorer = TriageScorer("tiny-wavelet")
     card, net = scorer.model.card, scorer.model.network
     assert card.architecture == "wavelet_features" and card.arguments == {
@@ -887,6 +888,13 @@ def test_wavelet_oneclass_model_fits_only_a_gaussian(folders: Path, tmp_path: Pa
             + ("" if "kind" in extra else "kind: oneclass\n") + extra)
         refused = runner.invoke(app, ["train-triage", "-c", str(bad)])
         assert refused.exit_code != 0 and "fixed features" in refused.output, extra
+    # A handful of normal validation images: the model is saved, with a warning that says so.
+    few_val = runner.invoke(app, ["train-triage", "-c", str(config), "--set", "val_fraction=0.08",
+                                  "--set", "register=false", "--set", "robustness=false",
+                                  "--set", f"output_dir={tmp_path / 'few-val'}"])
+    assert few_val.exit_code == 0, few_val.output
+    assert re.search(r"warning: the operating point rests on \d normal validation image",
+                     " ".join(few_val.output.split())), few_val.output
     # Settings of network training would be ignored: they are refused, not silently dropped.
     for setting in ("augment=strong", "oneclass_method=synthetic", "max_zoom=1.3"):
         refused = runner.invoke(app, ["train-triage", "-c", str(config), "--set", setting])

@@ -139,8 +139,8 @@ class WaveletFeatures(nn.Module):
     def _cell_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, grid, grid)``: log of each response's mean modulus in each cell."""
         # Every response at full resolution: computing the longer wavelengths' on coarser grids
-        # (cropped spectra) was 3x faster but moved their features by up to 0.2 (log units) on
-        # smoothed noise, as much as a tenth of their spread over images.
+        # (cropped spectra) was 3x faster but moved their features by up to 0.25 (log units) on
+        # smoothed noise, whose features spread by 0.37.
         pooled = F.adaptive_avg_pool2d(self.response_moduli(x), self.grid)
         return torch.log(pooled + MODULUS_FLOOR)
 

@@ -697,13 +697,14 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
         f"({int(val.labels.sum())} abnormal), {len(set(data.patients))} patients"
         + ("; train/val split of the manifest" if data.splits is not None else ""))
 
+    # Fixed features learn nothing: of the methods, only the default transforms reach here with
+    # them (validate() refuses the others), and it does not apply.
     fixed = config.model in FIXED_FEATURE_NETWORKS
-    contrastive = (config.kind == "oneclass" and config.oneclass_method == "contrastive"
-                   and not fixed)
+    contrastive = config.kind == "oneclass" and config.oneclass_method == "contrastive"
     # The contrastive method also recognises the views: its first 8 outputs, then a projection.
     transforms = config.kind == "oneclass" and config.oneclass_method in (
         "transforms", "contrastive") and not fixed
-    synthetic = config.kind == "oneclass" and config.oneclass_method == "synthetic" and not fixed
+    synthetic = config.kind == "oneclass" and config.oneclass_method == "synthetic"
     outputs = 8 + PROJECTION_DIM if contrastive else 8 if transforms else 1
     patch_nn = config.kind == "oneclass" and config.oneclass_score == "patch-nn"
     extra_args = {"memory_size": config.memory_size} if patch_nn else {}
