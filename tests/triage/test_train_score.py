@@ -240,6 +240,40 @@ def test_zoom_settings_are_checked(folders: Path, tmp_path: Path, setting: str) 
         load_triage_config(_config(folders, "supervised", tmp_path), [setting])
 
 
+def test_covariance_setting_is_checked(folders: Path, tmp_path: Path) -> None:
+    from medenhance.errors import ConfigError
+    from medenhance.triage.train import load_triage_config
+
+    with pytest.raises(ConfigError, match="covariance must be shrunk or ledoit-wolf, got 'lw'"):
+        load_triage_config(_config(folders, "supervised", tmp_path), ["covariance=lw"])
+
+
+@pytest.mark.parametrize("n", [30, 400])
+def test_feature_gaussian_covariances_agree_with_their_definitions(n: int) -> None:
+    """``shrunk``: the sample covariance pulled towards its mean variance by D / (N + D);
+    ``ledoit-wolf``: scikit-learn's estimator, also where there are fewer samples than features
+    (the MRI case), where the sample covariance cannot be inverted."""
+    from sklearn.covariance import LedoitWolf
+
+    from medenhance.triage.train import fit_gaussian
+
+    rng = np.random.default_rng(0)
+    d = 60
+    mixing = rng.normal(size=(d, d)) / np.sqrt(d)
+    features = rng.normal(size=(n, d)) @ mixing + 3.0
+    mean, precision = fit_gaussian(features, "ledoit-wolf")
+    reference = LedoitWolf().fit(features)
+    np.testing.assert_allclose(mean, reference.location_, rtol=1e-12)
+    np.testing.assert_allclose(precision, reference.precision_, rtol=1e-6, atol=1e-8)
+    _, shrunk_precision = fit_gaussian(features)
+    cov = np.cov(features, rowvar=False)
+    alpha = max(0.05, d / (n + d))
+    expected = (1 - alpha) * cov + alpha * np.trace(cov) / d * np.eye(d)
+    np.testing.assert_allclose(np.linalg.inv(shrunk_precision), expected, rtol=1e-8, atol=1e-10)
+    # The two shrink by different amounts: the estimates differ.
+    assert np.abs(precision - shrunk_precision).max() > 1e-3
+
+
 def test_supervised_model_can_start_from_a_oneclass_network(folders: Path, tmp_path: Path,
                                                             monkeypatch) -> None:
     import torch

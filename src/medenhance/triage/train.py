@@ -82,6 +82,8 @@ PROJECTION_DIM = 64
 ONECLASS_SCORES = ("gaussian", "patch-nn")
 #: Zoomed copies of each training image in the feature Gaussian's fit (``fit_zoom``).
 FIT_ZOOM_COPIES = 2
+#: How the feature Gaussian's covariance is regularised (``covariance``): see :func:`fit_gaussian`.
+COVARIANCES = ("shrunk", "ledoit-wolf")
 
 
 #: Networks a triage model can be built on (the others restore images).
@@ -154,6 +156,8 @@ class TriageConfig:
     oneclass_score: str = "gaussian"
     #: ``patch-nn``: patch features kept in the model (a greedy coreset of the normal patches).
     memory_size: int = 4096
+    #: The feature Gaussian's covariance: ``shrunk`` or ``ledoit-wolf`` (:func:`fit_gaussian`).
+    covariance: str = "shrunk"
     #: After training, measure the validation AUROC under simulated acquisition changes
     #: (:mod:`.robustness`) and record it in the card (``val_robust_auroc``).
     robustness: bool = True
@@ -191,6 +195,8 @@ class TriageConfig:
         if self.oneclass_score not in ONECLASS_SCORES:
             raise ConfigError(f"oneclass_score must be gaussian or patch-nn, got "
                               f"{self.oneclass_score!r}")
+        if self.covariance not in COVARIANCES:
+            raise ConfigError(f"covariance must be shrunk or ledoit-wolf, got {self.covariance!r}")
         if self.oneclass_score == "patch-nn" and (self.kind != "oneclass"
                                                   or self.memory_size < 1):
             raise ConfigError("oneclass_score: patch-nn needs kind: oneclass and memory_size >= 1")
@@ -484,15 +490,22 @@ def nt_xent(z: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
     return F.cross_entropy(sim, partner)
 
 
-def fit_gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def fit_gaussian(features: np.ndarray, covariance: str = "shrunk") -> tuple[np.ndarray, np.ndarray]:
     """Mean and precision of ``(N, D)`` features.
 
-    The covariance is shrunk towards its mean variance by ``D / (N + D)`` (at least 0.05): few
-    samples in many dimensions give a noisy, near-singular estimate that needs more shrinkage.
+    Few samples in many dimensions give a noisy, near-singular covariance, so it is shrunk
+    towards its mean variance: ``shrunk`` by ``D / (N + D)`` (at least 0.05), a rule of thumb;
+    ``ledoit-wolf`` by the amount that minimises the expected squared error of the estimate,
+    computed from the data (Ledoit & Wolf, J. Multivariate Anal. 2004; scikit-learn's estimator).
     """
     mean = features.mean(0)
-    cov = np.cov(features, rowvar=False)
     n, d = features.shape
+    if covariance == "ledoit-wolf":
+        from sklearn.covariance import ledoit_wolf
+
+        cov, _ = ledoit_wolf(features.astype(np.float64))
+        return mean, np.linalg.inv(cov)
+    cov = np.cov(features, rowvar=False)
     shrinkage = max(0.05, d / (n + d))
     cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / d * np.eye(d)
     return mean, np.linalg.inv(cov)
@@ -839,7 +852,8 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
             raise ConfigError(f"{len(train.labels)} training image(s): too few to fit the "
                               "feature Gaussian (at least 2 are needed, many more to be useful)")
         fit_images = gaussian_fit_images(train.images, config.fit_zoom, config.seed)
-        mean, precision = fit_gaussian(batched(embed, fit_images, device, batch=16))
+        mean, precision = fit_gaussian(batched(embed, fit_images, device, batch=16),
+                                       config.covariance)
         model.feature_mean.copy_(torch.from_numpy(mean).float())
         model.feature_precision.copy_(torch.from_numpy(precision).float())
     if patch_nn and not members:
