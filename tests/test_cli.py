@@ -568,7 +568,15 @@ def test_heatmaps_cover_out_of_distribution_studies_below_the_threshold(samples:
     assert names == {f"{int(r['rank']):04d}_{Path(r['path']).stem}.png" for r in rows
                      if r["flag"] == "1"}
     assert f"{int(quiet[0]['rank']):04d}_{Path(quiet[0]['path']).stem}.png" in names
-    assert "out of distribution" in (heat / "index.html").read_text()
+    page = (heat / "index.html").read_text()
+    assert "out of distribution" in page
+    # The page gives each such study the worklist's reason (a foreign modality, for one).
+    import html
+
+    reasons = {r["note"] for r in rows if r["ood"] == "1"}
+    assert any(n.startswith("modality ") for n in reasons), reasons
+    for reason in reasons:
+        assert f"<b>{html.escape(reason)}</b>" in page
     # The picture says so too (caption and PNG comment), also when it travels alone.
     from PIL import Image
 

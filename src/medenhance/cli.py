@@ -983,14 +983,10 @@ def triage(
             w.writerow([i, path, "", "", 1, 1, 0, 1, "", f"unreadable ({reason}): read it",
                         CSV_NOTE])
         for i, r in enumerate(results, len(unreadable) + 1):
-            note = ("empty (one value throughout): read as flagged" if r.empty else
-                    f"modality {r.foreign_modality} (model trained on "
-                    f"{scorer.model.card.modality}): read as flagged" if r.foreign_modality
-                    else "out of distribution: read as flagged" if r.ood else
-                    "likely abnormal" if r.flag else "")
             # An out-of-distribution study is read as flagged: a filter on flag == 1 keeps it.
             w.writerow([i, r.path, r.frame, f"{r.score:.9f}", max(r.flag, r.ood), r.ood,
-                        r.frames, r.files, r.study, note, CSV_NOTE])
+                        r.frames, r.files, r.study,
+                        r.reading_note(scorer.model.card.modality), CSV_NOTE])
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as fh:

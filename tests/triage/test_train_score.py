@@ -965,3 +965,46 @@ def test_training_warns_about_a_model_not_to_use() -> None:
     assert any("calibration is flat" in line for line in validation_warnings(labels, flat, 1.0))
     few = validation_warnings(np.r_[np.zeros(3), np.ones(30)], np.linspace(0, 1, 33), 1.0)
     assert len(few) == 1 and "3 normal validation image(s)" in few[0]
+
+
+@pytest.mark.parametrize("crop", [True, False])
+def test_every_path_reads_frames_as_the_model_was_trained(folders: Path, tmp_path: Path,
+                                                          monkeypatch, crop: bool) -> None:
+    """A model that crops to the content keeps a frame's proportions (``keep_aspect``), one that
+    does not squeezes it: in training, scoring, heatmaps and both robustness measures alike, or
+    a path would show the model frames unlike those it learnt from."""
+    from medenhance.triage import data as triage_data
+    from medenhance.triage.heatmap import write_heatmaps
+    from medenhance.triage.robustness import model_robustness, validation_split
+
+    asked: list[bool] = []
+    sized = triage_data._sized
+
+    def spy(frame: np.ndarray, size: int, keep_aspect: bool = False) -> np.ndarray:
+        asked.append(keep_aspect)
+        return sized(frame, size, keep_aspect)
+
+    monkeypatch.setattr(triage_data, "_sized", spy)
+    monkeypatch.setenv("MEDENHANCE_MODELS", str(tmp_path / "models"))
+    config = tmp_path / "c.yaml"
+    config.write_text(f"name: tiny-aspect\nkind: oneclass\nmodel: wavelet_features\n"
+                      f"model_args: {{grid: 2}}\ndata: {folders / 'train'}\nsize: 64\nepochs: 0\n"
+                      f"crop: {str(crop).lower()}\nval_fraction: 0.25\nthreads: 1\n"
+                      f"output_dir: {tmp_path / 'c'}\n")
+    result = runner.invoke(app, ["train-triage", "-c", str(config)])
+    assert result.exit_code == 0, result.output
+    files = sorted((folders / "test" / "NORMAL").iterdir())[:3] + sorted(
+        (folders / "test" / "PNEUMONIA").iterdir())[:3]
+    scorer = TriageScorer("tiny-aspect")
+    paths = {"training": lambda: None,
+             "scoring": lambda: scorer.score_files(files),
+             "heatmaps": lambda: write_heatmaps(scorer, list(enumerate(
+                 scorer.score_files(files), 1)), tmp_path / "heat"),
+             "robustness on files": lambda: model_robustness(scorer, files,
+                                                             np.r_[np.zeros(3), np.ones(3)]),
+             "validation split": lambda: validation_split(scorer)}
+    for name, call in paths.items():
+        if name != "training":
+            asked.clear()
+            call()
+        assert asked and set(asked) == {crop}, name

@@ -70,6 +70,7 @@ def write_heatmaps(scorer: TriageScorer, ranked: Sequence[tuple[int, TriageResul
     that the folder shows this worklist only (the caller decides whether it may). With
     ``failures``, a picture that cannot be made is listed there and the others still are."""
     size = int(scorer.info["size"])
+    modality = scorer.model.card.modality
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("[0-9][0-9][0-9][0-9]_*.png"):   # an earlier run's pictures
         stale.unlink()
@@ -81,14 +82,14 @@ def write_heatmaps(scorer: TriageScorer, ranked: Sequence[tuple[int, TriageResul
             _, frame = triage_frames(read_image(result.path), size, index=[result.frame],
                                      keep_aspect=keeps_aspect(scorer.info))
             frame = model_inputs(frame, scorer.info)
+            why = result.reading_note(modality) if result.ood else ""
             picture = captioned(enlarged(overlay(frame[0], scorer.evidence_maps(frame)[0])),
                                 f"#{rank}  score {result.score:.3f}"
-                                + ("  out of distribution" if result.ood else "")
+                                + (f"  {why.removesuffix(': read as flagged')}" if why else "")
                                 + f"  {scorer.model.card.name}  ({NOTE})")
             info = PngImagePlugin.PngInfo()
             info.add_text("Comment", f"medenhance triage evidence map, {result.path}"
-                          + ("; out of distribution: read as flagged" if result.ood else "")
-                          + f"; {NOTE}")
+                          + (f"; {why}" if why else "") + f"; {NOTE}")
             atomic_write(target, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG",
                                                                            pnginfo=info),
                          overwrite=True)
@@ -98,18 +99,20 @@ def write_heatmaps(scorer: TriageScorer, ranked: Sequence[tuple[int, TriageResul
             failures.append(str(exc))
             continue
         done.append((rank, result, target))
-    write_index(folder, done, scorer.model.card.name)
+    write_index(folder, done, scorer.model.card.name, modality)
     return [target for *_, target in done]
 
 
-def write_index(folder: Path, rows: Sequence[tuple[int, TriageResult, Path]], model: str) -> Path:
-    """``folder/index.html``: the flagged studies in worklist order, each with its picture, to
+def write_index(folder: Path, rows: Sequence[tuple[int, TriageResult, Path]], model: str,
+                modality: str) -> Path:
+    """``folder/index.html``: the flagged studies in worklist order, each with its picture and,
+    for one out of distribution, the reason (the worklist's note; ``modality``: the model's), to
     look through in a browser."""
     cells = []
     for rank, result, picture in rows:
         where = f", frame {result.frame}" if result.frames > 1 or result.frame else ""
         files = f", {result.files} files" if result.files > 1 else ""
-        ood = "; <b>out of distribution</b>: read as flagged" if result.ood else ""
+        ood = f"; <b>{html.escape(result.reading_note(modality))}</b>" if result.ood else ""
         cells.append(
             f"<figure><img src=\"{html.escape(picture.name)}\" alt=\"rank {rank}\">"
             f"<figcaption>#{rank} score {result.score:.3f}{ood}<br>"

@@ -48,6 +48,19 @@ class TriageResult:
     #: Every frame holds one value (no picture at all; the study is then out of distribution).
     empty: bool = False
 
+    def reading_note(self, trained_on: str) -> str:
+        """What the worklist says of the study, for a model trained on modality ``trained_on``:
+        why it is read as flagged when it is out of distribution, "likely abnormal" when it is
+        flagged, else nothing."""
+        if self.empty:
+            return "empty (one value throughout): read as flagged"
+        if self.foreign_modality:
+            return (f"modality {self.foreign_modality} (model trained on {trained_on}): read as "
+                    "flagged")
+        if self.ood:
+            return "out of distribution: read as flagged"
+        return "likely abnormal" if self.flag else ""
+
 
 class TriageScorer:
     """Scores images for "likely abnormal" with a triage model (a bundled name, a registered
