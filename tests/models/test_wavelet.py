@@ -88,6 +88,33 @@ def test_features_shape_flat_frames_and_contrast() -> None:
                                atol=0.02, rtol=0)
 
 
+def test_relative_features_ignore_what_acts_on_a_whole_scale() -> None:
+    """``relative``: each wavelength's features less their mean over cells and orientations, so
+    a change that scales one wavelength's responses over the whole frame (here a change of
+    contrast, which scales them all) moves none of them, while a change in one place does."""
+    plain = create_model("wavelet_features", grid=2)
+    relative = create_model("wavelet_features", grid=2, relative=True)
+    assert relative.card_arguments["relative"] is True and "relative" not in plain.card_arguments
+    generator = torch.Generator().manual_seed(0)
+
+    def blocks(n: int) -> torch.Tensor:        # random black/white blocks of 64 / n px
+        b = (torch.rand(1, 1, n, n, generator=generator) > 0.5).float()
+        return b.repeat_interleave(64 // n, -2).repeat_interleave(64 // n, -1)
+
+    x = 0.2 + 0.3 * blocks(16) + 0.3 * blocks(4)       # responses at every wavelength
+    f = relative.density_features(x)
+    per_scale = plain.density_features(x).view(1, 4, -1)
+    torch.testing.assert_close(f, (per_scale - per_scale.mean(2, keepdim=True)).view(1, -1))
+    torch.testing.assert_close(f.view(1, 4, -1).mean(2), torch.zeros(1, 4), atol=1e-5, rtol=0)
+    # Half the contrast: every plain feature moves by about log 0.5, no relative one by more than
+    # the floor under the moduli allows (the weakest cell's mean modulus is 0.011).
+    assert (plain.density_features(0.5 * x) - plain.density_features(x)).abs().min() > 0.6
+    torch.testing.assert_close(relative.density_features(0.5 * x), f, atol=0.05, rtol=0)
+    spot = x.clone()
+    spot[..., 4:20, 4:20] = 1.0                 # a bright patch in one quarter
+    assert (relative.density_features(spot) - f).abs().max() > 0.1
+
+
 def test_distance_and_its_map_follow_the_fitted_gaussian() -> None:
     model = create_model("wavelet_features", grid=2)
     x = torch.rand(3, 1, 64, 64)
@@ -134,7 +161,8 @@ def test_a_card_records_the_filter_bank() -> None:
 @pytest.mark.parametrize("arguments, message", [
     ({"wavelengths": [1]}, "wavelengths >= 2 px"), ({"wavelengths": 8}, "a list of numbers"),
     ({"grid": 200}, "grid: a whole number from 1 to 16"), ({"grid": "two"}, "grid: a whole"),
-    ({"orientations": 2.5}, "orientations: a whole number")])
+    ({"orientations": 2.5}, "orientations: a whole number"),
+    ({"relative": "yes"}, "relative: true or false")])
 def test_bad_arguments_are_refused(arguments: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         create_model("wavelet_features", **arguments)

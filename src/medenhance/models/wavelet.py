@@ -11,7 +11,10 @@ informative about texture and edges). Here, the first order of it:
   ``orientations`` over 180 degrees, each zero-mean with a bandwidth of about one octave;
 * the modulus of each response, averaged over the cells of a ``grid`` x ``grid`` partition of the
   frame, and its logarithm (so that a change of contrast shifts the features instead of scaling
-  them): ``len(wavelengths) * orientations * grid**2`` features;
+  them): ``len(wavelengths) * orientations * grid**2`` features; with ``relative``, each
+  wavelength's features less their mean over the frame's cells and orientations, so that what
+  acts on the whole frame at one scale (quantum noise at the finest, a detector's sharpness, an
+  exposure's contrast) moves no feature, and only how the energy is spread over the frame counts;
 * a Gaussian fitted to the normal training images' features; the anomaly score is the
   Mahalanobis distance to it, as for the learnt features of :mod:`.classifier` (Rippel et al.,
   ICPR 2020), and each cell's share of its square is a map of where the image looks unlike
@@ -68,7 +71,7 @@ class WaveletFeatures(nn.Module):
     task = "classify"
 
     def __init__(self, wavelengths: tuple[float, ...] = (4, 8, 16, 32), orientations: int = 6,
-                 grid: int = 4) -> None:
+                 grid: int = 4, relative: bool = False) -> None:
         super().__init__()
         try:
             wavelengths = tuple(float(w) for w in wavelengths)
@@ -81,6 +84,9 @@ class WaveletFeatures(nn.Module):
         for name, value, top in (("orientations", orientations, 16), ("grid", grid, 16)):
             if isinstance(value, bool) or not isinstance(value, Integral) or not 1 <= value <= top:
                 raise ValueError(f"{name}: a whole number from 1 to {top}, got {value!r}")
+        if not isinstance(relative, bool):
+            raise ValueError(f"relative: true or false, got {relative!r}")
+        self.relative = relative
         self.wavelengths = wavelengths
         self.orientations = int(orientations)  # type: ignore[arg-type]
         self.grid = int(grid)
@@ -96,8 +102,9 @@ class WaveletFeatures(nn.Module):
     def card_arguments(self) -> dict[str, object]:
         """The filter bank as built, for the model card: a card names its features whatever the
         defaults of a later version."""
+        # ``relative`` only when set: cards written before it existed name the same features.
         return {"wavelengths": list(self.wavelengths), "orientations": self.orientations,
-                "grid": self.grid}
+                "grid": self.grid, **({"relative": True} if self.relative else {})}
 
     def _filter_spectra(self, height: int, width: int) -> torch.Tensor:
         """The filters' spectra on a ``height`` x ``width`` grid, ``(C, height, width)``."""
@@ -142,7 +149,11 @@ class WaveletFeatures(nn.Module):
         # (cropped spectra) was 3x faster but moved their features by up to 0.25 (log units) on
         # smoothed noise, whose features spread by 0.37.
         pooled = F.adaptive_avg_pool2d(self.response_moduli(x), self.grid)
-        return torch.log(pooled + MODULUS_FLOOR)
+        features = torch.log(pooled + MODULUS_FLOOR)
+        if self.relative:
+            per_scale = features.view(len(x), len(self.wavelengths), -1)
+            features = (per_scale - per_scale.mean(2, keepdim=True)).view_as(features)
+        return features
 
     def density_features(self, x: torch.Tensor) -> torch.Tensor:
         return self._cell_features(x).flatten(1)
