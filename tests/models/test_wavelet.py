@@ -115,6 +115,37 @@ def test_relative_features_ignore_what_acts_on_a_whole_scale() -> None:
     assert (relative.density_features(spot) - f).abs().max() > 0.1
 
 
+def test_second_order_features_filter_the_first_order_again() -> None:
+    """``second_order``: for each shorter/longer pair of wavelengths, the orientation-averaged
+    first-order moduli at the shorter one, filtered as a frame is at the longer one, relative to
+    their own mean in each cell; after the first order's features, which do not change."""
+    import torch.nn.functional as F
+
+    from medenhance.models.wavelet import LEVEL_FLOOR
+
+    plain = create_model("wavelet_features", grid=2)
+    model = create_model("wavelet_features", grid=2, second_order=True)
+    assert model.pairs == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    assert model.density_dim == (24 + 6 * 6) * 4 and model.card_arguments["second_order"] is True
+    generator = torch.Generator().manual_seed(2)
+    x = 0.2 + 0.6 * F.interpolate(torch.rand(2, 1, 16, 16, generator=generator), 64,
+                                  mode="bilinear")
+    f = model.density_features(x).view(2, -1, 2, 2)
+    torch.testing.assert_close(f[:, :24], plain.density_features(x).view(2, -1, 2, 2))
+    per_scale = plain.response_moduli(x).view(2, 4, 6, 64, 64).mean(2)
+    for k, (i, j) in enumerate(model.pairs):
+        again = plain.response_moduli(per_scale[:, i: i + 1])[:, 6 * j: 6 * j + 6]
+        level = F.adaptive_avg_pool2d(per_scale[:, i: i + 1], 2) + LEVEL_FLOOR
+        expected = torch.log(F.adaptive_avg_pool2d(again, 2) / level + MODULUS_FLOOR)
+        torch.testing.assert_close(f[:, 24 + 6 * k: 30 + 6 * k], expected, atol=1e-4, rtol=1e-4)
+    # Half the contrast halves both moduli: the second order barely moves (the floors aside),
+    # while the first order moves by about log 2.
+    half = model.density_features(0.5 * x).view(2, -1, 2, 2)
+    assert (half[:, 24:] - f[:, 24:]).abs().max() < 0.05
+    assert (half[:, :24] - f[:, :24]).abs().min() > 0.4
+    assert model.distance_map(x).shape == (2, 2, 2)
+
+
 def test_distance_and_its_map_follow_the_fitted_gaussian() -> None:
     model = create_model("wavelet_features", grid=2)
     x = torch.rand(3, 1, 64, 64)
@@ -162,7 +193,9 @@ def test_a_card_records_the_filter_bank() -> None:
     ({"wavelengths": [1]}, "wavelengths >= 2 px"), ({"wavelengths": 8}, "a list of numbers"),
     ({"grid": 200}, "grid: a whole number from 1 to 16"), ({"grid": "two"}, "grid: a whole"),
     ({"orientations": 2.5}, "orientations: a whole number"),
-    ({"relative": "yes"}, "relative: true or false")])
+    ({"relative": "yes"}, "relative: true or false"),
+    ({"second_order": 1}, "second_order: true or false"),
+    ({"second_order": True, "wavelengths": [8]}, "second_order: needs two different")])
 def test_bad_arguments_are_refused(arguments: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         create_model("wavelet_features", **arguments)

@@ -15,6 +15,12 @@ informative about texture and edges). Here, the first order of it:
   wavelength's features less their mean over the frame's cells and orientations, so that what
   acts on the whole frame at one scale (quantum noise at the finest, a detector's sharpness, an
   exposure's contrast) moves no feature, and only how the energy is spread over the frame counts;
+* with ``second_order``, the scattering transform's second order as well, reduced: each
+  wavelength's first-order moduli averaged over the orientations, filtered again by every longer
+  wavelength's filters, and the log of that modulus's mean in each cell relative to the
+  first-order map's mean there (so it does not move with contrast either): how the texture of
+  one scale is modulated at a coarser one, which the first order cannot tell (Bruna & Mallat);
+  ``orientations`` features per pair of wavelengths and cell (576 for the defaults, on top of 384);
 * a Gaussian fitted to the normal training images' features; the anomaly score is the
   Mahalanobis distance to it, as for the learnt features of :mod:`.classifier` (Rippel et al.,
   ICPR 2020), and each cell's share of its square is a map of where the image looks unlike
@@ -37,6 +43,10 @@ from .registry import register_model
 #: Floor under the averaged modulus before the logarithm: flat (background) cells of a frame in
 #: [0, 1] otherwise give -inf.
 MODULUS_FLOOR = 1e-3
+#: Floor under a cell's first-order mean modulus when the second order is taken relative to it:
+#: smaller than :data:`MODULUS_FLOOR`, which is a fifth of the finest scale's mean on the Kermany
+#: radiographs and would make the ratio move with contrast.
+LEVEL_FLOOR = 1e-4
 #: Half-width cap of a filter in px (the longest wavelength's envelope is cut at about 2.2 sigma).
 MAX_HALF_WIDTH = 40
 #: Frame shapes whose filter spectra are kept (about 10 MB each at 128 px, 240 MB at 1024 px).
@@ -71,7 +81,7 @@ class WaveletFeatures(nn.Module):
     task = "classify"
 
     def __init__(self, wavelengths: tuple[float, ...] = (4, 8, 16, 32), orientations: int = 6,
-                 grid: int = 4, relative: bool = False) -> None:
+                 grid: int = 4, relative: bool = False, second_order: bool = False) -> None:
         super().__init__()
         try:
             wavelengths = tuple(float(w) for w in wavelengths)
@@ -84,15 +94,23 @@ class WaveletFeatures(nn.Module):
         for name, value, top in (("orientations", orientations, 16), ("grid", grid, 16)):
             if isinstance(value, bool) or not isinstance(value, Integral) or not 1 <= value <= top:
                 raise ValueError(f"{name}: a whole number from 1 to {top}, got {value!r}")
-        if not isinstance(relative, bool):
-            raise ValueError(f"relative: true or false, got {relative!r}")
+        for name, flag in (("relative", relative), ("second_order", second_order)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name}: true or false, got {flag!r}")
         self.relative = relative
+        self.second_order = second_order
         self.wavelengths = wavelengths
         self.orientations = int(orientations)  # type: ignore[arg-type]
         self.grid = int(grid)
         self.kernels = [gabor_kernel(w, math.pi * k / orientations)
                         for w in self.wavelengths for k in range(orientations)]
-        self.channels = len(self.kernels)
+        #: Second order: (shorter, longer) wavelength indices.
+        self.pairs = [(i, j) for i, short in enumerate(wavelengths)
+                      for j, long in enumerate(wavelengths) if long > short] \
+            if second_order else []
+        if second_order and not self.pairs:
+            raise ValueError("second_order: needs two different wavelengths or more")
+        self.channels = len(self.kernels) + len(self.pairs) * self.orientations
         self.density_dim = self.channels * grid * grid
         self.register_buffer("feature_mean", torch.zeros(self.density_dim))
         self.register_buffer("feature_precision", torch.zeros(self.density_dim, self.density_dim))
@@ -104,7 +122,8 @@ class WaveletFeatures(nn.Module):
         defaults of a later version."""
         # ``relative`` only when set: cards written before it existed name the same features.
         return {"wavelengths": list(self.wavelengths), "orientations": self.orientations,
-                "grid": self.grid, **({"relative": True} if self.relative else {})}
+                "grid": self.grid, **({"relative": True} if self.relative else {}),
+                **({"second_order": True} if self.second_order else {})}
 
     def _filter_spectra(self, height: int, width: int) -> torch.Tensor:
         """The filters' spectra on a ``height`` x ``width`` grid, ``(C, height, width)``."""
@@ -144,16 +163,38 @@ class WaveletFeatures(nn.Module):
         return out[..., BORDER: BORDER + h, BORDER: BORDER + w]
 
     def _cell_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, C, grid, grid)``: log of each response's mean modulus in each cell."""
+        """``(N, C, grid, grid)``: log of each response's mean modulus in each cell (then, with
+        ``second_order``, the second order's, :meth:`_second_order_features`)."""
         # Every response at full resolution: computing the longer wavelengths' on coarser grids
         # (cropped spectra) was 3x faster but moved their features by up to 0.25 (log units) on
         # smoothed noise, whose features spread by 0.37.
-        pooled = F.adaptive_avg_pool2d(self.response_moduli(x), self.grid)
-        features = torch.log(pooled + MODULUS_FLOOR)
+        moduli = self.response_moduli(x)
+        features = torch.log(F.adaptive_avg_pool2d(moduli, self.grid) + MODULUS_FLOOR)
         if self.relative:
             per_scale = features.view(len(x), len(self.wavelengths), -1)
             features = (per_scale - per_scale.mean(2, keepdim=True)).view_as(features)
+        if self.second_order:
+            features = torch.cat([features, self._second_order_features(moduli)], 1)
         return features
+
+    def _second_order_features(self, moduli: torch.Tensor) -> torch.Tensor:
+        """``(N, pairs * orientations, grid, grid)`` from the first-order ``moduli``."""
+        n, h, w = len(moduli), *moduli.shape[-2:]
+        o = self.orientations
+        per_scale = moduli.view(n, len(self.wavelengths), o, h, w).mean(2)
+        # Second-order moduli are 10-100 times smaller than the first order's (about 1e-4 on
+        # the Kermany radiographs, under MODULUS_FLOOR): relative to the cell's first-order mean
+        # they are 0.01-0.1 and do not move with contrast.
+        level = F.adaptive_avg_pool2d(per_scale, self.grid) + LEVEL_FLOOR
+        spectrum = torch.fft.fft2(self._bordered(per_scale))
+        spectra = self._filter_spectra(*spectrum.shape[-2:]).to(spectrum.device)
+        out = []
+        for i, j in self.pairs:
+            response = torch.fft.ifft2(spectrum[:, i, None] * spectra[j * o: (j + 1) * o]).abs()
+            pooled = F.adaptive_avg_pool2d(
+                response[..., BORDER: BORDER + h, BORDER: BORDER + w], self.grid)
+            out.append(torch.log(pooled / level[:, i, None] + MODULUS_FLOOR))
+        return torch.cat(out, 1)
 
     def density_features(self, x: torch.Tensor) -> torch.Tensor:
         return self._cell_features(x).flatten(1)
