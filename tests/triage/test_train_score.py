@@ -128,6 +128,18 @@ def test_supervised_triage_end_to_end(folders: Path, tmp_path: Path, monkeypatch
     assert "which holds these images: these numbers are optimistic" in " ".join(
         own.output.split())
     assert not (tmp_path / "ev" / "robustness.png").exists()
+    # A folder elsewhere of links to training images is the training data too.
+    links = tmp_path / "links"
+    for label in ("NORMAL", "PNEUMONIA"):
+        (links / label).mkdir(parents=True)
+        for source in sorted((folders / "train" / label).iterdir())[:4]:
+            (links / label / source.name).symlink_to(source)
+    linked = runner.invoke(app, ["evaluate-triage", str(links), "-m", "tiny-supervised",
+                                 "-o", str(tmp_path / "ev"), "--bootstrap", "100", "--overwrite"])
+    assert linked.exit_code == 0, linked.output
+    assert (f"8 of these images are links to files in {folders / 'train'}, which tiny-supervised "
+            "was trained and calibrated on: these numbers are optimistic") in " ".join(
+        linked.output.split())
 
 
 @pytest.mark.parametrize("method", ["synthetic", "transforms", "contrastive"])

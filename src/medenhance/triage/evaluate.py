@@ -109,7 +109,8 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
 
         result["robustness"] = model_robustness(scorer, [Path(r.path) for r in results], labels,
                                                 progress=shift_progress)
-    result["overlap"] = training_overlap(scorer.model.card, base, split)
+    result["overlap"] = training_overlap(scorer.model.card, base, split,
+                                         [Path(r.path) for r in results])
     try:
         earlier_shifts = "robustness" in json.loads((out / "summary.json").read_text())
     except (OSError, ValueError):
@@ -132,10 +133,12 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
     return result
 
 
-def training_overlap(card: Any, base: Path, split: str | None) -> str | None:
+def training_overlap(card: Any, base: Path, split: str | None,
+                     files: Sequence[Path] = ()) -> str | None:
     """Why the evaluated images include the model's own training or validation images (the
     numbers are then optimistic), or None. A folder of label sub-folders was split into
-    training and validation whole; of a prepared dataset, its train and val splits were used."""
+    training and validation whole; of a prepared dataset, its train and val splits were used.
+    ``files``: the evaluated images, to catch links into a training folder from elsewhere."""
     data = card.training_data or {}
     here = base.resolve()
     repo = Path(__file__).resolve().parents[3]       # bundled cards name ../shared/... from there
@@ -151,6 +154,9 @@ def training_overlap(card: Any, base: Path, split: str | None) -> str | None:
                             "calibrated on")
             elif place == here or place in here.parents or here in place.parents:
                 return f"{card.name} was trained and calibrated on {root}, which holds these images"
+            elif linked := sum(f.resolve().is_relative_to(place) for f in files):
+                return (f"{linked} of these images are links to files in {root}, which "
+                        f"{card.name} was trained and calibrated on")
     return None
 
 
