@@ -5,7 +5,7 @@ can be downloaded here. A network trained on a few dozen normal slices (57 in th
 of the Nickparvar brain MRI folder) learns little; a fixed wavelet filter bank needs no training
 at all and is what the scattering transform builds on (Bruna & Mallat, IEEE TPAMI 2013: the
 modulus of complex wavelet responses, averaged locally, is stable to small deformations and
-informative about texture and edges). Here, the first order of it:
+informative about texture and edges). Here, its first order and, on request, a reduced second:
 
 * a bank of complex Gabor filters, ``wavelengths`` (px, at the model's input size) times
   ``orientations`` over 180 degrees, each zero-mean with a bandwidth of about one octave;
