@@ -67,3 +67,10 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path: Path, user_models: Path)
     (tmp_path / "m.safetensors").write_bytes(b"garbage")
     with pytest.raises(ConfigError, match="unreadable weights"):
         load_model(tmp_path / "m.safetensors")
+    # Arguments the network refuses (a hand-edited card, or a newer version's argument).
+    _save(tmp_path / "m.safetensors")
+    for arguments in ({"widths": [8, 8, 16], "colour": 3}, {"widths": "wide"}):
+        card = ModelCard(name="m", architecture="fastunet_small", arguments=arguments)
+        (tmp_path / "m.json").write_text(card.to_json())
+        with pytest.raises(ConfigError, match=r"m.json: arguments .* do not build fastunet_small"):
+            load_model(tmp_path / "m.safetensors")

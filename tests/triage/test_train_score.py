@@ -137,7 +137,8 @@ def test_supervised_triage_end_to_end(folders: Path, tmp_path: Path, monkeypatch
     linked = runner.invoke(app, ["evaluate-triage", str(links), "-m", "tiny-supervised",
                                  "-o", str(tmp_path / "ev"), "--bootstrap", "100", "--overwrite"])
     assert linked.exit_code == 0, linked.output
-    assert (f"8 of these images are links to files in {folders / 'train'}, which tiny-supervised "
+    assert (f"8 of these images are links to training or validation images of "
+            f"{folders / 'train'}, which tiny-supervised "
             "was trained and calibrated on: these numbers are optimistic") in " ".join(
         linked.output.split())
 
@@ -1020,3 +1021,30 @@ def test_every_path_reads_frames_as_the_model_was_trained(folders: Path, tmp_pat
             asked.clear()
             call()
         assert asked and set(asked) == {crop}, name
+
+
+def test_links_into_a_prepared_datasets_test_split_are_not_training_images(tmp_path: Path) -> None:
+    """A model trained on a prepared dataset saw its train and val splits only: links to its test
+    images are unseen, links to its train images are not."""
+    from types import SimpleNamespace
+
+    from medenhance.triage.evaluate import training_overlap
+
+    prepared = tmp_path / "prepared"
+    rows = ["path,label,split"]
+    for split in ("train", "val", "test"):
+        for label in ("NORMAL", "PNEUMONIA"):
+            image = prepared / split / label / f"{split}_{label}.png"
+            image.parent.mkdir(parents=True)
+            image.write_bytes(b"not read here")
+            rows.append(f"{image.relative_to(prepared)},{label},{split}")
+    (prepared / "manifest.csv").write_text("\n".join(rows) + "\n")
+    card = SimpleNamespace(name="m", training_data={"root": str(prepared)})
+    links = tmp_path / "links"
+    links.mkdir()
+    for split in ("test", "train"):
+        (links / f"{split}.png").symlink_to(prepared / split / "NORMAL" / f"{split}_NORMAL.png")
+    assert training_overlap(card, links, None, [links / "test.png"]) is None
+    assert training_overlap(card, links, None, [links / "test.png", links / "train.png"]) == (
+        f"1 of these images is a link to training or validation images of {prepared}, which m "
+        "was trained and calibrated on")

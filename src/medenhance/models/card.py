@@ -234,7 +234,11 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
     weights = resolve_model(name_or_path)
     card_path = weights.with_suffix(".json")
     card = ModelCard.from_json(card_path.read_text(), str(card_path))
-    network = card.build()
+    try:
+        network = card.build()
+    except (TypeError, ValueError) as exc:    # a hand-edited card, or one of a newer version
+        raise ConfigError(f"{card_path}: arguments {card.arguments} do not build "
+                          f"{card.architecture}: {exc}") from None
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:

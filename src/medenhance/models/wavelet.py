@@ -18,7 +18,9 @@ informative about texture and edges). Here, its first order and, on request, a r
 * with ``second_order``, the scattering transform's second order as well, reduced: each
   wavelength's first-order moduli averaged over the orientations, filtered again by every longer
   wavelength's filters, and the log of that modulus's mean in each cell relative to the
-  first-order map's mean there (so it does not move with contrast either): how the texture of
+  first-order map's mean there (so it does not move with contrast either, where that mean stands
+  well above :data:`LEVEL_FLOOR`; in a dark cell beside a bright one, the longer filters'
+  reach into the bright one is compared with the floor and does move): how the texture of
   one scale is modulated at a coarser one, which the first order cannot tell (Bruna & Mallat);
   ``orientations`` features per pair of wavelengths and cell (576 for the defaults, on top of 384);
 * a Gaussian fitted to the normal training images' features; the anomaly score is the
@@ -120,7 +122,8 @@ class WaveletFeatures(nn.Module):
     def card_arguments(self) -> dict[str, object]:
         """The filter bank as built, for the model card: a card names its features whatever the
         defaults of a later version."""
-        # ``relative`` only when set: cards written before it existed name the same features.
+        # ``relative`` and ``second_order`` only when set: cards written before they existed
+        # name the same features.
         return {"wavelengths": list(self.wavelengths), "orientations": self.orientations,
                 "grid": self.grid, **({"relative": True} if self.relative else {}),
                 **({"second_order": True} if self.second_order else {})}
@@ -184,7 +187,8 @@ class WaveletFeatures(nn.Module):
         per_scale = moduli.view(n, len(self.wavelengths), o, h, w).mean(2)
         # Second-order moduli are 10-100 times smaller than the first order's (about 1e-4 on
         # the Kermany radiographs, under MODULUS_FLOOR): relative to the cell's first-order mean
-        # they are 0.01-0.1 and do not move with contrast.
+        # they are 0.01-0.1 and do not move with contrast, except in cells whose own mean is
+        # near LEVEL_FLOOR (dark background): on the bundled samples at half contrast, up to 0.15.
         level = F.adaptive_avg_pool2d(per_scale, self.grid) + LEVEL_FLOOR
         spectrum = torch.fft.fft2(self._bordered(per_scale))
         spectra = self._filter_spectra(*spectrum.shape[-2:]).to(spectrum.device)

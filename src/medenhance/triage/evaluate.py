@@ -154,10 +154,25 @@ def training_overlap(card: Any, base: Path, split: str | None,
                             "calibrated on")
             elif place == here or place in here.parents or here in place.parents:
                 return f"{card.name} was trained and calibrated on {root}, which holds these images"
-            elif linked := sum(f.resolve().is_relative_to(place) for f in files):
-                return (f"{linked} of these images are links to files in {root}, which "
-                        f"{card.name} was trained and calibrated on")
+            seen = _training_files(place)
+            linked = sum(f.resolve() in seen if seen is not None else
+                         f.resolve().is_relative_to(place) for f in files)
+            if linked:
+                return (f"{linked} of these images {'is a link' if linked == 1 else 'are links'} "
+                        f"to training or validation images of {root}, which {card.name} was "
+                        "trained and calibrated on")
     return None
+
+
+def _training_files(place: Path) -> set[Path] | None:
+    """The train and val images of a prepared dataset (its test split was not seen in
+    training), resolved; None for a folder of label sub-folders, which was used whole."""
+    if manifest_of(place) is None:
+        return None
+    try:
+        return {f.path.resolve() for f in labelled_files(place, ("train", "val"))}
+    except DatasetError:
+        return set()
 
 
 def _plot_robustness(result: dict, path: Path) -> None:
