@@ -871,10 +871,11 @@ def test_an_ensemble_refuses_members_trained_otherwise(folders: Path, tmp_path: 
     assert not (tmp_path / "ens" / "supervised").exists()
 
 
+@pytest.mark.parametrize("covariance", ["shrunk", "ledoit-wolf"])
 def test_wavelet_oneclass_model_fits_only_a_gaussian(folders: Path, tmp_path: Path,
-                                                   monkeypatch) -> None:
-    """``model: wavelet_features``: fixed features, the normal images' Gaussian fitted, scored by
-    the distance to it, with a map of where it comes from."""
+                                                   monkeypatch, covariance: str) -> None:
+    """``model: wavelet_features``: fixed features, the normal images' Gaussian fitted (with the
+    config's covariance), scored by the distance to it, with a map of where it comes from."""
     from scipy.special import expit
 
     from medenhance.triage.data import model_inputs, triage_frame
@@ -885,7 +886,8 @@ def test_wavelet_oneclass_model_fits_only_a_gaussian(folders: Path, tmp_path: Pa
     config = tmp_path / "w.yaml"
     config.write_text(f"name: tiny-wavelet\nkind: oneclass\nmodel: wavelet_features\n"
                       f"model_args: {{grid: 2}}\ndata: {folders / 'train'}\nsize: 64\nepochs: 0\n"
-                      f"val_fraction: 0.25\nthreads: 1\noutput_dir: {tmp_path / 'w'}\n")
+                      f"val_fraction: 0.25\nthreads: 1\noutput_dir: {tmp_path / 'w'}\n"
+                      f"covariance: {covariance}\n")
     result = runner.invoke(app, ["train-triage", "-c", str(config)])
     assert result.exit_code == 0, result.output
     assert "fixed features, nothing to train" in " ".join(result.output.split())
@@ -904,7 +906,7 @@ def test_wavelet_oneclass_model_fits_only_a_gaussian(folders: Path, tmp_path: Pa
     data.images = model_inputs(data.images, scorer.info)
     train, _ = oneclass_split(data, *train_val_split(data, 0.25, 0), lambda line: None)
     features = net.density_features(torch.from_numpy(data.images[train])[:, None]).numpy()
-    mean, precision = fit_gaussian(features.astype(np.float64))
+    mean, precision = fit_gaussian(features.astype(np.float64), covariance)
     np.testing.assert_allclose(net.feature_mean.numpy(), mean, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(net.feature_precision.numpy(), precision, rtol=1e-3, atol=1e-3)
     # Scores are the calibrated distance, and a bright blob in a normal study is found.
