@@ -244,7 +244,8 @@ def test_augment_ranges_and_reproducibility() -> None:
     assert float((wider - standard).abs().max()) > 0.05
 
 
-@pytest.mark.parametrize("setting", ["fit_zoom=0.8", "fit_zoom=3", "max_zoom=0.5"])
+@pytest.mark.parametrize("setting", ["fit_zoom=0.8", "fit_zoom=3", "max_zoom=0.5",
+                                     "fit_changes=-1", "fit_changes=9"])
 def test_zoom_settings_are_checked(folders: Path, tmp_path: Path, setting: str) -> None:
     from medenhance.errors import ConfigError
     from medenhance.triage.train import load_triage_config
@@ -399,6 +400,30 @@ def test_gaussian_is_fitted_to_zoomed_copies_too() -> None:
     np.testing.assert_array_equal(fit, gaussian_fit_images(images, 1.3, 0))
 
 
+def test_acquisition_copies_span_the_simulated_changes() -> None:
+    from medenhance.triage.train import acquisition_copies
+
+    flat = np.full((1, 32, 32), 0.5, dtype=np.float32)
+    copies = acquisition_copies(flat, 300, 0)
+    assert copies.shape == (300, 32, 32) and copies.dtype == np.float32
+    np.testing.assert_array_equal(copies, acquisition_copies(flat, 300, 0))
+    assert float(copies.min()) >= 0 and float(copies.max()) <= 1
+    # Gamma in [0.6, 1.6] maps 0.5 to [0.5 ** 1.6, 0.5 ** 0.6]; blur and resolution keep a flat
+    # frame flat, so each copy's median is its gamma's, spread over the whole range.
+    medians = np.median(copies.reshape(300, -1), axis=1)
+    assert medians.min() >= 0.5 ** 1.6 - 0.01 and medians.max() <= 0.5 ** 0.6 + 0.01
+    assert medians.min() < 0.5 ** 1.5 and medians.max() > 0.5 ** 0.7
+    # About half the copies are noisy, with sigma up to 0.04.
+    spread = copies.reshape(300, -1).std(axis=1)
+    assert 0.35 < np.mean(spread > 1e-4) < 0.65 and spread.max() <= 0.045
+    # Blur and lower resolution smooth a noise texture: some copies much smoother than it.
+    texture = np.random.default_rng(1).random((2, 32, 32), dtype=np.float32)
+    changed = acquisition_copies(texture, 3, 0)
+    assert changed.shape == (6, 32, 32)
+    roughness = np.abs(np.diff(changed, axis=-1)).mean((1, 2))
+    assert roughness.min() < 0.6 * np.abs(np.diff(texture, axis=-1)).mean()
+
+
 def test_validation_robustness_rebuilds_the_training_split(folders: Path, tmp_path: Path,
                                                            monkeypatch) -> None:
     from medenhance.triage.robustness import validation_robustness
@@ -414,22 +439,24 @@ def test_validation_robustness_rebuilds_the_training_split(folders: Path, tmp_pa
     assert again["robust_auroc"] == pytest.approx(recorded["robust_auroc"], abs=1e-6)
 
 
-def test_fit_zoom_changes_only_the_gaussian(folders: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("key, value", [("fit_zoom", 1.5), ("fit_changes", 2)])
+def test_fitted_copies_change_only_the_gaussian(folders: Path, tmp_path: Path, key: str,
+                                                value: float) -> None:
     from medenhance.models.card import load_model
-    from medenhance.triage.train import load_triage_config, train_triage
+    from medenhance.triage.train import TriageConfig, load_triage_config, train_triage
 
     states = {}
-    for zoom in (1.0, 1.5):
-        out = tmp_path / str(zoom)
+    for setting in (getattr(TriageConfig, key), value):
+        out = tmp_path / str(setting)
         out.mkdir()
         config = load_triage_config(_config(folders, "oneclass", out),
-                                    ["epochs=1", f"fit_zoom={zoom}", "register=false",
+                                    ["epochs=1", f"{key}={setting}", "register=false",
                                      "robustness=false"])
         path, _ = train_triage(config, log=lambda line: None)
         loaded = load_model(path)
-        assert loaded.card.config["fit_zoom"] == zoom
-        states[zoom] = loaded.network.state_dict()
-    plain, zoomed = states[1.0], states[1.5]
+        assert loaded.card.config[key] == setting
+        states[setting] = loaded.network.state_dict()
+    plain, zoomed = states[getattr(TriageConfig, key)], states[value]
     assert torch.equal(plain["stem.0.weight"], zoomed["stem.0.weight"])   # same training
     assert not torch.allclose(plain["feature_mean"], zoomed["feature_mean"])
 

@@ -150,6 +150,11 @@ class TriageConfig:
     #: enlarged by a random factor in [1, ``fit_zoom``] (1: off), so that a tighter field of view
     #: (another site's collimation or positioning) is not by itself abnormal.
     fit_zoom: float = 1.0
+    #: Fit the feature Gaussian also to this many copies of every training image acquired
+    #: differently (:func:`acquisition_copies`: gamma, blur, lower resolution, noise; 0: off),
+    #: so that a study from a softer, noisier or differently exposed scanner is not by itself
+    #: abnormal.
+    fit_changes: int = 0
     #: Training augmentation's largest zoom (``null``: 1.1, or 1.2 when ``augment: strong``).
     max_zoom: float | None = None
     #: One-class: ``gaussian`` or ``patch-nn`` (see :data:`ONECLASS_SCORES`).
@@ -190,6 +195,8 @@ class TriageConfig:
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if not 1 <= self.fit_zoom <= 2:
             raise ConfigError(f"fit_zoom must be in [1, 2], got {self.fit_zoom}")
+        if not 0 <= self.fit_changes <= 8:
+            raise ConfigError(f"fit_changes must be in 0..8 (copies per image), got {self.fit_changes}")
         if self.max_zoom is not None and not 1 <= self.max_zoom <= 2:
             raise ConfigError(f"max_zoom must be in [1, 2], got {self.max_zoom}")
         if self.oneclass_score not in ONECLASS_SCORES:
@@ -347,6 +354,37 @@ def gaussian_fit_images(images: np.ndarray, fit_zoom: float, seed: int) -> np.nd
     originals = torch.from_numpy(images)[:, None]
     return np.concatenate([images] + [random_zoom(originals, fit_zoom, generator)[:, 0].numpy()
                                       for _ in range(FIT_ZOOM_COPIES)])
+
+
+def acquisition_copies(frames: np.ndarray, copies: int, seed: int) -> np.ndarray:
+    """``copies`` copies of each ``(N, H, W)`` frame as read (in [0, 1]), each as another scanner
+    might have acquired it: a gamma in [0.6, 1.6] (exposure, processing curve), and each with
+    probability 1/2 a blur (sigma 0.3-1.2 px), a resolution lower by a factor 1.2-2 and noise
+    (sigma up to 0.04). Copy k of every frame follows the frames, ``(copies * N, H, W)``.
+
+    The ranges span the changes :mod:`.robustness` measures (gamma 0.6 and 1.6, blur 1 px, half
+    resolution, noise 0.03), so that measure cannot judge a model fitted with these copies
+    without bias; its unchanged validation AUROC can."""
+    from scipy.ndimage import gaussian_filter, zoom as nd_zoom
+
+    rng = np.random.default_rng(seed + 3)
+    out = []
+    for _ in range(copies):
+        for frame in frames.astype(np.float64):
+            h, w = frame.shape
+            draw = rng.random(7)
+            f = np.clip(frame, 0, 1) ** math.exp(math.log(0.6) + draw[0] * math.log(1.6 / 0.6))
+            if draw[1] < 0.5:
+                f = gaussian_filter(f, 0.3 + 0.9 * draw[2], mode="nearest")
+            if draw[3] < 0.5:
+                factor = 1.2 + 0.8 * draw[4]
+                small = nd_zoom(f, 1 / factor, order=1, mode="nearest", grid_mode=True)
+                f = nd_zoom(small, (h / small.shape[0], w / small.shape[1]), order=1,
+                            mode="nearest", grid_mode=True)
+            if draw[5] < 0.5:
+                f = f + 0.04 * draw[6] * rng.standard_normal(f.shape)
+            out.append(np.clip(f, 0, 1))
+    return np.asarray(out, dtype=np.float32).reshape(copies * len(frames), *frames.shape[1:])
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -852,6 +890,11 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
             raise ConfigError(f"{len(train.labels)} training image(s): too few to fit the "
                               "feature Gaussian (at least 2 are needed, many more to be useful)")
         fit_images = gaussian_fit_images(train.images, config.fit_zoom, config.seed)
+        if config.fit_changes:     # changed as read, then prepared as scoring will prepare them
+            changed = acquisition_copies(raw_frames[train_idx], config.fit_changes, config.seed)
+            fit_images = np.concatenate([fit_images, model_inputs(changed, preprocessing)])
+            log(f"feature Gaussian: {len(train.labels)} normal images and "
+                f"{len(fit_images) - len(train.labels)} changed or zoomed copies")
         mean, precision = fit_gaussian(batched(embed, fit_images, device, batch=16),
                                        config.covariance)
         model.feature_mean.copy_(torch.from_numpy(mean).float())
