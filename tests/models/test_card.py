@@ -74,3 +74,36 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path: Path, user_models: Path)
         (tmp_path / "m.json").write_text(card.to_json())
         with pytest.raises(ConfigError, match=r"m.json: arguments .* do not build fastunet_small"):
             load_model(tmp_path / "m.safetensors")
+
+
+def test_a_symmetric_buffer_is_stored_as_its_upper_triangle(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from medenhance.models.card import UPPER_TRIANGLE
+
+    net = create_model("wavelet_features", wavelengths=[4, 8], orientations=2, grid=2)
+    n = net.density_dim
+    a = torch.randn(n, n, generator=torch.Generator().manual_seed(0))
+    net.feature_precision.copy_(a @ a.T + torch.eye(n))
+    net.feature_mean.copy_(torch.randn(n, generator=torch.Generator().manual_seed(1)))
+    card = ModelCard(name="w", architecture="wavelet_features",
+                     arguments={"wavelengths": [4, 8], "orientations": 2, "grid": 2})
+    path = save_checkpoint(net, card, tmp_path / "w.safetensors")
+    stored = load_file(str(path))
+    assert "feature_precision" not in stored
+    assert stored["feature_precision" + UPPER_TRIANGLE].shape == (n * (n + 1) // 2,)
+    loaded = load_model(path).network
+    assert torch.equal(loaded.feature_precision, net.feature_precision)
+    x = torch.rand(3, 1, 32, 32)
+    assert torch.equal(loaded(x), net.eval()(x))
+    # A checkpoint written before, with the whole matrix, loads as it was.
+    stored["feature_precision"] = net.feature_precision.clone()
+    del stored["feature_precision" + UPPER_TRIANGLE]
+    save_file(stored, str(path))
+    assert torch.equal(load_model(path).network.feature_precision, net.feature_precision)
+    # A triangle of the wrong length is a one-line error naming the file.
+    stored["feature_precision" + UPPER_TRIANGLE] = torch.zeros(n)
+    del stored["feature_precision"]
+    save_file(stored, str(path))
+    with pytest.raises(ConfigError, match=r"w.safetensors: weights do not fit .*upper_triangle"):
+        load_model(path)

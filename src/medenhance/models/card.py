@@ -114,13 +114,37 @@ class LoadedModel:
     path: Path
 
 
+#: Suffix of a symmetric buffer stored as its upper triangle (see :func:`save_checkpoint`).
+UPPER_TRIANGLE = ".upper_triangle"
+
+
+def _unpack_symmetric(network: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Rebuild in ``state`` the symmetric buffers stored as upper triangles (checkpoints written
+    before that hold them whole, and load as they are)."""
+    for name in getattr(network, "symmetric_buffers", ()):
+        packed = state.pop(name + UPPER_TRIANGLE, None)
+        if packed is None:
+            continue
+        n = network.get_buffer(name).shape[0]
+        if packed.shape != (n * (n + 1) // 2,):
+            raise RuntimeError(f"{name}{UPPER_TRIANGLE}: {tuple(packed.shape)} values, "
+                               f"not the upper triangle of a {n} x {n} matrix")
+        rows, cols = torch.triu_indices(n, n)
+        matrix = torch.zeros(n, n, dtype=packed.dtype)
+        matrix[rows, cols] = packed
+        matrix[cols, rows] = packed
+        state[name] = matrix
+
+
 def save_checkpoint(model: nn.Module, card: ModelCard, path: str | Path,
                     dtype: torch.dtype = torch.float32) -> Path:
     """Write ``path`` (``.safetensors``) and the card beside it, each atomically.
 
     Parameters are stored in ``dtype`` (float16 halves the file); buffers (batch-norm statistics,
     fitted feature Gaussians) stay float32, where half precision would cost accuracy for few bytes,
-    except those a network names in ``bulky_buffers`` (e.g. a memory of feature vectors).
+    except those a network names in ``bulky_buffers`` (e.g. a memory of feature vectors). Square
+    buffers a network names in ``symmetric_buffers`` (a Gaussian's precision matrix) are stored
+    as their upper triangle, under the name with :data:`UPPER_TRIANGLE` appended: half the bytes.
     """
     path = Path(path).with_suffix(".safetensors")
     card.created = card.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -130,6 +154,10 @@ def save_checkpoint(model: nn.Module, card: ModelCard, path: str | Path,
     state = {k: v.detach().to("cpu", dtype if k in params and v.is_floating_point()
                                else v.dtype).contiguous()
              for k, v in model.state_dict().items()}
+    for name in getattr(model, "symmetric_buffers", ()):
+        matrix = state.pop(name)
+        rows, cols = torch.triu_indices(*matrix.shape)
+        state[name + UPPER_TRIANGLE] = matrix[rows, cols].contiguous()
     atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"name": card.name}),
                  overwrite=True)
     atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(card.to_json()),
@@ -245,6 +273,7 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
         raise ConfigError(f"{weights}: unreadable weights ({exc})") from None
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
+        _unpack_symmetric(network, state)
         network.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]

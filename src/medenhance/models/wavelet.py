@@ -81,6 +81,9 @@ class WaveletFeatures(nn.Module):
     size_multiple = 16
     uses_sigma = False
     task = "classify"
+    #: Stored as its upper triangle (:func:`.card.save_checkpoint`): with the second order, 960 x
+    #: 960 values, most of a checkpoint's bytes.
+    symmetric_buffers = ("feature_precision",)
 
     def __init__(self, wavelengths: tuple[float, ...] = (4, 8, 16, 32), orientations: int = 6,
                  grid: int = 4, relative: bool = False, second_order: bool = False) -> None:
