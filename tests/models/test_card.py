@@ -107,3 +107,12 @@ def test_a_symmetric_buffer_is_stored_as_its_upper_triangle(tmp_path: Path) -> N
     save_file(stored, str(path))
     with pytest.raises(ConfigError, match=r"w.safetensors: weights do not fit .*upper_triangle"):
         load_model(path)
+    stored["feature_precision"] = net.feature_precision.clone()
+    save_file(stored, str(path))
+    with pytest.raises(ConfigError, match="stored both whole and as feature_precision.upper"):
+        load_model(path)
+    # A matrix that is not symmetric is refused, not stored as a different one.
+    net.feature_precision[0, 1] += 1.0
+    with pytest.raises(ValueError, match="feature_precision is not a symmetric matrix"):
+        save_checkpoint(net, card, tmp_path / "asymmetric.safetensors")
+    assert not (tmp_path / "asymmetric.safetensors").exists()

@@ -407,6 +407,7 @@ def test_acquisition_copies_span_the_simulated_changes() -> None:
     copies = acquisition_copies(flat, 300, 0)
     assert copies.shape == (300, 32, 32) and copies.dtype == np.float32
     np.testing.assert_array_equal(copies, acquisition_copies(flat, 300, 0))
+    assert not np.array_equal(copies, acquisition_copies(flat, 300, 1))       # the seed counts
     assert float(copies.min()) >= 0 and float(copies.max()) <= 1
     # Gamma in [0.6, 1.6] maps 0.5 to [0.5 ** 1.6, 0.5 ** 0.6]; blur and resolution keep a flat
     # frame flat, so each copy's median is its gamma's, spread over the whole range.
@@ -416,12 +417,40 @@ def test_acquisition_copies_span_the_simulated_changes() -> None:
     # About half the copies are noisy, with sigma up to 0.04.
     spread = copies.reshape(300, -1).std(axis=1)
     assert 0.35 < np.mean(spread > 1e-4) < 0.65 and spread.max() <= 0.045
+    # Noise near white stays in [0, 1].
+    bright = acquisition_copies(np.full((1, 32, 32), 0.995, dtype=np.float32), 50, 0)
+    assert float(bright.max()) <= 1 and float(bright.min()) >= 0
     # Blur and lower resolution smooth a noise texture: some copies much smoother than it.
     texture = np.random.default_rng(1).random((2, 32, 32), dtype=np.float32)
     changed = acquisition_copies(texture, 3, 0)
     assert changed.shape == (6, 32, 32)
     roughness = np.abs(np.diff(changed, axis=-1)).mean((1, 2))
     assert roughness.min() < 0.6 * np.abs(np.diff(texture, axis=-1)).mean()
+
+
+def test_acquisition_copies_are_the_training_frames_prepared_as_scoring_prepares_them(
+        folders: Path, tmp_path: Path, monkeypatch) -> None:
+    """With copies left unchanged, their features must be the training images' features exactly:
+    the same rows, read as read and then cropped and equalised as the originals were."""
+    import medenhance.triage.train as train_module
+
+    fitted = []
+    monkeypatch.setattr(train_module, "acquisition_copies",
+                        lambda frames, copies, seed: np.concatenate([frames] * copies))
+    real_fit = train_module.fit_gaussian
+    monkeypatch.setattr(train_module, "fit_gaussian",
+                        lambda features, covariance: fitted.append(features)
+                        or real_fit(features, covariance))
+    config = train_module.load_triage_config(
+        _config(folders, "oneclass", tmp_path),
+        ["model=wavelet_features", "epochs=0", "model_args={grid: 2}", "crop=true",
+         "equalize=true", "fit_changes=2", "register=false", "robustness=false"])
+    train_module.train_triage(config, log=lambda line: None)
+    features = fitted[0]
+    n = len(features) // 3
+    assert len(features) == 3 * n and n > 0
+    np.testing.assert_array_equal(features[n: 2 * n], features[:n])
+    np.testing.assert_array_equal(features[2 * n:], features[:n])
 
 
 def test_validation_robustness_rebuilds_the_training_split(folders: Path, tmp_path: Path,

@@ -125,6 +125,8 @@ def _unpack_symmetric(network: nn.Module, state: dict[str, torch.Tensor]) -> Non
         packed = state.pop(name + UPPER_TRIANGLE, None)
         if packed is None:
             continue
+        if name in state:
+            raise RuntimeError(f"{name} is stored both whole and as {name}{UPPER_TRIANGLE}")
         n = network.get_buffer(name).shape[0]
         if packed.shape != (n * (n + 1) // 2,):
             raise RuntimeError(f"{name}{UPPER_TRIANGLE}: {tuple(packed.shape)} values, "
@@ -156,6 +158,11 @@ def save_checkpoint(model: nn.Module, card: ModelCard, path: str | Path,
              for k, v in model.state_dict().items()}
     for name in getattr(model, "symmetric_buffers", ()):
         matrix = state.pop(name)
+        scale = float(matrix.abs().max()) if matrix.numel() else 0.0
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or \
+                float((matrix - matrix.T).abs().max()) > 1e-5 * scale:
+            # Only the upper triangle is kept: a matrix that is not symmetric would not come back.
+            raise ValueError(f"{name} is not a symmetric matrix; it cannot be stored as one")
         rows, cols = torch.triu_indices(*matrix.shape)
         state[name + UPPER_TRIANGLE] = matrix[rows, cols].contiguous()
     atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"name": card.name}),

@@ -148,12 +148,15 @@ class TriageConfig:
     ensemble: list[str] = field(default_factory=list)
     #: Fit the feature Gaussian also to ``FIT_ZOOM_COPIES`` copies of every training image
     #: enlarged by a random factor in [1, ``fit_zoom``] (1: off), so that a tighter field of view
-    #: (another site's collimation or positioning) is not by itself abnormal.
+    #: (another site's collimation or positioning) is not by itself abnormal. The copies are of
+    #: the prepared frames: with ``crop``, a tighter crop of the head or body (cutting its edge),
+    #: not a study framed tighter and then cropped to its content, as scoring would see one.
     fit_zoom: float = 1.0
     #: Fit the feature Gaussian also to this many copies of every training image acquired
     #: differently (:func:`acquisition_copies`: gamma, blur, lower resolution, noise; 0: off),
     #: so that a study from a softer, noisier or differently exposed scanner is not by itself
-    #: abnormal.
+    #: abnormal (one-class feature scores) or out of distribution (every model). The copies are
+    #: changed as read, then prepared (cropped, equalised) as scoring prepares a study.
     fit_changes: int = 0
     #: Training augmentation's largest zoom (``null``: 1.1, or 1.2 when ``augment: strong``).
     max_zoom: float | None = None
@@ -196,7 +199,8 @@ class TriageConfig:
         if not 1 <= self.fit_zoom <= 2:
             raise ConfigError(f"fit_zoom must be in [1, 2], got {self.fit_zoom}")
         if not 0 <= self.fit_changes <= 8:
-            raise ConfigError(f"fit_changes must be in 0..8 (copies per image), got {self.fit_changes}")
+            raise ConfigError(f"fit_changes must be in 0..8 (copies per image), got "
+                              f"{self.fit_changes}")
         if self.max_zoom is not None and not 1 <= self.max_zoom <= 2:
             raise ConfigError(f"max_zoom must be in [1, 2], got {self.max_zoom}")
         if self.oneclass_score not in ONECLASS_SCORES:
@@ -383,7 +387,7 @@ def acquisition_copies(frames: np.ndarray, copies: int, seed: int) -> np.ndarray
                             mode="nearest", grid_mode=True)
             if draw[5] < 0.5:
                 f = f + 0.04 * draw[6] * rng.standard_normal(f.shape)
-            out.append(np.clip(f, 0, 1))
+            out.append(np.clip(f, 0, 1).astype(np.float32))   # float64 only while changing
     return np.asarray(out, dtype=np.float32).reshape(copies * len(frames), *frames.shape[1:])
 
 
@@ -893,7 +897,7 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
         if config.fit_changes:     # changed as read, then prepared as scoring will prepare them
             changed = acquisition_copies(raw_frames[train_idx], config.fit_changes, config.seed)
             fit_images = np.concatenate([fit_images, model_inputs(changed, preprocessing)])
-            log(f"feature Gaussian: {len(train.labels)} normal images and "
+            log(f"feature Gaussian: {len(train.labels)} training images and "
                 f"{len(fit_images) - len(train.labels)} changed or zoomed copies")
         mean, precision = fit_gaussian(batched(embed, fit_images, device, batch=16),
                                        config.covariance)
