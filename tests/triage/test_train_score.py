@@ -52,6 +52,15 @@ def _config(root: Path, kind: str, out: Path, extra: str = "") -> Path:
     return path
 
 
+def _wavelet_config(root: Path, out: Path, name: str, extra: str = "") -> Path:
+    """A one-class fixed-feature (wavelet) model of the tiny folders: nothing to train."""
+    path = out / f"{name}.yaml"
+    path.write_text(f"name: {name}\nkind: oneclass\nmodel: wavelet_features\n"
+                    f"model_args: {{grid: 2}}\ndata: {root / 'train'}\nsize: 64\nepochs: 0\n"
+                    f"val_fraction: 0.25\nthreads: 1\noutput_dir: {out / name}\n{extra}")
+    return path
+
+
 def test_supervised_triage_end_to_end(folders: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("MEDENHANCE_MODELS", str(tmp_path / "models"))
     result = runner.invoke(app, ["train-triage", "-c", str(_config(folders, "supervised",
@@ -441,10 +450,9 @@ def test_acquisition_copies_are_the_training_frames_prepared_as_scoring_prepares
     monkeypatch.setattr(train_module, "fit_gaussian",
                         lambda features, covariance: fitted.append(features)
                         or real_fit(features, covariance))
-    config = train_module.load_triage_config(
-        _config(folders, "oneclass", tmp_path),
-        ["model=wavelet_features", "epochs=0", "model_args={grid: 2}", "crop=true",
-         "equalize=true", "fit_changes=2", "register=false", "robustness=false"])
+    config = train_module.load_triage_config(_wavelet_config(
+        folders, tmp_path, "tiny-copies",
+        "crop: true\nequalize: true\nfit_changes: 2\nregister: false\nrobustness: false\n"))
     train_module.train_triage(config, log=lambda line: None)
     features = fitted[0]
     n = len(features) // 3
@@ -939,11 +947,7 @@ def test_wavelet_oneclass_model_fits_only_a_gaussian(folders: Path, tmp_path: Pa
     from medenhance.triage.train import fit_gaussian
 
     monkeypatch.setenv("MEDENHANCE_MODELS", str(tmp_path / "models"))
-    config = tmp_path / "w.yaml"
-    config.write_text(f"name: tiny-wavelet\nkind: oneclass\nmodel: wavelet_features\n"
-                      f"model_args: {{grid: 2}}\ndata: {folders / 'train'}\nsize: 64\nepochs: 0\n"
-                      f"val_fraction: 0.25\nthreads: 1\noutput_dir: {tmp_path / 'w'}\n"
-                      f"covariance: {covariance}\n")
+    config = _wavelet_config(folders, tmp_path, "tiny-wavelet", f"covariance: {covariance}\n")
     result = runner.invoke(app, ["train-triage", "-c", str(config)])
     assert result.exit_code == 0, result.output
     assert "fixed features, nothing to train" in " ".join(result.output.split())
@@ -1057,11 +1061,7 @@ def test_every_path_reads_frames_as_the_model_was_trained(folders: Path, tmp_pat
 
     monkeypatch.setattr(triage_data, "_sized", spy)
     monkeypatch.setenv("MEDENHANCE_MODELS", str(tmp_path / "models"))
-    config = tmp_path / "c.yaml"
-    config.write_text(f"name: tiny-aspect\nkind: oneclass\nmodel: wavelet_features\n"
-                      f"model_args: {{grid: 2}}\ndata: {folders / 'train'}\nsize: 64\nepochs: 0\n"
-                      f"crop: {str(crop).lower()}\nval_fraction: 0.25\nthreads: 1\n"
-                      f"output_dir: {tmp_path / 'c'}\n")
+    config = _wavelet_config(folders, tmp_path, "tiny-aspect", f"crop: {str(crop).lower()}\n")
     result = runner.invoke(app, ["train-triage", "-c", str(config)])
     assert result.exit_code == 0, result.output
     files = sorted((folders / "test" / "NORMAL").iterdir())[:3] + sorted(
