@@ -258,6 +258,8 @@ def test_writing_goes_through_links_and_never_replaces_a_pipe_or_device(tmp_path
                     tmp_path / "fdd" / "1", tmp_path):
         with pytest.raises(ImageWriteError, match="not a regular file"):
             atomic_write(special, write("x"), overwrite=True)
+    with pytest.raises(ImageWriteError, match="lies under /dev or /proc"):     # not there yet
+        atomic_write(Path("/proc/medenhance-nothing.csv"), write("x"))
     (tmp_path / "afile").write_text("")
     with pytest.raises(ImageWriteError, match="is a file, not a folder"):
         atomic_write(tmp_path / "afile" / "out.txt", write("x"))
@@ -340,3 +342,21 @@ def test_overwrite_must_be_a_bool(samples: Path, tmp_path: Path) -> None:
     me.write_image(image, tmp_path / "a.png")
     with pytest.raises(ImageWriteError, match="overwrite must be True or False, got 'no'"):
         me.write_image(image, tmp_path / "a.png", overwrite="no")
+
+
+def test_a_read_only_file_system_is_named_as_such(tmp_path: Path, monkeypatch) -> None:
+    """A read-only mount was reported as "permission denied" (root cannot mount one in a test:
+    both answers of the operating system are stood in)."""
+    import os
+    from types import SimpleNamespace
+
+    from medenhance.io._files import atomic_write
+
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(f_flag=os.ST_RDONLY))
+    with pytest.raises(ImageWriteError, match=r"cannot write in .* \(a read-only file system\)"):
+        atomic_write(tmp_path / "out.csv", lambda tmp: Path(tmp).write_text("x"))
+    monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(f_flag=0))
+    with pytest.raises(ImageWriteError, match=r"\(permission denied\)"):
+        atomic_write(tmp_path / "out.csv", lambda tmp: Path(tmp).write_text("x"))
+    assert not list(tmp_path.iterdir())

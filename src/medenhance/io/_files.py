@@ -209,6 +209,9 @@ def writable_target(path: str | os.PathLike[str], *, overwrite: bool = False) ->
         raise ImageWriteError(Path(path), "is a link that leads in a loop") from None
     device = any(str(step).startswith(("/dev/", "/proc/")) and not
                  str(step).startswith("/dev/shm/") for step in chain)
+    if device and not os.path.lexists(path):
+        raise ImageWriteError(Path(path), "lies under /dev or /proc (devices and processes, "
+                                          "not files); write to a file elsewhere")
     if device or (target.exists() and not target.is_file()):
         raise ImageWriteError(Path(path), "is not a regular file (a folder, device or pipe); "
                                           "write to a file")
@@ -227,8 +230,12 @@ def check_parent_folder(target: Path, named: Path | None = None) -> None:
             if not parent.is_dir():
                 raise ImageWriteError(named or target, f"{parent} is a file, not a folder")
             if not os.access(parent, os.W_OK | os.X_OK):
-                raise ImageWriteError(named or target,
-                                      f"cannot write in {parent} (permission denied)")
+                try:
+                    read_only = bool(os.statvfs(parent).f_flag & os.ST_RDONLY)
+                except OSError:
+                    read_only = False
+                why = "a read-only file system" if read_only else "permission denied"
+                raise ImageWriteError(named or target, f"cannot write in {parent} ({why})")
             return
 
 
