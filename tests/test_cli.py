@@ -192,7 +192,7 @@ def test_enhance_samples_and_keep_existing_outputs(samples: Path, tmp_path: Path
 def test_enhance_unknown_model_is_one_line(samples: Path, tmp_path: Path) -> None:
     result = run("enhance", samples, "-o", tmp_path, "--model", "nope")
     assert result.exit_code == 1
-    assert "unknown model 'nope'; available:" in result.output and "xray-denoise" in result.output
+    assert "unknown model 'nope'; available models:" in result.output and "xray-denoise" in result.output
     too_wide = run("enhance", samples, "-o", tmp_path / "o", "--tile", "256", "--overlap", "200")
     assert too_wide.exit_code == 1 and too_wide.output.strip().splitlines() == [
         "error: overlap must be 0 to 120 pixels for 256-pixel tiles, got 200"]

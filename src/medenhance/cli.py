@@ -115,11 +115,22 @@ def check_output_folder(output: Path, option: str = "-o") -> None:
 
 
 def note_repeats(repeats: list[str]) -> None:
-    """Say which DICOM files were left out as copies of an image already read."""
+    """Say which files were left out as copies of an image already read."""
     if repeats:
         err_console.print(f"note: {len(repeats)} file(s) repeat an image already read and were "
                           f"counted once, e.g. {escape(repeats[0])}", highlight=False,
                           soft_wrap=True)
+
+
+def warn_population(shifted: float | None) -> None:
+    """Warn when a batch as a whole lies beyond the validation studies' distances
+    (:func:`.triage.score.population_shift`)."""
+    if shifted is not None:
+        err_console.print(f"[yellow]warning:[/yellow] {shifted:.0%} of these studies lie farther "
+                          "from the training images than 90 % of the validation studies did: as "
+                          "a group they do not look like the population the model was trained "
+                          "on (another hospital, age group or protocol?), so its scores and "
+                          "threshold may not hold for them", highlight=False)
 
 
 class _OneLineHandler(logging.Handler):
@@ -1021,13 +1032,7 @@ def triage(
         err_console.print(f"[yellow]warning:[/yellow] {_count(ood, 'study does', 'studies do')} "
                           f"not look like the {scorer.model.card.modality} images the model was "
                           f"trained on{of_other}; {their} not reliable", highlight=False)
-    shifted = population_shift(results, scorer.info)
-    if shifted is not None:
-        err_console.print(f"[yellow]warning:[/yellow] {shifted:.0%} of these studies lie farther "
-                          "from the training images than 90 % of the validation studies did: as "
-                          "a group they do not look like the population the model was trained "
-                          "on (another hospital, age group or protocol?), so its scores and "
-                          "threshold may not hold for them", highlight=False)
+    warn_population(population_shift(results, scorer.info))
     if heatmaps is not None:
         from .triage.heatmap import write_heatmaps
 
@@ -1130,6 +1135,17 @@ def evaluate_triage(
                                                                "abnormal_only")))
         console.print(changes)
     note_repeats(result["repeats"])
+    if conflicts := result["conflicts"]:
+        err_console.print(f"[yellow]warning:[/yellow] {len(conflicts)} image(s) lie under a normal "
+                          f"and an abnormal label and were left out, e.g. "
+                          f"{escape(conflicts[0])}", highlight=False, soft_wrap=True)
+    n_scored = result["n_normal"] + result["n_abnormal"]
+    if result["ood"]:
+        err_console.print(f"[yellow]warning:[/yellow] {result['ood']} of {n_scored} image(s) are "
+                          "out of distribution (unlike anything the model was trained on): its "
+                          "scores of them, and the metrics as far as they count them, may not "
+                          "hold", highlight=False, soft_wrap=True)
+    warn_population(result["population_shift"])
     if outside := result.get("unlabelled"):
         err_console.print(f"note: {len(outside)} image(s) lie outside the label sub-folders and "
                           f"were not evaluated, e.g. {escape(outside[0])}", highlight=False,

@@ -48,7 +48,7 @@ def test_user_models_are_found_by_name(user_models: Path) -> None:
     _save(user_models / "my-model.safetensors")
     assert resolve_model("my-model") == user_models / "my-model.safetensors"
     assert ("user", "my-model") in {(o, c.name) for o, c, _ in available_models()}
-    with pytest.raises(ConfigError, match="unknown model 'nope'; available: .*my-model"):
+    with pytest.raises(ConfigError, match="unknown model 'nope'; available models: .*my-model"):
         resolve_model("nope")
 
 

@@ -18,6 +18,8 @@ from medenhance.image import from_array
 from medenhance.io import read_image, write_image
 from medenhance.triage.score import TriageScorer
 
+from ..conftest import SAMPLES
+
 runner = CliRunner()
 
 
@@ -932,6 +934,10 @@ def test_an_ensemble_refuses_members_trained_otherwise(folders: Path, tmp_path: 
                  ["epochs=0", f"ensemble=[{trained['a']}]"]):
         with pytest.raises(ConfigError, match="ensemble: needs two or more"):
             load_triage_config(config, sets)
+    for setting in ("fit_zoom=1.25", "fit_changes=2"):     # would be recorded, not done
+        with pytest.raises(ConfigError, match=f"{setting.replace('=', ': ')}: an ensemble's"):
+            load_triage_config(config, ["epochs=0", setting,
+                                        f"ensemble=[{trained['a']}, {trained['b']}]"])
     assert not (tmp_path / "ens" / "supervised").exists()
 
 
@@ -1106,3 +1112,65 @@ def test_links_into_a_prepared_datasets_test_split_are_not_training_images(tmp_p
     assert training_overlap(card, links, None, [links / "test.png", links / "train.png"]) == (
         f"1 of these images is a link to training or validation images of {prepared}, which m "
         "was trained and calibrated on")
+
+
+def test_evaluate_triage_counts_a_copied_image_once_and_leaves_out_contradicting_labels(
+        folders: Path, tmp_path: Path) -> None:
+    """One picture under two names was scored twice, even under a normal and an abnormal
+    label; a study out of distribution had flag 0 in scores.csv and 1 in the worklist."""
+    data = tmp_path / "data"
+    for label in ("NORMAL", "PNEUMONIA"):
+        (data / label).mkdir(parents=True)
+        for src in sorted((folders / "test" / label).iterdir())[:6]:
+            (data / label / src.name).write_bytes(src.read_bytes())
+    normal = sorted((data / "NORMAL").iterdir())
+    (data / "NORMAL" / "again.png").write_bytes(normal[0].read_bytes())       # same label
+    (data / "PNEUMONIA" / "relabelled.png").write_bytes(normal[1].read_bytes())  # the other
+    mri = SAMPLES / "mri_brain_glioma_Te-gl_0063.png"      # a radiograph model's foreign study
+    (data / "NORMAL" / "mri.png").write_bytes(mri.read_bytes())
+    result = runner.invoke(app, ["evaluate-triage", str(data), "-m", "xray-pneumonia", "-o",
+                                 str(tmp_path / "ev"), "--bootstrap", "100"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "1 image(s) lie under a normal and an abnormal label and were left out" in said
+    assert "relabelled.png" in said and "1 file(s) repeat an image already read" in said
+    assert "out of distribution (unlike anything the model was trained on)" in said
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert (summary["n_normal"], summary["n_abnormal"]) == (6, 6)     # 6+2 and 6+1, less 3
+    first, second = sorted([str(data / "NORMAL" / "again.png"), str(normal[0])])
+    assert summary["repeats"] == [f"{second}: the same image as {first}"]
+    assert len(summary["conflicts"]) == 1 and str(normal[1]) in summary["conflicts"][0]
+    with open(tmp_path / "ev" / "scores.csv", newline="") as fh:
+        rows = {Path(r["path"]).name: r for r in csv.DictReader(fh)}
+    assert not {"relabelled.png", normal[1].name} & set(rows)
+    assert len({"again.png", normal[0].name} & set(rows)) == 1
+    assert rows["mri.png"]["ood"] == rows["mri.png"]["flag"] == "1"
+    for row in rows.values():
+        assert int(row["flag"]) == max(int(row["above_threshold"]), int(row["ood"]))
+        assert int(row["above_threshold"]) == int(float(row["score"]) >= summary["threshold"])
+    abnormal = [r for r in rows.values() if r["label"] == "1"]
+    assert summary["sensitivity"] == pytest.approx(
+        sum(int(r["above_threshold"]) for r in abnormal) / len(abnormal))
+
+
+def test_evaluate_triage_refuses_standard_output_and_a_csv_that_is_no_dataset(
+        folders: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["evaluate-triage", str(folders / "test"), "-m",
+                                 "xray-pneumonia", "-o", "-"])
+    assert result.exit_code == 1 and "-o -: an evaluation writes a folder" in result.output
+    assert not (tmp_path / "-").exists()
+    (tmp_path / "worklist.csv").write_text("rank,path,score\n1,a.png,0.9\n")
+    result = runner.invoke(app, ["evaluate-triage", "worklist.csv", "-m", "xray-pneumonia",
+                                 "-o", "ev"])      # said "ev: inside the evaluated data ."
+    assert result.exit_code == 1 and "worklist.csv: no 'label' column" in result.output
+
+
+def test_an_unknown_triage_model_lists_triage_models_only(folders: Path) -> None:
+    result = runner.invoke(app, ["triage", str(folders / "test"), "-m", "xray-triag", "-o",
+                                 "-"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and "unknown model 'xray-triag'; available triage models:" in said
+    assert "xray-triage" in said and "xray-denoise" not in said
+    result = runner.invoke(app, ["triage", str(folders / "test"), "-m", "", "-o", "-"])
+    assert result.exit_code == 1 and "no model given" in result.output

@@ -240,9 +240,13 @@ def available_models(problems: list[str] | None = None) -> list[tuple[str, Model
     return found
 
 
-def resolve_model(name_or_path: str | Path) -> Path:
-    """The ``.safetensors`` file for a model name or a checkpoint path."""
+def resolve_model(name_or_path: str | Path, task: str | None = None) -> Path:
+    """The ``.safetensors`` file for a model name or a checkpoint path. ``task``: where the name
+    is unknown, list only the models of this task as the ones to choose from."""
     text = str(name_or_path)
+    if not text.strip():     # Path("") is the current folder
+        raise ConfigError("no model given: name one (`medenhance models` lists them) or give "
+                          "the path of a .safetensors checkpoint")
     path = Path(text)
     if path.suffix in (".safetensors", ".json") or os.sep in text or path.is_dir():
         if path.is_dir():
@@ -259,14 +263,18 @@ def resolve_model(name_or_path: str | Path) -> Path:
                 return weights
         except OSError:     # an unreadable user folder: the name is unknown there
             continue
-    names = sorted({card.name for _, card, _ in available_models()})
-    raise ConfigError(f"unknown model {text!r}; available: {', '.join(names) or 'none'} "
+    names = sorted({card.name for _, card, _ in available_models()
+                    if task is None or card.task == task})
+    kind = f"{task} models" if task else "models"
+    raise ConfigError(f"unknown model {text!r}; available {kind}: {', '.join(names) or 'none'} "
                       "(or give the path of a .safetensors checkpoint)")
 
 
-def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Rebuild a trained network from its card and weights, in eval mode, as float32."""
-    weights = resolve_model(name_or_path)
+def load_model(name_or_path: str | Path, device: str | torch.device = "cpu",
+               task: str | None = None) -> LoadedModel:
+    """Rebuild a trained network from its card and weights, in eval mode, as float32 (``task``:
+    see :func:`resolve_model`)."""
+    weights = resolve_model(name_or_path, task)
     card_path = weights.with_suffix(".json")
     card = ModelCard.from_json(card_path.read_text(), str(card_path))
     try:

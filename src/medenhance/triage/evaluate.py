@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,11 +15,29 @@ from ..errors import DatasetError
 from .data import labelled_files, manifest_of
 from .metrics import (auprc, auroc, bootstrap_ci, roc_curve, sens_spec, wilson_ci,
                       worklist_waits)
-from .score import CSV_NOTE, NOTE, TriageScorer
+from .score import CSV_NOTE, NOTE, TriageScorer, population_shift
 
 
 def _accuracy(y: np.ndarray, s: np.ndarray, t: float) -> float:
     return float(((s >= t).astype(int) == y).mean())
+
+
+def _byte_copies(paths: Sequence[Path]) -> dict[str, str]:
+    """Each file whose bytes repeat a file's before it, mapped to that one (a picture copied
+    under another name; DICOM copies re-encoded keep their SOP Instance UID, which the scorer
+    recognises)."""
+    first: dict[str, str] = {}
+    copies: dict[str, str] = {}
+    for path in paths:
+        try:
+            digest = hashlib.sha1(Path(path).read_bytes()).hexdigest()
+        except OSError:            # the scorer says why it cannot be read
+            continue
+        if digest in first:
+            copies[str(path)] = first[digest]
+        else:
+            first[digest] = str(path)
+    return copies
 
 
 def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *,
@@ -37,12 +56,23 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
     if not minutes_per_study > 0:
         raise DatasetError(f"--minutes (reading time per study) must be above 0, got "
                            f"{minutes_per_study:g}")
+    if str(output) == "-":
+        raise DatasetError("-o -: an evaluation writes a folder (scores, plots, summary), not "
+                           "one stream; name a folder")
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out}: is a file; the evaluation's output is a folder")
     if (out / "summary.json").exists() and not overwrite:
         raise DatasetError(f"{out}: already holds an evaluation (pass --overwrite to replace it)")
     if not base.exists():
         raise DatasetError(f"{base}: no such folder or file")
+    prepared = manifest_of(base) is not None
+    if split is not None and not prepared:
+        raise DatasetError(f"{base}: --split is for datasets made by `medenhance prepare`; this "
+                           "is a folder of label sub-folders, all of which are evaluated")
+    split = (split or "test") if prepared else None
+    unlabelled: list[Path] = []
+    # First what the data is (a CSV that is no manifest is refused as such), then where to write.
+    entries = labelled_files(base, splits=[split] if split else None, unlabelled=unlabelled)
     data_root = base if base.is_dir() else base.parent
     if out.resolve() == data_root.resolve() or data_root.resolve() in out.resolve().parents:
         # Its plots would be read as studies by the next evaluation of the same folder.
@@ -50,21 +80,29 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
                            "folder outside it")
     scorer = TriageScorer(model)
     normal = {n.lower() for n in (normal_labels or scorer.info["normal_labels"])}
-    prepared = manifest_of(base) is not None
-    if split is not None and not prepared:
-        raise DatasetError(f"{base}: --split is for datasets made by `medenhance prepare`; this "
-                           "is a folder of label sub-folders, all of which are evaluated")
-    split = (split or "test") if prepared else None
-    unlabelled: list[Path] = []
-    entries = labelled_files(base, splits=[split] if split else None, unlabelled=unlabelled)
     label_of = {str(e.path): e.label for e in entries}
     failures: list[str] = []
+    copies = _byte_copies([e.path for e in entries])     # and the scorer adds DICOM copies
+    results = scorer.score_files([e.path for e in entries if str(e.path) not in copies],
+                                 failures, progress=progress, copies=copies)
+    # One image under a normal and an abnormal label: neither label can be trusted, so neither
+    # is counted (as train-triage leaves such pairs out); under agreeing labels, once.
     repeats: list[str] = []
-    results = scorer.score_files([e.path for e in entries], failures, progress=progress,
-                                 repeats=repeats)
+    conflicts: list[str] = []
+    dropped: set[str] = set()
+    for copy, original in copies.items():
+        pair = [label_of[copy], label_of[original]]
+        if len({label.lower() in normal for label in pair}) == 2:
+            conflicts.append(f"{copy} and {original}: the same image, labelled {pair[0]} and "
+                             f"{pair[1]}")
+            dropped |= {copy, original}
+        else:
+            repeats.append(f"{copy}: the same image as {original}")
+    results = [r for r in results if r.path not in dropped]
     if not results:
         raise DatasetError(f"{base}: none of its {len(entries)} images could be read, e.g. "
-                           f"{failures[0]}")
+                           f"{failures[0]}" if failures else
+                           f"{base}: nothing left to evaluate: {conflicts[0]}, left out")
     if studies is not None:
         studies += results
     labels = np.array([0 if label_of[r.path].lower() in normal else 1 for r in results])
@@ -91,6 +129,8 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
                               "n_abnormal": int(labels.sum()),
                               "ood": int(sum(r.ood for r in results)), "note": NOTE,
                               "failures": failures, "repeats": repeats,
+                              "conflicts": conflicts,
+                              "population_shift": population_shift(results, scorer.info),
                               "unlabelled": [str(f) for f in unlabelled]}
     flagged = scores >= t
     counts = {"sensitivity": (int(flagged[labels == 1].sum()), int((labels == 1).sum())),
@@ -118,11 +158,14 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "scores.csv", "w", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["path", "label", "score", "flag", "ood", "distance", "use"])
+        # flag as in a worklist (at or above the threshold, or out of distribution: read as
+        # flagged); the metrics at the threshold count above_threshold.
+        w.writerow(["path", "label", "score", "flag", "above_threshold", "ood", "distance",
+                    "use"])
         for r, y in zip(results, labels, strict=True):
-            # Enough digits that a score reproduces its flag and the metrics.
-            w.writerow([r.path, int(y), f"{r.score:.10f}", r.flag, r.ood, f"{r.distance:.3f}",
-                        CSV_NOTE])
+            # Enough digits that a score reproduces above_threshold and the metrics.
+            w.writerow([r.path, int(y), f"{r.score:.10f}", max(r.flag, r.ood), r.flag, r.ood,
+                        f"{r.distance:.3f}", CSV_NOTE])
     (out / "summary.json").write_text(json.dumps(result, indent=2))
     _plot_roc(labels, scores, t, result, out / "roc.png")
     _plot_scores(labels, scores, t, result, out / "scores.png")

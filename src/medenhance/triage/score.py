@@ -75,7 +75,7 @@ class TriageScorer:
     """
 
     def __init__(self, model: LoadedModel | str | os.PathLike[str]) -> None:
-        self.model = model if isinstance(model, LoadedModel) else load_model(model)
+        self.model = model if isinstance(model, LoadedModel) else load_model(model, task="triage")
         self.info = self.model.card.extra.get("triage")
         if self.model.card.task != "triage" or not isinstance(self.info, dict):
             raise ConfigError(f"model {self.model.card.name!r} is not a triage model "
@@ -153,13 +153,15 @@ class TriageScorer:
                     progress=None, batch: int = 32, by_study: bool = False,
                     repeats: list[str] | None = None,
                     unreadable: list[tuple[str, str]] | None = None,
-                    not_images: list[str] | None = None) -> list[TriageResult]:
+                    not_images: list[str] | None = None,
+                    copies: dict[str, str] | None = None) -> list[TriageResult]:
         """One result per file, or per DICOM study with ``by_study`` (files without a Study
         Instance UID stay studies of their own), in the order first read. A file of several
         frames scores by its most abnormal frame that shows the anatomy (:mod:`.study`).
 
         A DICOM file with the SOP Instance UID of one already read (a copy) is left out, and
-        named in ``repeats`` when given. A file that cannot be read raises, or, with
+        named in ``repeats`` when given (and in ``copies``, as the key of the file read first
+        with it). A file that cannot be read raises, or, with
         ``failures``, adds its message there and ``(path, reason)`` to ``unreadable``; with
         ``not_images``, a DICOM object without an image (a dose report, a presentation state)
         is named there instead, as not a study to read."""
@@ -209,6 +211,8 @@ class TriageScorer:
                 if repeats is not None:
                     repeats.append(f"{path}: the same image (SOP Instance UID) as "
                                    f"{instances[sop]}")
+                if copies is not None:
+                    copies[str(path)] = instances[sop]
                 continue
             if sop:
                 instances[sop] = str(path)

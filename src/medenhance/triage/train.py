@@ -233,6 +233,12 @@ class TriageConfig:
             if len(self.ensemble) < 2 or self.epochs or self.init_from:
                 raise ConfigError("ensemble: needs two or more trained models, epochs: 0 (the "
                                   "members are trained already) and no init_from")
+            refit = [f"{key}: {value}" for key, value, default in (
+                ("fit_zoom", self.fit_zoom, 1.0), ("fit_changes", self.fit_changes, 0))
+                if value != default]
+            if refit:      # recorded in the card, they would claim a fit that did not happen
+                raise ConfigError(f"{', '.join(refit)}: an ensemble's members keep the Gaussians "
+                                  "they were fitted with; set it when training the members")
         elif self.epochs == 0 and (not self.init_from or self.kind != "oneclass"
                                    or self.oneclass_method == "synthetic"):
             # The head is not copied from init_from: only the feature scores work untrained.
@@ -480,7 +486,7 @@ def _assemble_ensemble(config: TriageConfig) -> tuple[TriageEnsemble, dict, list
     a triage model."""
     members, records, arguments = [], [], None
     for name in config.ensemble:
-        loaded = load_model(name)
+        loaded = load_model(name, task="triage")
         card = loaded.card
         if card.task != "triage" or card.architecture != config.model:
             raise ConfigError(f"ensemble member {name!r} is a {card.task} {card.architecture} "
@@ -720,7 +726,7 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
     device = pick_device(config.device)
     for name in [config.init_from, *config.ensemble]:
         if name:  # a misspelt name fails now, not after minutes of reading images
-            resolve_model(name)
+            resolve_model(name, "triage")
     data = load_labelled(config.data, config.normal_labels, config.size,
                          patient_regex=config.patient_regex, progress=progress,
                          modality=config.modality, keep_aspect=config.crop)
