@@ -11,7 +11,7 @@ from PIL import Image
 import medenhance as me
 from medenhance.errors import ConfigError
 from medenhance.triage.data import (CROP_MARGIN, LabelledImages, crop_to_content, model_inputs,
-                                    split_by_patient)
+                                    own_range, percentile_range, split_by_patient)
 
 
 def _images(patients: list[str]) -> LabelledImages:
@@ -191,3 +191,32 @@ def test_frames_with_nan_are_refused_not_scored_nan() -> None:
     frames[0, 3, 3] = np.nan
     with pytest.raises(InvalidImageError, match="NaN"):
         TriageScorer("mri-triage").score_frames(frames)
+
+
+def test_percentile_range_does_not_let_a_burnt_in_marker_set_the_scale() -> None:
+    """``frame_range: percentiles``: the anatomy's grey levels spread over [0, 1] whatever a
+    bright marker of under 1 % of the pixels holds; its own range lets the marker set them."""
+    rng = np.random.default_rng(0)
+    anatomy = rng.uniform(0.2, 0.6, (64, 64)).astype(np.float32)
+    marked = anatomy.copy()
+    marked[:5, :5] = 1.0                              # 25 of 4096 pixels
+    spread = percentile_range(np.stack([anatomy, marked]))
+    assert spread.dtype == np.float32 and spread.min() >= 0 and spread.max() <= 1
+    low, high = np.percentile(anatomy, [1, 99])
+    np.testing.assert_allclose(spread[0], np.clip((anatomy - low) / (high - low), 0, 1),
+                               atol=1e-5)
+    # The marker changes the percentiles by a pixel's worth: the anatomy keeps its grey levels.
+    assert np.abs(spread[1][5:, 5:] - spread[0][5:, 5:]).max() < 0.02
+    assert (spread[1][:5, :5] == 1).all()
+    stretched = own_range(marked[None])[0]
+    assert np.abs(stretched[5:, 5:] - spread[0][5:, 5:]).max() > 0.2
+    # A flat frame stays flat; one whose percentiles meet falls back to its own range.
+    flat = np.full((1, 8, 8), 0.3, np.float32)
+    np.testing.assert_array_equal(percentile_range(flat), flat)
+    dot = np.zeros((1, 32, 32), np.float32)
+    dot[0, 3, 4] = 0.5
+    np.testing.assert_array_equal(percentile_range(dot), own_range(dot))
+    np.testing.assert_array_equal(model_inputs(marked[None], {"frame_range": "percentiles"}),
+                                  spread[1:])
+    with pytest.raises(ConfigError, match="frame_range 'median' is not known to this version"):
+        model_inputs(marked[None], {"frame_range": "median"})

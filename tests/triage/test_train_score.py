@@ -1174,3 +1174,33 @@ def test_an_unknown_triage_model_lists_triage_models_only(folders: Path) -> None
     assert "xray-triage" in said and "xray-denoise" not in said
     result = runner.invoke(app, ["triage", str(folders / "test"), "-m", "", "-o", "-"])
     assert result.exit_code == 1 and "no model given" in result.output
+
+
+def test_frame_range_percentiles_is_how_the_model_is_fitted_and_scored(
+        folders: Path, tmp_path: Path, monkeypatch) -> None:
+    """``frame_range: percentiles`` reaches the card, the Gaussian's fit and scoring alike."""
+    from medenhance.errors import ConfigError
+    from medenhance.triage.data import (load_labelled, percentile_range, train_val_split,
+                                        triage_frame)
+    from medenhance.triage.train import load_triage_config, oneclass_split
+
+    monkeypatch.setenv("MEDENHANCE_MODELS", str(tmp_path / "models"))
+    config = _wavelet_config(folders, tmp_path, "tiny-percentiles", "frame_range: percentiles\n")
+    with pytest.raises(ConfigError, match="frame_range must be own or percentiles, got 'max'"):
+        load_triage_config(config, ["frame_range=max"])
+    result = runner.invoke(app, ["train-triage", "-c", str(config)])
+    assert result.exit_code == 0, result.output
+    scorer = TriageScorer("tiny-percentiles")
+    net = scorer.model.network
+    assert scorer.info["frame_range"] == "percentiles"
+    assert scorer.model.card.config["frame_range"] == "percentiles"
+    data = load_labelled(folders / "train", ["NORMAL"], 64)
+    train, _ = oneclass_split(data, *train_val_split(data, 0.25, 0), lambda line: None)
+    features = net.density_features(torch.from_numpy(percentile_range(data.images[train]))[:, None])
+    np.testing.assert_allclose(net.feature_mean.numpy(), features.double().mean(0).numpy(),
+                               atol=1e-4)
+    files = sorted((folders / "test" / "PNEUMONIA").iterdir())[:4]
+    frames = np.stack([triage_frame(read_image(f), 64) for f in files])
+    _, dist = scorer.score_frames(percentile_range(frames))
+    assert [r.distance for r in scorer.score_files(files)] == pytest.approx(dist.tolist(),
+                                                                          rel=1e-5)

@@ -21,7 +21,7 @@ from skimage import exposure
 from skimage.filters import threshold_otsu
 
 from ..degrade.resolution import resize
-from ..errors import DatasetError, MedEnhanceError
+from ..errors import ConfigError, DatasetError, MedEnhanceError
 from ..image import MedicalImage
 from ..io import display_frames, find_images, read_image
 
@@ -144,6 +144,26 @@ def own_range(frames: np.ndarray) -> np.ndarray:
     return out
 
 
+#: ``frame_range`` values: ``own`` (lowest to highest value) or ``percentiles``
+#: (:data:`RANGE_PERCENTILES`, :func:`percentile_range`).
+FRAME_RANGES = ("own", "percentiles")
+#: The percentiles that ``frame_range: percentiles`` maps to 0 and 1.
+RANGE_PERCENTILES = (1.0, 99.0)
+
+
+def percentile_range(frames: np.ndarray) -> np.ndarray:
+    """Each ``(N, H, W)`` frame spread over [0, 1] by its :data:`RANGE_PERCENTILES` and clipped
+    there: a burnt-in marker, a label or a collimator edge brighter or darker than the anatomy
+    (a few hundred of 16384 pixels at 128 x 128) does not set the scale of its grey levels, as
+    it does for :func:`own_range`. A frame whose percentiles meet falls back to its own range."""
+    out = own_range(frames)
+    for frame in out:
+        low, high = (float(v) for v in np.percentile(frame, RANGE_PERCENTILES))
+        if high - low > 1e-6:
+            np.clip((frame - low) / (high - low), 0.0, 1.0, out=frame)
+    return out
+
+
 def model_inputs(frames: np.ndarray, info: dict) -> np.ndarray:
     """Frames as read (:func:`triage_frame`) -> what the network sees, by the preprocessing
     recorded in a triage model's card (``frame_range``, ``crop``, then ``equalize``).
@@ -152,9 +172,14 @@ def model_inputs(frames: np.ndarray, info: dict) -> np.ndarray:
     first: the intensity contract keeps 8-bit data on 0..255 but stretches wider integers to
     their min..max, so one radiograph scored 0.335 as an 8-bit PNG and 0.203 as a 16-bit one,
     and a slice of a volume took the volume's range. Older cards keep the frames as read, as
-    their models were trained."""
+    their models were trained. ``frame_range: percentiles``: :func:`percentile_range`."""
     if info.get("frame_range") == "own":
         frames = own_range(frames)
+    elif info.get("frame_range") == "percentiles":
+        frames = percentile_range(frames)
+    elif info.get("frame_range") is not None:      # a card of a newer version: not guessed
+        raise ConfigError(f"frame_range {info['frame_range']!r} is not known to this version "
+                          f"(known: {', '.join(FRAME_RANGES)})")
     if info.get("crop"):
         frames = np.stack([crop_to_content(f) for f in frames])
     if info.get("equalize"):

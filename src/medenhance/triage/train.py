@@ -63,7 +63,8 @@ from ..models.ensemble import TriageEnsemble
 from ..models.registry import create_model
 from ..train.config import _build, _coerce
 from ..train.loop import pick_device
-from .data import VAL_SPLITS, LabelledImages, load_labelled, model_inputs, train_val_split
+from .data import (FRAME_RANGES, VAL_SPLITS, LabelledImages, load_labelled, model_inputs,
+                   train_val_split)
 from .patch_memory import candidate_patches, greedy_coreset
 from .synthetic import add_anomalies
 from .metrics import (LOG_TEMPERATURE_BOUNDS, auprc, auroc, fit_temperature, sens_spec,
@@ -138,6 +139,10 @@ class TriageConfig:
     #: sees it, training and scoring (:func:`.data.crop_to_content`): the anatomy's share of the
     #: frame, which follows the scanner's field of view, stops being a feature.
     crop: bool = False
+    #: How each frame is spread over [0, 1] before anything else: ``own`` (its lowest to its
+    #: highest value) or ``percentiles`` (its 1st to 99th percentile, clipped, so that a burnt-in
+    #: marker does not set the scale; :func:`.data.percentile_range`).
+    frame_range: str = "own"
     #: Start from another triage model's convolutions (name or path; same architecture and
     #: widths), e.g. a one-class network's self-supervised features; its head is not copied.
     #: Of an ensemble (:attr:`ensemble`), its first member's.
@@ -192,6 +197,9 @@ class TriageConfig:
             raise ConfigError("target_sensitivity must be in (0, 1], val_fraction in (0, 1)")
         if self.val_split not in VAL_SPLITS:
             raise ConfigError(f"val_split must be random or lowest-ids, got {self.val_split!r}")
+        if self.frame_range not in FRAME_RANGES:
+            raise ConfigError(f"frame_range must be {' or '.join(FRAME_RANGES)}, got "
+                              f"{self.frame_range!r}")
         if self.augment not in AUGMENTS:
             raise ConfigError(f"augment must be standard or strong, got {self.augment!r}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -474,6 +482,7 @@ def _split_of(c: TriageConfig) -> tuple:
 #: patient split, or the mean of their outputs means nothing (or the calibration would see a
 #: member's training images).
 ENSEMBLE_SHARED = ("kind", "oneclass_method", "oneclass_score", "view_average", "size", "crop",
+                   "frame_range",
                    "equalize", "model", "normal_labels", "modality")
 
 
@@ -491,7 +500,7 @@ def _assemble_ensemble(config: TriageConfig) -> tuple[TriageEnsemble, dict, list
         if card.task != "triage" or card.architecture != config.model:
             raise ConfigError(f"ensemble member {name!r} is a {card.task} {card.architecture} "
                               f"model, not a triage {config.model}")
-        if (card.extra.get("triage") or {}).get("frame_range") != "own":
+        if (card.extra.get("triage") or {}).get("frame_range") not in FRAME_RANGES:
             raise ConfigError(f"ensemble member {name!r} was trained before frames were spread "
                               "over their own range; retrain it")
         member = _config_of(card)
@@ -732,7 +741,8 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
                          modality=config.modality, keep_aspect=config.crop)
     raw_frames = data.images          # as read: the robustness check changes these
     # Stored in the card, so that scoring prepares frames as training did.
-    preprocessing = {"frame_range": "own", "crop": config.crop, "equalize": config.equalize}
+    preprocessing = {"frame_range": config.frame_range, "crop": config.crop,
+                     "equalize": config.equalize}
     data.images = model_inputs(data.images, preprocessing)
     _note_left_out(data, run, log)
     if len(set(data.labels.tolist())) < 2:       # before the split says anything about it
