@@ -51,7 +51,11 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
     rows, by default ``test``); ``shifts``: also the AUROC under simulated acquisition changes
     (:mod:`.robustness`), written to ``robustness.png`` and the summary. An earlier evaluation in
     ``output`` is kept (:class:`DatasetError`) unless ``overwrite``. ``studies``: a list that
-    receives the :class:`~.score.TriageResult` of every study scored."""
+    receives the :class:`~.score.TriageResult` of every study scored.
+
+    A picture given twice (the same bytes, or a DICOM SOP Instance UID read before) counts once
+    (``repeats``), and not at all where one copy is labelled normal and the other abnormal
+    (``conflicts``)."""
     base, out = Path(folder), Path(output)
     if not minutes_per_study > 0:
         raise DatasetError(f"--minutes (reading time per study) must be above 0, got "
