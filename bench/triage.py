@@ -46,6 +46,15 @@ CASES = [("xray-pneumonia", KERMANY, None, "AUROC ≥ 0.97, accuracy > 87.5 %"),
          ("mri-triage", MRI, None, "AUROC ≥ 0.90")]
 
 
+def copies_note(result: dict) -> str:
+    """How many files of an evaluation repeated another's picture, and so counted once or, under
+    contradicting labels, not at all."""
+    repeats, conflicts = len(result["repeats"]), len(result["conflicts"])
+    return ((f"; {repeats} file(s) repeating another's picture counted once" if repeats else "")
+            + (f"; {conflicts} pair(s) under a normal and an abnormal label left out"
+               if conflicts else ""))
+
+
 def nih_label_folders(root: Path) -> Path:
     """``root/NORMAL`` ("No Finding") and ``root/FINDING`` (any other label) of links to the NIH
     images, the layout ``evaluate_triage_folder`` reads."""
@@ -118,7 +127,7 @@ def main() -> None:
                                                    or r["accuracy"] > 0.875)
             lines.append(
                 f"| {model} | {folder.relative_to(SHARED)} ({r['n_abnormal']} abnormal, "
-                f"{r['n_normal']} normal) | {cell['auroc']} | {cell['auprc']} | "
+                f"{r['n_normal']} normal{copies_note(r)}) | {cell['auroc']} | {cell['auprc']} | "
                 f"{cell['sensitivity']} | {cell['specificity']} | {cell['accuracy']} | "
                 f"{w['arrival_mean']:.0f} / {w['arrival_p90']:.0f} → {w['triage_mean']:.0f} / "
                 f"{w['triage_p90']:.0f} | {target} | {'reached' if reached else 'not reached'} |")
