@@ -1204,3 +1204,59 @@ def test_frame_range_percentiles_is_how_the_model_is_fitted_and_scored(
     _, dist = scorer.score_frames(percentile_range(frames))
     assert [r.distance for r in scorer.score_files(files)] == pytest.approx(dist.tolist(),
                                                                           rel=1e-5)
+
+
+def test_copies_form_groups_that_count_once_or_not_at_all() -> None:
+    """Copies were judged in pairs: a chain (a byte copy of a DICOM copy) kept its first file
+    under a label its last one contradicted, and a copy was "counted once" when its group was
+    left out."""
+    from medenhance.triage.evaluate import _resolve_copies
+
+    labels = {"N/a": {"NORMAL"}, "N/b": {"NORMAL"}, "P/c": {"PNEUMONIA"}, "N/d": {"NORMAL"},
+              "N/e": {"NORMAL"}, "N/f": {"NORMAL", "PNEUMONIA"}, "N/g": {"NORMAL"}}
+    copies = {"N/b": "N/a", "P/c": "N/b", "N/e": "N/d"}        # c -> b (bytes) -> a (SOP UID)
+    repeats, conflicts, dropped = _resolve_copies(list(labels), labels, copies, {"normal"})
+    assert dropped == {"N/a", "N/b", "P/c", "N/f"}
+    assert conflicts == ["N/a and N/b and P/c: the same image, labelled NORMAL and PNEUMONIA",
+                         "N/f: one file, labelled NORMAL and PNEUMONIA"]
+    assert repeats == ["N/e: the same image as N/d"]
+
+
+def test_evaluate_triage_follows_a_chain_of_copies_and_a_manifest_listing_a_file_twice(
+        folders: Path, tmp_path: Path) -> None:
+    import pydicom
+
+    from medenhance.errors import DatasetError
+    from medenhance.triage.evaluate import evaluate_triage_folder
+
+    data = tmp_path / "data"
+    for label in ("NORMAL", "PNEUMONIA"):
+        (data / label).mkdir(parents=True)
+        for src in sorted((folders / "test" / label).iterdir())[:4]:
+            (data / label / src.name).write_bytes(src.read_bytes())
+    dicom = SAMPLES / "cr_chest_RG1_J2KI.dcm"
+    (data / "NORMAL" / "a.dcm").write_bytes(dicom.read_bytes())
+    ds = pydicom.dcmread(dicom)
+    ds.PatientName = "Other^Bytes"                  # the same SOP Instance UID, other bytes
+    ds.save_as(data / "NORMAL" / "b.dcm")
+    (data / "PNEUMONIA" / "c.dcm").write_bytes((data / "NORMAL" / "b.dcm").read_bytes())
+    result = evaluate_triage_folder(data, "xray-pneumonia", tmp_path / "ev", n_bootstrap=10)
+    assert (result["n_normal"], result["n_abnormal"]) == (4, 4) and result["repeats"] == []
+    assert [c.split(": ")[1] for c in result["conflicts"]] == [
+        "the same image, labelled NORMAL and PNEUMONIA"]
+    # A manifest that lists one file twice: one study; under two labels, none.
+    rows = [(f.relative_to(data), f.parent.name) for f in sorted(data.glob("*/p*.png"))]
+    for extra, name in (([rows[0]], "twice"), ([(rows[0][0], "PNEUMONIA")], "relabelled")):
+        (data / f"{name}.csv").write_text("path,label,split\n" + "".join(
+            f"{p},{lab},test\n" for p, lab in rows + extra))
+        result = evaluate_triage_folder(data / f"{name}.csv", "xray-pneumonia",
+                                        tmp_path / name, n_bootstrap=10)
+        assert result["n_normal"] == (4 if name == "twice" else 3) and result["n_abnormal"] == 4
+    only = tmp_path / "only"                         # nothing left: said, not an IndexError
+    (only / "NORMAL").mkdir(parents=True)
+    (only / "PNEUMONIA").mkdir()
+    for label in ("NORMAL", "PNEUMONIA"):
+        (only / label / "x.png").write_bytes((data / rows[0][0]).read_bytes())
+    with pytest.raises(DatasetError, match="nothing to evaluate of its 2 images: 2 were left out "
+                                           "as one image under a normal and an abnormal label"):
+        evaluate_triage_folder(only, "xray-pneumonia", tmp_path / "ev-only", n_bootstrap=10)

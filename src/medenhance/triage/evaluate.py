@@ -40,6 +40,36 @@ def _byte_copies(paths: Sequence[Path]) -> dict[str, str]:
     return copies
 
 
+def _resolve_copies(paths: Sequence[str], labels_of: dict[str, set[str]],
+                    copies: dict[str, str], normal: set[str]
+                    ) -> tuple[list[str], list[str], set[str]]:
+    """``(repeats, conflicts, dropped)`` for the files ``paths`` with their labels, where
+    ``copies`` maps a file to an earlier one showing the same image. Copies form groups (a byte
+    copy of a DICOM copy joins the first file's group); a group counts once, by its first file,
+    and not at all where it holds a normal and an abnormal label: neither can be trusted, as
+    train-triage leaves such images out. ``dropped``: the files of those groups."""
+    def first(path: str) -> str:
+        while path in copies:       # each step leads to a file read earlier: no cycle
+            path = copies[path]
+        return path
+
+    groups: dict[str, list[str]] = {}
+    for path in paths:
+        groups.setdefault(first(path), []).append(path)
+    repeats: list[str] = []
+    conflicts: list[str] = []
+    dropped: set[str] = set()
+    for head, group in groups.items():
+        labels = sorted({label for member in group for label in labels_of[member]})
+        if len({label.lower() in normal for label in labels}) == 2:
+            what = "the same image" if len(group) > 1 else "one file"
+            conflicts.append(f"{' and '.join(group)}: {what}, labelled {' and '.join(labels)}")
+            dropped.update(group)
+        else:
+            repeats += [f"{member}: the same image as {head}" for member in group if member != head]
+    return repeats, conflicts, dropped
+
+
 def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *,
                            normal_labels: Sequence[str] | None = None,
                            minutes_per_study: float = 5.0, n_bootstrap: int = 1000,
@@ -84,29 +114,24 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
                            "folder outside it")
     scorer = TriageScorer(model)
     normal = {n.lower() for n in (normal_labels or scorer.info["normal_labels"])}
-    label_of = {str(e.path): e.label for e in entries}
+    # A file listed twice (a manifest's rows) is one file; its labels are all it was given.
+    labels_of: dict[str, set[str]] = {}
+    for e in entries:
+        labels_of.setdefault(str(e.path), set()).add(e.label)
+    paths = list(labels_of)
     failures: list[str] = []
-    copies = _byte_copies([e.path for e in entries])     # and the scorer adds DICOM copies
-    results = scorer.score_files([e.path for e in entries if str(e.path) not in copies],
-                                 failures, progress=progress, copies=copies)
-    # One image under a normal and an abnormal label: neither label can be trusted, so neither
-    # is counted (as train-triage leaves such pairs out); under agreeing labels, once.
-    repeats: list[str] = []
-    conflicts: list[str] = []
-    dropped: set[str] = set()
-    for copy, original in copies.items():
-        pair = [label_of[copy], label_of[original]]
-        if len({label.lower() in normal for label in pair}) == 2:
-            conflicts.append(f"{copy} and {original}: the same image, labelled {pair[0]} and "
-                             f"{pair[1]}")
-            dropped |= {copy, original}
-        else:
-            repeats.append(f"{copy}: the same image as {original}")
+    copies = _byte_copies(paths)     # and the scorer adds DICOM copies
+    results = scorer.score_files([p for p in paths if p not in copies], failures,
+                                 progress=progress, copies=copies)
+    repeats, conflicts, dropped = _resolve_copies(paths, labels_of, copies, normal)
     results = [r for r in results if r.path not in dropped]
     if not results:
-        raise DatasetError(f"{base}: none of its {len(entries)} images could be read, e.g. "
-                           f"{failures[0]}" if failures else
-                           f"{base}: nothing left to evaluate: {conflicts[0]}, left out")
+        why = ([f"{len(failures)} could not be read (e.g. {failures[0]})"] if failures else []) + (
+            [f"{len(dropped)} were left out as one image under a normal and an abnormal label "
+             f"(e.g. {conflicts[0]})"] if conflicts else [])
+        raise DatasetError(f"{base}: nothing to evaluate of its {len(paths)} images: "
+                           + "; ".join(why))
+    label_of = {p: sorted(labels)[0] for p, labels in labels_of.items()}   # of one class now
     if studies is not None:
         studies += results
     labels = np.array([0 if label_of[r.path].lower() in normal else 1 for r in results])
