@@ -1260,3 +1260,25 @@ def test_evaluate_triage_follows_a_chain_of_copies_and_a_manifest_listing_a_file
     with pytest.raises(DatasetError, match="nothing to evaluate of its 2 images: 2 were left out "
                                            "as one image under a normal and an abnormal label"):
         evaluate_triage_folder(only, "xray-pneumonia", tmp_path / "ev-only", n_bootstrap=10)
+
+
+def test_evaluate_triage_knows_a_picture_by_its_grey_levels_not_its_bytes(
+        folders: Path, tmp_path: Path) -> None:
+    """A picture saved again (other compression, other bytes) is the same picture, as
+    train-triage finds copies."""
+    from PIL import Image
+
+    from medenhance.triage.evaluate import evaluate_triage_folder
+
+    data = tmp_path / "data"
+    for label in ("NORMAL", "PNEUMONIA"):
+        (data / label).mkdir(parents=True)
+        for src in sorted((folders / "test" / label).iterdir())[:4]:
+            (data / label / src.name).write_bytes(src.read_bytes())
+    first = sorted((data / "NORMAL").iterdir())[0]
+    Image.open(first).save(data / "PNEUMONIA" / "deeper.png", compress_level=0)
+    assert (data / "PNEUMONIA" / "deeper.png").read_bytes() != first.read_bytes()
+    result = evaluate_triage_folder(data, "xray-pneumonia", tmp_path / "ev", n_bootstrap=10)
+    assert (result["n_normal"], result["n_abnormal"]) == (3, 4)
+    assert result["conflicts"] == [f"{first} and {data / 'PNEUMONIA' / 'deeper.png'}: the same "
+                                   "image, labelled NORMAL and PNEUMONIA"]

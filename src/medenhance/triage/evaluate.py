@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,30 +21,12 @@ def _accuracy(y: np.ndarray, s: np.ndarray, t: float) -> float:
     return float(((s >= t).astype(int) == y).mean())
 
 
-def _byte_copies(paths: Sequence[Path]) -> dict[str, str]:
-    """Each file whose bytes repeat a file's before it, mapped to that one (a picture copied
-    under another name; DICOM copies re-encoded keep their SOP Instance UID, which the scorer
-    recognises)."""
-    first: dict[str, str] = {}
-    copies: dict[str, str] = {}
-    for path in paths:
-        try:
-            digest = hashlib.sha1(Path(path).read_bytes()).hexdigest()
-        except OSError:            # the scorer says why it cannot be read
-            continue
-        if digest in first:
-            copies[str(path)] = first[digest]
-        else:
-            first[digest] = str(path)
-    return copies
-
-
 def _resolve_copies(paths: Sequence[str], labels_of: dict[str, set[str]],
                     copies: dict[str, str], normal: set[str]
                     ) -> tuple[list[str], list[str], set[str]]:
     """``(repeats, conflicts, dropped)`` for the files ``paths`` with their labels, where
-    ``copies`` maps a file to an earlier one showing the same image. Copies form groups (a byte
-    copy of a DICOM copy joins the first file's group); a group counts once, by its first file,
+    ``copies`` maps a file to an earlier one showing the same image. Copies form groups (a
+    copy of a file that is itself a copy, by another key, joins the first file's group); a group counts once, by its first file,
     and not at all where it holds a normal and an abnormal label: neither can be trusted, as
     train-triage leaves such images out. ``dropped``: the files of those groups."""
     def first(path: str) -> str:
@@ -83,7 +64,8 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
     ``output`` is kept (:class:`DatasetError`) unless ``overwrite``. ``studies``: a list that
     receives the :class:`~.score.TriageResult` of every study scored.
 
-    A picture given twice (the same bytes, or a DICOM SOP Instance UID read before) counts once
+    A picture given twice (the same grey levels, :func:`.data.picture_key`, or a DICOM SOP
+    Instance UID read before) counts once
     (``repeats``), and not at all where one copy is labelled normal and the other abnormal
     (``conflicts``)."""
     base, out = Path(folder), Path(output)
@@ -120,9 +102,8 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
         labels_of.setdefault(str(e.path), set()).add(e.label)
     paths = list(labels_of)
     failures: list[str] = []
-    copies = _byte_copies(paths)     # and the scorer adds DICOM copies
-    results = scorer.score_files([p for p in paths if p not in copies], failures,
-                                 progress=progress, copies=copies)
+    copies: dict[str, str] = {}       # the scorer's: same SOP Instance UID or same picture
+    results = scorer.score_files(paths, failures, progress=progress, copies=copies)
     repeats, conflicts, dropped = _resolve_copies(paths, labels_of, copies, normal)
     results = [r for r in results if r.path not in dropped]
     if not results:

@@ -20,7 +20,7 @@ from ..errors import ConfigError, InvalidImageError, MedEnhanceError, NotAnImage
 from ..io import read_image
 from ..io._files import _place
 from ..models.card import LoadedModel, load_model
-from .data import keeps_aspect, model_inputs, triage_frames
+from .data import keeps_aspect, model_inputs, picture_key, triage_frames
 from .study import FrameScore, study_key, summarise, thumbnail
 
 NOTE = "research use only, not for diagnosis"
@@ -160,8 +160,9 @@ class TriageScorer:
         frames scores by its most abnormal frame that shows the anatomy (:mod:`.study`).
 
         A DICOM file with the SOP Instance UID of one already read (a copy) is left out, and
-        named in ``repeats`` when given (and in ``copies``, as the key of the file read first
-        with it). A file that cannot be read raises, or, with
+        named in ``repeats`` when given. With ``copies``, those and files showing the same
+        picture as one read before (:func:`.data.picture_key`) are left out and added there,
+        mapped to the file read first. A file that cannot be read raises, or, with
         ``failures``, adds its message there and ``(path, reason)`` to ``unreadable``; with
         ``not_images``, a DICOM object without an image (a dose report, a presentation state)
         is named there instead, as not a study to read."""
@@ -188,6 +189,7 @@ class TriageScorer:
 
         seen: set[Path] = set()     # places (io._files._place): two links to one file are two
         instances: dict[str, str] = {}      # SOP Instance UID -> the file read with it
+        pictures: dict[str, str] = {}       # picture key -> the file read with it (copies)
         pictured: set[str] = set()          # files with a frame that is not one flat value
         for path in (progress(paths) if progress else paths):
             if _place(Path(path)) in seen:       # given twice (a folder and its sub-folder)
@@ -216,6 +218,14 @@ class TriageScorer:
                 continue
             if sop:
                 instances[sop] = str(path)
+            # Another instance, or an export, of the same picture (flat frames are no picture:
+            # two blank files are not copies of each other).
+            if copies is not None and any(frame.max() > frame.min() for frame in frames):
+                key = picture_key(frames)
+                if key in pictures:
+                    copies[str(path)] = pictures[key]
+                    continue
+                pictures[key] = str(path)
             uid = study_key(image)
             key = f"uid:{uid}" if uid and by_study else f"file:{path}"
             studies.setdefault(key, [])
