@@ -134,9 +134,15 @@ def main() -> None:
             print(lines[-1], file=sys.stderr, flush=True)
     lines += robustness
     lines += ["", "## Out-of-distribution input", "",
-              "| model | given | images | flagged out of distribution | flagged abnormal or out of "
+              "A study is out of distribution when its distance to the training images in the "
+              "model's features lies beyond the validation's 99th percentile, or when its grey "
+              "levels and their layout do (`medenhance.triage.domain`), or when its DICOM "
+              "Modality is not the model's. The fifth column counts the first two checks "
+              "apart (a study can be beyond both).", "",
+              "| model | given | images | flagged out of distribution | beyond the limit of: "
+              "features / grey levels and layout | flagged abnormal or out of "
               "distribution (no confident normal) | batch beyond the validation's 90th distance "
-              "percentile (warning above 50 %) |", "|---|---|---|---|---|---|"]
+              "percentile (warning above 50 %) |", "|---|---|---|---|---|---|---|"]
     for model, own in (("xray-pneumonia", "xray"), ("xray-triage", "xray"),
                        ("mri-triage", "mri")):
         scorer = TriageScorer(load_model(model))
@@ -145,9 +151,12 @@ def main() -> None:
             res = own_results[model] if name == own else scorer.score_files(find_images([folder]))
             ood = sum(r.ood for r in res)
             either = sum(max(r.ood, r.flag) for r in res)
+            by_features = sum(r.distance > scorer.info["ood_distance"] for r in res)
+            by_layout = sum(r.domain_distance > scorer.domain.limit for r in res)
             label = "own modality" if name == own else "other modality"
             lines.append(f"| {model} | {folder.relative_to(SHARED)} ({label}) | {len(res)} | "
-                         f"{ood} ({ood / len(res):.1%}) | {either} ({either / len(res):.1%}) | "
+                         f"{ood} ({ood / len(res):.1%}) | {by_features} / {by_layout} | "
+                         f"{either} ({either / len(res):.1%}) | "
                          f"{beyond_p90(res, scorer.info)} |")
     lines += ["", "## Another hospital: NIH ChestX-ray14, adults", "",
               "The X-ray models were trained on paediatric radiographs from one centre "

@@ -35,7 +35,7 @@ def main(run: Path, stdout_log: Path | None) -> None:
     history = card.extra.get("history", [])
     target = save_checkpoint(loaded.network, card,
                              ROOT / "src" / "medenhance" / "weights" / f"{card.name}.safetensors",
-                             dtype=torch.float16)
+                             dtype=torch.float16, aux=loaded.aux)
     logs = ROOT / "configs" / "logs" / run.name
     logs.mkdir(parents=True, exist_ok=True)
     if history:

@@ -56,6 +56,7 @@ class _MeanScorer(TriageScorer):
     def __init__(self) -> None:
         self.info = {"kind": "oneclass", "size": 32, "threshold": 0.6, "ood_distance": 5.0}
         self.model = SimpleNamespace(card=ModelCard("mean", "none", task="triage"))
+        self.domain = None
 
     def score_frames(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         dark = 1.0 - frames[:, 12:20, 12:20].mean(axis=(1, 2))

@@ -112,10 +112,15 @@ class LoadedModel:
     network: nn.Module
     card: ModelCard
     path: Path
+    #: Tensors stored beside the network's (see :func:`save_checkpoint`), by name.
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 #: Suffix of a symmetric buffer stored as its upper triangle (see :func:`save_checkpoint`).
 UPPER_TRIANGLE = ".upper_triangle"
+#: Prefix of the tensors a checkpoint holds beside the network's (``aux`` of
+#: :func:`save_checkpoint`), e.g. a triage model's check of what it was trained on.
+AUX_PREFIX = "aux/"
 
 
 def _unpack_symmetric(network: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -139,7 +144,8 @@ def _unpack_symmetric(network: nn.Module, state: dict[str, torch.Tensor]) -> Non
 
 
 def save_checkpoint(model: nn.Module, card: ModelCard, path: str | Path,
-                    dtype: torch.dtype = torch.float32) -> Path:
+                    dtype: torch.dtype = torch.float32,
+                    aux: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``path`` (``.safetensors``) and the card beside it, each atomically.
 
     Parameters are stored in ``dtype`` (float16 halves the file); buffers (batch-norm statistics,
@@ -147,6 +153,8 @@ def save_checkpoint(model: nn.Module, card: ModelCard, path: str | Path,
     except those a network names in ``bulky_buffers`` (e.g. a memory of feature vectors). Square
     buffers a network names in ``symmetric_buffers`` (a Gaussian's precision matrix) are stored
     as their upper triangle, under the name with :data:`UPPER_TRIANGLE` appended: half the bytes.
+    ``aux``: tensors that belong to the model but not to its network (kept as they are, under
+    :data:`AUX_PREFIX` + name; :func:`load_model` returns them in ``LoadedModel.aux``).
     """
     path = Path(path).with_suffix(".safetensors")
     card.created = card.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -165,6 +173,8 @@ def save_checkpoint(model: nn.Module, card: ModelCard, path: str | Path,
             raise ValueError(f"{name} is not a symmetric matrix; it cannot be stored as one")
         rows, cols = torch.triu_indices(*matrix.shape)
         state[name + UPPER_TRIANGLE] = matrix[rows, cols].contiguous()
+    for name, tensor in (aux or {}).items():
+        state[AUX_PREFIX + name] = tensor.detach().to("cpu").contiguous()
     atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"name": card.name}),
                  overwrite=True)
     atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(card.to_json()),
@@ -287,6 +297,7 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu",
     except (SafetensorError, OSError) as exc:
         raise ConfigError(f"{weights}: unreadable weights ({exc})") from None
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    aux = {k[len(AUX_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(AUX_PREFIX)}
     try:
         _unpack_symmetric(network, state)
         network.load_state_dict(state)
@@ -294,4 +305,4 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu",
         first = str(exc).strip().splitlines()[0]
         raise ConfigError(f"{weights}: weights do not fit {card.architecture} "
                           f"{card.arguments} ({first})") from None
-    return LoadedModel(network.to(device).eval(), card, weights)
+    return LoadedModel(network.to(device).eval(), card, weights, aux)

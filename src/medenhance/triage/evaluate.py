@@ -170,12 +170,16 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
         w = csv.writer(fh, lineterminator="\n")
         # flag as in a worklist (at or above the threshold, or out of distribution: read as
         # flagged); the metrics at the threshold count above_threshold.
+        # distance: to the training images in the model's features; domain_distance: in grey
+        # levels and their layout (empty for models saved without that check).
         w.writerow(["path", "label", "score", "flag", "above_threshold", "ood", "distance",
-                    "use"])
+                    "domain_distance", "use"])
         for r, y in zip(results, labels, strict=True):
             # Enough digits that a score reproduces above_threshold and the metrics.
             w.writerow([r.path, int(y), f"{r.score:.10f}", max(r.flag, r.ood), r.flag, r.ood,
-                        f"{r.distance:.3f}", CSV_NOTE])
+                        f"{r.distance:.3f}",
+                        "" if np.isnan(r.domain_distance) else f"{r.domain_distance:.3f}",
+                        CSV_NOTE])
     (out / "summary.json").write_text(json.dumps(result, indent=2))
     _plot_roc(labels, scores, t, result, out / "roc.png")
     _plot_scores(labels, scores, t, result, out / "scores.png")

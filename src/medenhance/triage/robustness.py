@@ -24,7 +24,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter, zoom as nd_zoom
 
 from ..io import read_image
-from .data import keeps_aspect, model_inputs, triage_frame
+from .data import LabelledImages, keeps_aspect, model_inputs, triage_frame
 from .metrics import auroc
 from .score import TriageScorer
 
@@ -109,14 +109,15 @@ def model_robustness(scorer: TriageScorer, paths: Sequence[Path], labels: np.nda
     return shifted_aurocs(frame_scores(scorer), frames, labels, progress=progress)
 
 
-def validation_split(scorer: TriageScorer) -> tuple[np.ndarray, np.ndarray]:
-    """Frames as read and labels of the validation split the model was trained with, rebuilt
-    from the training config in its card (its training folder must be where the card says)."""
+def rebuilt_split(card_config: dict) -> tuple[LabelledImages, np.ndarray, np.ndarray]:
+    """The labelled images (frames as read) and the training and validation indices a triage
+    model was trained with, rebuilt from the training config in its card (its training folder
+    must be where the card says)."""
     from .data import load_labelled, train_val_split
     from .train import TriageConfig, oneclass_split
 
     fields = TriageConfig.__dataclass_fields__
-    config = TriageConfig(**{k: v for k, v in scorer.model.card.config.items() if k in fields})
+    config = TriageConfig(**{k: v for k, v in card_config.items() if k in fields})
     data = load_labelled(config.data, config.normal_labels, config.size,
                          patient_regex=config.patient_regex, modality=config.modality,
                          keep_aspect=config.crop)
@@ -124,6 +125,13 @@ def validation_split(scorer: TriageScorer) -> tuple[np.ndarray, np.ndarray]:
                                  config.val_split)
     if config.kind == "oneclass":
         train, val = oneclass_split(data, train, val, lambda line: None)
+    return data, train, val
+
+
+def validation_split(scorer: TriageScorer) -> tuple[np.ndarray, np.ndarray]:
+    """Frames as read and labels of the validation split the model was trained with
+    (:func:`rebuilt_split`)."""
+    data, _, val = rebuilt_split(scorer.model.card.config)
     return data.images[val], data.labels[val]
 
 

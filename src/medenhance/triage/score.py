@@ -1,9 +1,10 @@
 """Score images with a trained triage model and build a worklist.
 
 ``score`` = calibrated probability of "abnormal" (higher = read sooner); ``flag`` = 1 at or above
-the operating point stored in the model card; ``ood`` = 1 when the image's features lie far outside
-what the model was trained on (another modality, a photo, a blank frame): such a score is not to be
-trusted and the study should be read as if flagged.
+the operating point stored in the model card; ``ood`` = 1 when the image lies far outside what the
+model was trained on (another modality, a photo, a blank frame), by the model's own features or by
+its grey levels and their layout (:mod:`.domain`): such a score is not to be trusted and the study
+should be read as if flagged.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..io import read_image
 from ..io._files import _place
 from ..models.card import LoadedModel, load_model
 from .data import keeps_aspect, model_inputs, picture_key, triage_frames
+from .domain import DomainCheck
 from .study import FrameScore, study_key, summarise, thumbnail
 
 NOTE = "research use only, not for diagnosis"
@@ -47,6 +49,9 @@ class TriageResult:
     foreign_modality: str = ""
     #: Every frame holds one value (no picture at all; the study is then out of distribution).
     empty: bool = False
+    #: Median distance of the counted frames' grey levels and layout to the training images'
+    #: (:mod:`.domain`; NaN for models saved without that check).
+    domain_distance: float = float("nan")
 
     def reading_note(self, trained_on: str) -> str:
         """What the worklist says of the study, for a model trained on modality ``trained_on``:
@@ -80,6 +85,8 @@ class TriageScorer:
         if self.model.card.task != "triage" or not isinstance(self.info, dict):
             raise ConfigError(f"model {self.model.card.name!r} is not a triage model "
                               f"(task {self.model.card.task!r})")
+        #: What the model was trained on, by grey levels and layout (None: saved before it).
+        self.domain = DomainCheck.of(self.info, self.model.aux)
 
     @property
     def threshold(self) -> float:
@@ -181,10 +188,13 @@ class TriageScorer:
         def flush() -> None:
             if not pending:
                 return
-            frames = np.stack([f for *_, f in pending])
-            prob, dist = self.score_frames(model_inputs(frames, self.info))
-            for (key, path, k, frame), s, d in zip(pending, prob, dist, strict=True):
-                studies[key].append(FrameScore(path, k, float(s), float(d), thumbnail(frame)))
+            inputs = model_inputs(np.stack([f for *_, f in pending]), self.info)
+            prob, dist = self.score_frames(inputs)
+            domain = (self.domain.distances(inputs) if self.domain is not None else
+                      np.full(len(inputs), np.nan))
+            for (key, path, k, frame), s, d, dd in zip(pending, prob, dist, domain, strict=True):
+                studies[key].append(FrameScore(path, k, float(s), float(d), thumbnail(frame),
+                                               float(dd)))
             pending.clear()
 
         seen: set[Path] = set()     # places (io._files._place): two links to one file are two
@@ -245,13 +255,15 @@ class TriageScorer:
             # study has files of the model's own; a study of only those is out of distribution
             # whatever its features say (the NEMA CT slice lies within mri-triage's limit).
             own = [f for f in frames if f.path not in foreign_files]
-            worst, distance, counted = summarise(own or frames)
+            worst, distance, domain, counted = summarise(own or frames)
             foreign = "" if own else foreign_files[frames[0].path]
             empty = not any(f.path in pictured for f in own or frames)
-            ood = bool(foreign) or empty or distance > float(self.info["ood_distance"])
+            ood = (bool(foreign) or empty or distance > float(self.info["ood_distance"])
+                   or (self.domain is not None and domain > self.domain.limit))
             results.append(TriageResult(
                 worst.path, worst.score, int(worst.score >= self.threshold), int(ood), distance,
-                worst.index, counted, len({f.path for f in frames}), uids[key], foreign, empty))
+                worst.index, counted, len({f.path for f in frames}), uids[key], foreign, empty,
+                domain))
         return results
 
 

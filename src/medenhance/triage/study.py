@@ -6,8 +6,8 @@ models were trained on single frames that show the anatomy, so a study scores by
 abnormal frame among those that show it: the frames whose anatomy (the largest bright region)
 covers at least half as much as in the frame where it covers most. The slices at the ends of a
 volume (the skull's vertex, the neck, the air beside the body) would otherwise look abnormal to
-every model. Its distance to the training images, for the out-of-distribution checks, is the
-median over those frames: the study is out of distribution when most of it is.
+every model. Its distances to the training images, for the out-of-distribution checks, are the
+medians over those frames: the study is out of distribution when most of it is.
 """
 
 from __future__ import annotations
@@ -75,10 +75,15 @@ class FrameScore:
     score: float
     distance: float
     thumbnail: np.ndarray
+    #: Distance of its grey levels and their layout to the training images' (:mod:`.domain`);
+    #: NaN for models without that check.
+    domain_distance: float = float("nan")
 
 
-def summarise(frames: Sequence[FrameScore]) -> tuple[FrameScore, float, int]:
-    """``(most abnormal frame, median distance, frames counted)`` of one study."""
+def summarise(frames: Sequence[FrameScore]) -> tuple[FrameScore, float, float, int]:
+    """``(most abnormal frame, median distance, median domain distance, frames counted)`` of
+    one study."""
     kept = [frames[i] for i in frames_with_anatomy(np.stack([f.thumbnail for f in frames]))]
     worst = max(kept, key=lambda f: f.score)
-    return worst, float(np.median([f.distance for f in kept])), len(kept)
+    return (worst, float(np.median([f.distance for f in kept])),
+            float(np.median([f.domain_distance for f in kept])), len(kept))

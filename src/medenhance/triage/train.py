@@ -65,6 +65,7 @@ from ..train.config import _build, _coerce
 from ..train.loop import pick_device
 from .data import (FRAME_RANGES, VAL_SPLITS, LabelledImages, load_labelled, model_inputs,
                    train_val_split)
+from .domain import DomainCheck
 from .patch_memory import candidate_patches, greedy_coreset
 from .synthetic import add_anomalies
 from .metrics import (LOG_TEMPERATURE_BOUNDS, auprc, auroc, fit_temperature, sens_spec,
@@ -372,6 +373,19 @@ def gaussian_fit_images(images: np.ndarray, fit_zoom: float, seed: int) -> np.nd
     originals = torch.from_numpy(images)[:, None]
     return np.concatenate([images] + [random_zoom(originals, fit_zoom, generator)[:, 0].numpy()
                                       for _ in range(FIT_ZOOM_COPIES)])
+
+
+def gaussian_fit_inputs(inputs: np.ndarray, frames: np.ndarray, config: TriageConfig,
+                        preprocessing: dict) -> np.ndarray:
+    """What a model's feature Gaussian (and its :class:`.domain.DomainCheck`) is fitted to: the
+    training images as network ``inputs``, their zoomed copies (``fit_zoom``) and their
+    acquisition-changed copies (``fit_changes``: ``frames`` as read, changed, then prepared as
+    scoring will prepare them)."""
+    fit = gaussian_fit_images(inputs, config.fit_zoom, config.seed)
+    if config.fit_changes:
+        changed = acquisition_copies(frames, config.fit_changes, config.seed)
+        fit = np.concatenate([fit, model_inputs(changed, preprocessing)])
+    return fit
 
 
 def acquisition_copies(frames: np.ndarray, copies: int, seed: int) -> np.ndarray:
@@ -905,14 +919,13 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
     # on validation (0.966 against 0.960 with a Gaussian per view, X-ray one-class model).
     embed = (lambda x: model.density_features(all_views(x))) if view_average else \
         model.density_features
+    if len(train.labels) < 2:       # (with epochs, the batch check has said so already)
+        raise ConfigError(f"{len(train.labels)} training image(s): too few to fit the "
+                          "feature Gaussian (at least 2 are needed, many more to be useful)")
+    # An ensemble refuses fit_zoom and fit_changes: these are its training images.
+    fit_images = gaussian_fit_inputs(train.images, raw_frames[train_idx], config, preprocessing)
     if not members:         # an ensemble's members keep the Gaussians they were fitted with
-        if len(train.labels) < 2:       # (with epochs, the batch check has said so already)
-            raise ConfigError(f"{len(train.labels)} training image(s): too few to fit the "
-                              "feature Gaussian (at least 2 are needed, many more to be useful)")
-        fit_images = gaussian_fit_images(train.images, config.fit_zoom, config.seed)
-        if config.fit_changes:     # changed as read, then prepared as scoring will prepare them
-            changed = acquisition_copies(raw_frames[train_idx], config.fit_changes, config.seed)
-            fit_images = np.concatenate([fit_images, model_inputs(changed, preprocessing)])
+        if len(fit_images) > len(train.labels):
             log(f"feature Gaussian: {len(train.labels)} training images and "
                 f"{len(fit_images) - len(train.labels)} changed or zoomed copies")
         mean, precision = fit_gaussian(batched(embed, fit_images, device, batch=16),
@@ -931,13 +944,15 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
     distance = model.view_distance if view_average else \
         (lambda x: model.mahalanobis(model.density_features(x)))
     val_dist = batched(distance, val.images, device)
+    domain = DomainCheck.fit(fit_images, val.images)
     triage: dict[str, Any] = {"kind": config.kind, "size": config.size,
                               **preprocessing,
                               "normal_labels": list(config.normal_labels),
                               "target_sensitivity": config.target_sensitivity,
                               "ood_distance": float(np.percentile(val_dist, 99)),
                               "distance_p90": float(np.percentile(val_dist, 90)),
-                              "distance": "views" if view_average else "upright"}
+                              "distance": "views" if view_average else "upright",
+                              "domain_check": domain.card_entry()}
     if config.kind == "supervised":
         # float64: with a large temperature, float32 rounds neighbouring scores into ties (the
         # card's AUROC was 0.8917 where the logits rank at 0.9000).
@@ -988,7 +1003,8 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
         from .robustness import frame_scores, shifted_aurocs
         from .score import TriageScorer
 
-        scorer = TriageScorer(LoadedModel(model.cpu(), card, run / "best.safetensors"))
+        scorer = TriageScorer(LoadedModel(model.cpu(), card, run / "best.safetensors",
+                                          domain.tensors()))
         robust = shifted_aurocs(frame_scores(scorer), raw_frames[val_idx], val.labels)
         metrics["val_robust_auroc"] = robust["robust_auroc"]
         card.extra["robustness"] = robust
@@ -996,9 +1012,9 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
                      for name, row in robust["shifts"].items() for mode, v in row.items()))
         log(f"validation AUROC under simulated acquisition changes: mean "
             f"{robust['robust_auroc']:.4f}, lowest {worst[0]:.4f} ({worst[1]})")
-    path = save_checkpoint(model, card, run / "best.safetensors")
+    path = save_checkpoint(model, card, run / "best.safetensors", aux=domain.tensors())
     if config.register:
-        save_checkpoint(model, card, registered)
+        save_checkpoint(model, card, registered, aux=domain.tensors())
     log(f"validation: AUROC {metrics['val_auroc']:.4f}, sensitivity {sens:.3f}, specificity "
         f"{spec:.3f} at threshold {threshold:.4f}; saved {path}")
     return path, metrics

@@ -1,0 +1,53 @@
+"""Add the check of what a model was trained on (:mod:`medenhance.triage.domain`) to bundled
+triage models saved before it existed.
+
+    .venv/bin/python configs/card_domain_check.py xray-pneumonia xray-triage mri-triage
+
+``train-triage`` fits it to the images the model's feature Gaussian is fitted to and sets its
+limit on the validation split. For a model trained before that, both come from the splits
+rebuilt from the card's config, with this version's code, as a retraining would rebuild them;
+the network's weights are written back unchanged (checked here), only the card and the check's
+two tensors are new.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medenhance.models.card import load_model, save_checkpoint
+from medenhance.triage.data import model_inputs
+from medenhance.triage.domain import DomainCheck
+from medenhance.triage.robustness import rebuilt_split
+from medenhance.triage.train import _config_of, gaussian_fit_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(names: list[str]) -> None:
+    for name in names:
+        path = ROOT / "src" / "medenhance" / "weights" / f"{name}.safetensors"
+        loaded = load_model(path)
+        before = {k: v.clone() for k, v in loaded.network.state_dict().items()}
+        info = loaded.card.extra["triage"]
+        data, train, val = rebuilt_split(loaded.card.config)
+        inputs = model_inputs(data.images, info)
+        fit = gaussian_fit_inputs(inputs[train], data.images[train], _config_of(loaded.card),
+                                  info)
+        domain = DomainCheck.fit(fit, inputs[val])
+        info["domain_check"] = domain.card_entry()
+        save_checkpoint(loaded.network, loaded.card, path, dtype=torch.float16,
+                        aux=domain.tensors())
+        again = load_model(path)
+        assert all(torch.equal(before[k], v) for k, v in again.network.state_dict().items())
+        share = float(np.mean(domain.distances(inputs[val]) > domain.limit))
+        print(f"{name}: domain check fitted to {len(fit)} images ({len(train)} training images "
+              f"and their copies), limit {domain.limit:.2f} ({share:.1%} of {len(val)} "
+              "validation images beyond it)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
