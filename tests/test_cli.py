@@ -582,3 +582,26 @@ def test_heatmaps_cover_out_of_distribution_studies_below_the_threshold(samples:
 
     quiet_png = heat / f"{int(quiet[0]['rank']):04d}_{Path(quiet[0]['path']).stem}.png"
     assert "out of distribution" in Image.open(quiet_png).text["Comment"]
+
+
+def test_triage_lists_files_of_one_picture_and_names_each_others(samples: Path,
+                                                                  tmp_path: Path) -> None:
+    """The same radiograph under three names (a user's export beside the original): each is a
+    row of the worklist, saying which other files show the same picture."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    chest = samples / "xray_chest_nih_00009128_000.png"
+    for name in ("a.png", "b.png", "c.png"):
+        shutil.copyfile(chest, folder / name)
+    shutil.copyfile(samples / "cr_chest_RG1_J2KI.dcm", folder / "other.dcm")
+    result = run("triage", folder, "-m", "xray-pneumonia", "-o", tmp_path / "w.csv")
+    assert result.exit_code == 0, result.output
+    assert "2 file(s) show the same picture as another file" in " ".join(result.output.split())
+    rows = {Path(r["path"]).name: r for r in csv.DictReader(open(tmp_path / "w.csv"))}
+    assert len(rows) == 4 and len({rows[n]["score"] for n in ("a.png", "b.png", "c.png")}) == 1
+    first = str(folder / "a.png")
+    assert rows["a.png"]["note"].endswith(f"same picture as {folder / 'b.png'}, "
+                                          f"{folder / 'c.png'}")
+    assert rows["b.png"]["note"].endswith(f"same picture as {first}")
+    assert rows["c.png"]["note"].endswith(f"same picture as {first}")
+    assert "same picture" not in rows["other.dcm"]["note"]

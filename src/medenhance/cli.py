@@ -930,7 +930,8 @@ def triage(
     (how many showed the anatomy and counted), `files`, `study` (the UID), `note` and `use`
     ("research use only", on every row, so that a row copied out still says it). Unreadable
     files are not fatal: they head the worklist (no score, flag 1) and are listed at the end, and
-    the exit status is 1. Copies of a DICOM image (same SOP Instance UID) count once.
+    the exit status is 1. Copies of a DICOM image (same SOP Instance UID) count once; other
+    files showing the same picture are each listed, with a note naming the others.
 
     Example: `medenhance triage ../shared/data/xray-chest-kermany-224/test -o worklist.csv`
 
@@ -978,12 +979,18 @@ def triage(
         repeats: list[str] = []
         unreadable: list[tuple[str, str]] = []
         not_images: list[str] = []
+        same_picture: dict[str, str] = {}
         results = worklist(scorer.score_files(files, failures, by_study=not by_file,
                                               progress=lambda f: track(f, "scoring"),
                                               repeats=repeats, unreadable=unreadable,
-                                              not_images=not_images))
+                                              not_images=not_images, same_picture=same_picture))
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
+
+    twins: dict[str, list[str]] = {}        # each file -> the others with its picture
+    for copy, first in same_picture.items():
+        twins.setdefault(first, []).append(copy)
+        twins.setdefault(copy, []).append(first)
 
     def write_rows(fh) -> None:
         w = _csv.writer(fh, lineterminator="\n")
@@ -995,9 +1002,12 @@ def triage(
                         CSV_NOTE])
         for i, r in enumerate(results, len(unreadable) + 1):
             # An out-of-distribution study is read as flagged: a filter on flag == 1 keeps it.
+            note = r.reading_note(scorer.model.card.modality)
+            if r.path in twins:      # two names (or two patients?) for one picture
+                note = "; ".join(filter(None, [note, "same picture as "
+                                               + ", ".join(twins[r.path])]))
             w.writerow([i, r.path, r.frame, f"{r.score:.9f}", max(r.flag, r.ood), r.ood,
-                        r.frames, r.files, r.study,
-                        r.reading_note(scorer.model.card.modality), CSV_NOTE])
+                        r.frames, r.files, r.study, note, CSV_NOTE])
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as fh:
@@ -1005,6 +1015,11 @@ def triage(
 
     note_repeats(repeats)
     note_not_images(not_images)
+    if same_picture:
+        copy, first = next(iter(same_picture.items()))
+        err_console.print(f"note: {len(same_picture)} file(s) show the same picture as another "
+                          f"file (listed, and noted in the worklist), e.g. {escape(copy)} and "
+                          f"{escape(first)}", highlight=False, soft_wrap=True)
     # Written even with no study, when files were read (all reports, say): an earlier
     # worklist at -o must not pass for this run's.
     written = bool(results or unreadable or not_images)

@@ -161,7 +161,8 @@ class TriageScorer:
                     repeats: list[str] | None = None,
                     unreadable: list[tuple[str, str]] | None = None,
                     not_images: list[str] | None = None,
-                    copies: dict[str, str] | None = None) -> list[TriageResult]:
+                    copies: dict[str, str] | None = None,
+                    same_picture: dict[str, str] | None = None) -> list[TriageResult]:
         """One result per file, or per DICOM study with ``by_study`` (files without a Study
         Instance UID stay studies of their own), in the order first read. A file of several
         frames scores by its most abnormal frame that shows the anatomy (:mod:`.study`).
@@ -169,7 +170,9 @@ class TriageScorer:
         A DICOM file with the SOP Instance UID of one already read (a copy) is left out, and
         named in ``repeats`` when given. With ``copies``, those and files showing the same
         picture as one read before (:func:`.data.picture_key`) are left out and added there,
-        mapped to the file read first. A file that cannot be read raises, or, with
+        mapped to the file read first. With ``same_picture`` instead, files showing the same
+        picture as one read before are scored as any other and mapped there to the file read
+        first (a worklist lists both, and says so). A file that cannot be read raises, or, with
         ``failures``, adds its message there and ``(path, reason)`` to ``unreadable``; with
         ``not_images``, a DICOM object without an image (a dose report, a presentation state)
         is named there instead, as not a study to read."""
@@ -230,12 +233,15 @@ class TriageScorer:
                 instances[sop] = str(path)
             # Another instance, or an export, of the same picture (flat frames are no picture:
             # two blank files are not copies of each other).
-            if copies is not None and any(frame.max() > frame.min() for frame in frames):
+            if (copies is not None or same_picture is not None) and \
+                    any(frame.max() > frame.min() for frame in frames):
                 key = picture_key(frames)
-                if key in pictures:
+                if key in pictures and copies is not None:
                     copies[str(path)] = pictures[key]
                     continue
-                pictures[key] = str(path)
+                if key in pictures and same_picture is not None:
+                    same_picture[str(path)] = pictures[key]
+                pictures.setdefault(key, str(path))
             uid = study_key(image)
             key = f"uid:{uid}" if uid and by_study else f"file:{path}"
             studies.setdefault(key, [])
