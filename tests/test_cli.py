@@ -602,6 +602,6 @@ def test_triage_lists_files_of_one_picture_and_names_each_others(samples: Path,
     first = str(folder / "a.png")
     assert rows["a.png"]["note"].endswith(f"same picture as {folder / 'b.png'}, "
                                           f"{folder / 'c.png'}")
-    assert rows["b.png"]["note"].endswith(f"same picture as {first}")
-    assert rows["c.png"]["note"].endswith(f"same picture as {first}")
+    assert rows["b.png"]["note"].endswith(f"same picture as {first}, {folder / 'c.png'}")
+    assert rows["c.png"]["note"].endswith(f"same picture as {first}, {folder / 'b.png'}")
     assert "same picture" not in rows["other.dcm"]["note"]

@@ -129,8 +129,8 @@ def warn_population(shifted: float | None) -> None:
         err_console.print(f"[yellow]warning:[/yellow] {shifted:.0%} of these studies lie farther "
                           "from the training images than 90 % of the validation studies did: as "
                           "a group they do not look like the population the model was trained "
-                          "on (another hospital, age group or protocol?), so its scores and "
-                          "threshold may not hold for them", highlight=False)
+                          "on (another hospital, age group, protocol or modality?), so its "
+                          "scores and threshold may not hold for them", highlight=False)
 
 
 class _OneLineHandler(logging.Handler):
@@ -987,10 +987,15 @@ def triage(
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
 
-    twins: dict[str, list[str]] = {}        # each file -> the others with its picture
+    pictures: dict[str, list[str]] = {}     # the first file of a picture -> all its files
     for copy, first in same_picture.items():
-        twins.setdefault(first, []).append(copy)
-        twins.setdefault(copy, []).append(first)
+        pictures.setdefault(first, [first]).append(copy)
+    group_of = {f: group for group in pictures.values() for f in group}
+
+    def twins(r) -> list[str]:
+        """The files outside study ``r`` that show a picture one of its files shows."""
+        own = r.paths or (r.path,)
+        return list(dict.fromkeys(o for f in own for o in group_of.get(f, ()) if o not in own))
 
     def write_rows(fh) -> None:
         w = _csv.writer(fh, lineterminator="\n")
@@ -1003,9 +1008,8 @@ def triage(
         for i, r in enumerate(results, len(unreadable) + 1):
             # An out-of-distribution study is read as flagged: a filter on flag == 1 keeps it.
             note = r.reading_note(scorer.model.card.modality)
-            if r.path in twins:      # two names (or two patients?) for one picture
-                note = "; ".join(filter(None, [note, "same picture as "
-                                               + ", ".join(twins[r.path])]))
+            if others := twins(r):      # two names (or two patients?) for one picture
+                note = "; ".join(filter(None, [note, "same picture as " + ", ".join(others)]))
             w.writerow([i, r.path, r.frame, f"{r.score:.9f}", max(r.flag, r.ood), r.ood,
                         r.frames, r.files, r.study, note, CSV_NOTE])
 

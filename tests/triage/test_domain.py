@@ -15,7 +15,9 @@ from medenhance.image import from_array
 from medenhance.io import write_image
 from medenhance.models import create_model
 from medenhance.models.card import ModelCard, load_model, save_checkpoint
-from medenhance.triage.domain import DESCRIPTOR, DomainCheck, describe
+from medenhance.errors import ConfigError
+from medenhance.triage.domain import (CHUNK, DESCRIPTOR, DIMENSIONS, PRECISION, DomainCheck,
+                                      describe)
 from medenhance.triage.score import TriageScorer
 
 from .test_train_score import _study, _wavelet_config
@@ -47,9 +49,18 @@ def test_descriptor_is_the_histogram_and_the_cell_means() -> None:
         counts, _ = np.histogram(frame, bins=16, range=(0.0, 1.0))
         np.testing.assert_allclose(row[:16] ** 2, counts / frame.size, atol=1e-12)
         cells = frame.reshape(4, 16, 4, 12).mean(axis=(1, 3)).ravel()
-        np.testing.assert_allclose(row[16:], cells, rtol=1e-6)
+        np.testing.assert_allclose(row[16:32], cells, rtol=1e-6)
+        f = frame.astype(np.float64)
+        steps = [np.log(np.mean(np.abs(f[k::k, ::k] - f[:-k:k, ::k])) + 1e-4) if axis == 0 else
+                 np.log(np.mean(np.abs(f[::k, k::k] - f[::k, :-k:k])) + 1e-4)
+                 for k in (1, 2, 4) for axis in (0, 1)]
+        np.testing.assert_allclose(row[32:], steps, rtol=1e-9)
+    assert got.shape == (3, DIMENSIONS) == (3, 38)
     with pytest.raises(ValueError, match="frames of shape"):
         describe(np.zeros((2, 3, 64)))
+    # Described a chunk at a time: the same numbers.
+    many = np.random.default_rng(4).random((CHUNK + 5, 16, 16)).astype(np.float32)
+    np.testing.assert_array_equal(describe(many)[CHUNK:], describe(many[CHUNK:]))
 
 
 def test_fitted_check_keeps_its_kind_and_rejects_another() -> None:
@@ -80,11 +91,16 @@ def test_checkpoint_keeps_the_check_beside_the_network(tmp_path: Path) -> None:
     np.testing.assert_allclose(again.precision, check.precision, rtol=1e-5)
     frames = _heads(rng, 3)
     np.testing.assert_allclose(again.distances(frames), check.distances(frames), rtol=1e-4)
-    # Models saved before the check, or with another descriptor, have none.
+    # Models saved before the check have none; one that cannot be used is refused, not
+    # silently left out (a newer descriptor, a card beside weights without the tensors).
     assert DomainCheck.of({}, loaded.aux) is None
-    assert DomainCheck.of({"domain_check": {**info["domain_check"], "descriptor": "other"}},
-                          loaded.aux) is None
-    assert DomainCheck.of(info, {}) is None
+    with pytest.raises(ConfigError, match="m.safetensors: its check .* not one this version"):
+        DomainCheck.of({"domain_check": {**info["domain_check"], "descriptor": "other"}},
+                       loaded.aux, str(loaded.path))
+    with pytest.raises(ConfigError, match="lacks the check's tensors"):
+        DomainCheck.of(info, {})
+    with pytest.raises(ConfigError, match="wrong shape"):
+        DomainCheck.of(info, {**loaded.aux, PRECISION: torch.eye(3)})
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +147,9 @@ def test_training_fits_the_check_and_scoring_marks_another_kind(
     assert all(r.ood for r in scorer.score_files(sorted(new.glob("head*"))))
     bare = load_model("tiny-domain")
     bare.aux.clear()
+    with pytest.raises(ConfigError, match="lacks the check's tensors"):
+        TriageScorer(bare)
+    del bare.card.extra["triage"]["domain_check"]
     plain = TriageScorer(bare)
     plain.info["ood_distance"] = float("inf")
     unchecked = plain.score_files(sorted(new.glob("head*")))
@@ -150,3 +169,28 @@ def test_bundled_models_carry_the_check() -> None:
         near, far = scorer.score_files([own, other])
         assert near.domain_distance < scorer.domain.limit < far.domain_distance, name
         assert far.ood == 1, name
+
+
+def test_a_thumbnail_blown_up_to_the_model_size_is_out_of_distribution(samples: Path,
+                                                                       tmp_path: Path) -> None:
+    """A 32-pixel copy of a radiograph was scored 0.03-0.29 by xray-pneumonia: a confident
+    normal. Frames needing more than twice the enlargement of the smallest training image are
+    out of distribution, whatever the features say."""
+    from medenhance.degrade.resolution import resize
+    from medenhance.io import read_image
+    from medenhance.triage.data import too_small
+
+    scorer = TriageScorer("xray-pneumonia")
+    assert scorer.info["smallest_side"] == 224       # the Kermany images
+    assert too_small(63, scorer.info) and not too_small(64, scorer.info)
+    assert too_small(15, {"size": 128}) and not too_small(16, {"size": 128})   # older cards
+    chest = read_image(samples / "xray_chest_nih_00009128_000.png").pixels
+    for side in (32, 64):
+        small = resize(chest.astype(np.float32), (side, side), "area")
+        write_image(from_array((np.clip(small, 0, 1) * 255).astype(np.uint8)),
+                    tmp_path / f"chest{side}.png")
+    tiny, fine = scorer.score_files([tmp_path / "chest32.png", tmp_path / "chest64.png"])
+    assert tiny.ood == 1 and tiny.too_small == "32x32"
+    assert tiny.reading_note("CR/DX") == ("too small (32x32 pixels) for the model: read as "
+                                          "flagged")
+    assert fine.too_small == "" and "too small" not in fine.reading_note("CR/DX")

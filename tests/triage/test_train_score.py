@@ -880,6 +880,22 @@ def test_an_ensemble_scores_the_mean_of_its_members(folders: Path, tmp_path: Pat
     assert ensemble.card.architecture == "triage_ensemble"
     assert [m["seed"] for m in ensemble.card.training_data["ensemble"]] == [0, 1]
     assert "val_robust_auroc" in metrics
+    # Its check of what it was trained on is fitted, as any model's, to the training images,
+    # their zoomed copies and 2 acquisition-changed copies of each, though an ensemble config
+    # refuses fit_zoom and fit_changes for its own Gaussian.
+    from medenhance.triage.domain import DomainCheck
+    from medenhance.triage.robustness import rebuilt_split
+    from medenhance.triage.train import acquisition_copies, gaussian_fit_images
+
+    data, train, val = rebuilt_split(ensemble.card.config)
+    info = ensemble.card.extra["triage"]
+    inputs = model_inputs(data.images, info)
+    expected = DomainCheck.fit(np.concatenate([
+        gaussian_fit_images(inputs[train], 1.25, 0),
+        model_inputs(acquisition_copies(data.images[train], 2, 0), info)]), inputs[val])
+    check = TriageScorer(ensemble).domain
+    np.testing.assert_allclose(check.mean, expected.mean, rtol=1e-5)
+    assert check.limit == pytest.approx(expected.limit, rel=1e-5)
     nets = [load_model(m).network for m in members]
     files = sorted((folders / "test" / "PNEUMONIA").iterdir())[:3] + \
         sorted((folders / "test" / "NORMAL").iterdir())[:3]

@@ -153,8 +153,9 @@ def save_checkpoint(model: nn.Module, card: ModelCard, path: str | Path,
     except those a network names in ``bulky_buffers`` (e.g. a memory of feature vectors). Square
     buffers a network names in ``symmetric_buffers`` (a Gaussian's precision matrix) are stored
     as their upper triangle, under the name with :data:`UPPER_TRIANGLE` appended: half the bytes.
-    ``aux``: tensors that belong to the model but not to its network (kept as they are, under
-    :data:`AUX_PREFIX` + name; :func:`load_model` returns them in ``LoadedModel.aux``).
+    ``aux``: tensors that belong to the model but not to its network (stored in their own
+    dtype under :data:`AUX_PREFIX` + name; :func:`load_model` returns them, as float32 like
+    everything it loads, in ``LoadedModel.aux``).
     """
     path = Path(path).with_suffix(".safetensors")
     card.created = card.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

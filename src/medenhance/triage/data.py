@@ -200,6 +200,8 @@ class LabelledImages:
     #: ``(path, reason)`` of readable images left out: empty, too small, another modality, a
     #: copy of an image already read (both, where the copies carry different labels).
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: The smallest side (pixels) of the frames as read, before sizing to the model's input.
+    smallest_side: int = 0
 
     def subset(self, index: np.ndarray) -> LabelledImages:
         return LabelledImages(self.images[index], self.labels[index],
@@ -275,6 +277,20 @@ def labelled_files(source: str | Path, splits: Sequence[str] | None = None,
 MIN_TRAINING_SIDE = 32
 
 
+def frame_side(image: MedicalImage) -> int:
+    """The smaller side, in pixels, of the frames a triage model reads from ``image``."""
+    return int(min(display_frames(image).shape[-2:]))
+
+
+def too_small(side: int, info: dict) -> bool:
+    """Whether frames of ``side`` pixels must be enlarged for a triage model (its card's
+    ``triage`` settings) more than twice as much as its smallest training image was: a
+    thumbnail blown up to the model's size is blurred as nothing it learnt from (its
+    acquisition-change measure goes to half resolution, no further). Cards without
+    ``smallest_side`` assume :data:`MIN_TRAINING_SIDE`."""
+    return side < min(int(info["size"]), int(info.get("smallest_side", MIN_TRAINING_SIDE))) / 2
+
+
 def _left_out(image: MedicalImage, modality: str) -> str | None:
     """Why a readable image must not be learnt from, or None."""
     from ..models.card import foreign_modality
@@ -327,6 +343,7 @@ def load_labelled(root: str | Path, normal_labels: Sequence[str], size: int, *,
     pattern = re.compile(patient_regex) if patient_regex else None
     normal = {n.lower() for n in normal_labels}
     images, labels, paths, patients, classes, splits, failures = [], [], [], [], [], [], []
+    sides: list[int] = []
     skipped = [(str(f), "not in a label sub-folder (ROOT/LABEL/image), so it has no label")
                for f in outside]
     first_of: dict[str, int] = {}         # copy key -> index of the first image with it
@@ -356,6 +373,7 @@ def load_labelled(root: str | Path, normal_labels: Sequence[str], size: int, *,
                 skipped.append((str(f), f"a copy of {paths[j]}"))
             continue
         first_of[key] = len(images)
+        sides.append(frame_side(image))
         images.append(frame)
         labels.append(label)
         paths.append(f)
@@ -367,8 +385,9 @@ def load_labelled(root: str | Path, normal_labels: Sequence[str], size: int, *,
         keep = [i for i in range(len(images)) if i not in conflicting]
         skipped += [(str(paths[i]), "labelled otherwise in a copy of it: left out")
                     for i in sorted(conflicting)]
-        images, labels, paths, patients, classes, splits = (
-            [seq[i] for i in keep] for seq in (images, labels, paths, patients, classes, splits))
+        images, labels, paths, patients, classes, splits, sides = (
+            [seq[i] for i in keep]
+            for seq in (images, labels, paths, patients, classes, splits, sides))
     if not images:
         raise DatasetError(f"{base}: no readable image"
                            + (f" to learn from ({len(skipped)} left out, e.g. {skipped[0][0]}: "
@@ -379,7 +398,8 @@ def load_labelled(root: str | Path, normal_labels: Sequence[str], size: int, *,
                            f"{'label in the manifest' if manifest else 'sub-folder'} (found "
                            f"{sorted(set(classes))})")
     return LabelledImages(np.stack(images), np.asarray(labels), paths, patients, classes, failures,
-                          splits=splits if manifest else None, skipped=skipped)
+                          splits=splits if manifest else None, skipped=skipped,
+                          smallest_side=min(sides))
 
 
 #: How the validation patients are chosen: at random, or the lowest-numbered patients of each id

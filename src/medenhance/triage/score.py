@@ -18,10 +18,10 @@ import torch
 from scipy.special import expit
 
 from ..errors import ConfigError, InvalidImageError, MedEnhanceError, NotAnImageError
-from ..io import read_image
+from ..io import display_frames, read_image
 from ..io._files import _place
 from ..models.card import LoadedModel, load_model
-from .data import keeps_aspect, model_inputs, picture_key, triage_frames
+from .data import keeps_aspect, model_inputs, picture_key, too_small, triage_frames
 from .domain import DomainCheck
 from .study import FrameScore, study_key, summarise, thumbnail
 
@@ -52,6 +52,11 @@ class TriageResult:
     #: Median distance of the counted frames' grey levels and layout to the training images'
     #: (:mod:`.domain`; NaN for models saved without that check).
     domain_distance: float = float("nan")
+    #: The study's files, in the order read.
+    paths: tuple[str, ...] = ()
+    #: ``HxW`` of its frames when every file of the study is too small for the model
+    #: (:func:`.data.too_small`; the study is then out of distribution).
+    too_small: str = ""
 
     def reading_note(self, trained_on: str) -> str:
         """What the worklist says of the study, for a model trained on modality ``trained_on``:
@@ -62,6 +67,8 @@ class TriageResult:
         if self.foreign_modality:
             return (f"modality {self.foreign_modality} (model trained on {trained_on}): read as "
                     "flagged")
+        if self.too_small:
+            return (f"too small ({self.too_small} pixels) for the model: read as flagged")
         if self.ood:
             return "out of distribution: read as flagged"
         return "likely abnormal" if self.flag else ""
@@ -86,7 +93,7 @@ class TriageScorer:
             raise ConfigError(f"model {self.model.card.name!r} is not a triage model "
                               f"(task {self.model.card.task!r})")
         #: What the model was trained on, by grey levels and layout (None: saved before it).
-        self.domain = DomainCheck.of(self.info, self.model.aux)
+        self.domain = DomainCheck.of(self.info, self.model.aux, str(self.model.path))
 
     @property
     def threshold(self) -> float:
@@ -204,6 +211,7 @@ class TriageScorer:
         instances: dict[str, str] = {}      # SOP Instance UID -> the file read with it
         pictures: dict[str, str] = {}       # picture key -> the file read with it (copies)
         pictured: set[str] = set()          # files with a frame that is not one flat value
+        small: dict[str, str] = {}          # files too small for the model -> their HxW
         for path in (progress(paths) if progress else paths):
             if _place(Path(path)) in seen:       # given twice (a folder and its sub-folder)
                 continue
@@ -250,6 +258,9 @@ class TriageScorer:
                 foreign_files[str(path)] = foreign
             if any(frame.max() > frame.min() for frame in frames):
                 pictured.add(str(path))
+            height, width = display_frames(image).shape[-2:]
+            if too_small(min(height, width), self.info):
+                small[str(path)] = f"{height}x{width}"
             for k, frame in zip(index, frames, strict=True):
                 pending.append((key, str(path), int(k), frame))
                 if len(pending) >= batch:
@@ -264,12 +275,14 @@ class TriageScorer:
             worst, distance, domain, counted = summarise(own or frames)
             foreign = "" if own else foreign_files[frames[0].path]
             empty = not any(f.path in pictured for f in own or frames)
-            ood = (bool(foreign) or empty or distance > float(self.info["ood_distance"])
+            tiny = all(f.path in small for f in own or frames)
+            ood = (bool(foreign) or empty or tiny or distance > float(self.info["ood_distance"])
                    or (self.domain is not None and domain > self.domain.limit))
             results.append(TriageResult(
                 worst.path, worst.score, int(worst.score >= self.threshold), int(ood), distance,
                 worst.index, counted, len({f.path for f in frames}), uids[key], foreign, empty,
-                domain))
+                domain, tuple(dict.fromkeys(f.path for f in frames)),
+                small[(own or frames)[0].path] if tiny else ""))
         return results
 
 

@@ -65,7 +65,7 @@ from ..train.config import _build, _coerce
 from ..train.loop import pick_device
 from .data import (FRAME_RANGES, VAL_SPLITS, LabelledImages, load_labelled, model_inputs,
                    train_val_split)
-from .domain import DomainCheck
+from .domain import FIT_CHANGES as DOMAIN_FIT_CHANGES, FIT_ZOOM as DOMAIN_FIT_ZOOM, DomainCheck
 from .patch_memory import candidate_patches, greedy_coreset
 from .synthetic import add_anomalies
 from .metrics import (LOG_TEMPERATURE_BOUNDS, auprc, auroc, fit_temperature, sens_spec,
@@ -375,15 +375,16 @@ def gaussian_fit_images(images: np.ndarray, fit_zoom: float, seed: int) -> np.nd
                                       for _ in range(FIT_ZOOM_COPIES)])
 
 
-def gaussian_fit_inputs(inputs: np.ndarray, frames: np.ndarray, config: TriageConfig,
-                        preprocessing: dict) -> np.ndarray:
-    """What a model's feature Gaussian (and its :class:`.domain.DomainCheck`) is fitted to: the
-    training images as network ``inputs``, their zoomed copies (``fit_zoom``) and their
-    acquisition-changed copies (``fit_changes``: ``frames`` as read, changed, then prepared as
-    scoring will prepare them)."""
-    fit = gaussian_fit_images(inputs, config.fit_zoom, config.seed)
-    if config.fit_changes:
-        changed = acquisition_copies(frames, config.fit_changes, config.seed)
+def fit_inputs(inputs: np.ndarray, frames: np.ndarray, fit_zoom: float, fit_changes: int,
+               seed: int, preprocessing: dict) -> np.ndarray:
+    """The training images as network ``inputs``, their zoomed copies (up to ``fit_zoom``) and
+    ``fit_changes`` acquisition-changed copies of each (``frames`` as read, changed, then
+    prepared as scoring will prepare them): what a feature Gaussian is fitted to, the model's
+    (with its config's ``fit_zoom`` and ``fit_changes``) and its :class:`.domain.DomainCheck`'s
+    (with the check's own)."""
+    fit = gaussian_fit_images(inputs, fit_zoom, seed)
+    if fit_changes:
+        changed = acquisition_copies(frames, fit_changes, seed)
         fit = np.concatenate([fit, model_inputs(changed, preprocessing)])
     return fit
 
@@ -922,8 +923,9 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
     if len(train.labels) < 2:       # (with epochs, the batch check has said so already)
         raise ConfigError(f"{len(train.labels)} training image(s): too few to fit the "
                           "feature Gaussian (at least 2 are needed, many more to be useful)")
-    # An ensemble refuses fit_zoom and fit_changes: these are its training images.
-    fit_images = gaussian_fit_inputs(train.images, raw_frames[train_idx], config, preprocessing)
+    # An ensemble refuses fit_zoom and fit_changes: then these are its training images.
+    fit_images = fit_inputs(train.images, raw_frames[train_idx], config.fit_zoom,
+                            config.fit_changes, config.seed, preprocessing)
     if not members:         # an ensemble's members keep the Gaussians they were fitted with
         if len(fit_images) > len(train.labels):
             log(f"feature Gaussian: {len(train.labels)} training images and "
@@ -944,7 +946,9 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
     distance = model.view_distance if view_average else \
         (lambda x: model.mahalanobis(model.density_features(x)))
     val_dist = batched(distance, val.images, device)
-    domain = DomainCheck.fit(fit_images, val.images)
+    domain = DomainCheck.fit(fit_inputs(train.images, raw_frames[train_idx], DOMAIN_FIT_ZOOM,
+                                        DOMAIN_FIT_CHANGES, config.seed, preprocessing),
+                             val.images)
     triage: dict[str, Any] = {"kind": config.kind, "size": config.size,
                               **preprocessing,
                               "normal_labels": list(config.normal_labels),
@@ -952,7 +956,8 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
                               "ood_distance": float(np.percentile(val_dist, 99)),
                               "distance_p90": float(np.percentile(val_dist, 90)),
                               "distance": "views" if view_average else "upright",
-                              "domain_check": domain.card_entry()}
+                              "domain_check": domain.card_entry(),
+                              "smallest_side": data.smallest_side}
     if config.kind == "supervised":
         # float64: with a large temperature, float32 rounds neighbouring scores into ties (the
         # card's AUROC was 0.8917 where the logits rank at 0.9000).
