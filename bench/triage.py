@@ -136,11 +136,12 @@ def main() -> None:
     lines += ["", "## Out-of-distribution input", "",
               "A study is out of distribution when its distance to the training images in the "
               "model's features lies beyond the validation's 99th percentile, or when its grey "
-              "levels and their layout do (`medenhance.triage.domain`), or when its DICOM "
-              "Modality is not the model's. The fifth column counts the first two checks "
-              "apart (a study can be beyond both).", "",
+              "levels, their layout and sharpness do (`medenhance.triage.domain`), or when its "
+              "frames are too small for the model, or its DICOM Modality is not the model's. "
+              "The fifth column counts the first two checks apart (a study can be beyond "
+              "both).", "",
               "| model | given | images | flagged out of distribution | beyond the limit of: "
-              "features / grey levels and layout | flagged abnormal or out of "
+              "features / grey levels, layout and sharpness | flagged abnormal or out of "
               "distribution (no confident normal) | batch beyond the validation's 90th distance "
               "percentile (warning above 50 %) |", "|---|---|---|---|---|---|---|"]
     for model, own in (("xray-pneumonia", "xray"), ("xray-triage", "xray"),

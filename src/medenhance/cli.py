@@ -925,8 +925,8 @@ def triage(
     Columns: `rank`, `path` and `frame` (where that frame is; 0-based), `score` (calibrated probability,
     higher = more likely abnormal), `flag` (1 = read first: at or above the model's stored
     threshold, set for one image, so a study of many frames is flagged more often; also every
-    study out of distribution), `ood` (1 = unlike the training images, or a DICOM modality the
-    model was not trained on: do not trust the score), `frames`
+    study out of distribution), `ood` (1 = unlike the training images, too small for the model, or
+    a DICOM modality the model was not trained on: do not trust the score), `frames`
     (how many showed the anatomy and counted), `files`, `study` (the UID), `note` and `use`
     ("research use only", on every row, so that a row copied out still says it). Unreadable
     files are not fatal: they head the worklist (no score, flag 1) and are listed at the end, and

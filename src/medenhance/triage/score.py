@@ -2,9 +2,9 @@
 
 ``score`` = calibrated probability of "abnormal" (higher = read sooner); ``flag`` = 1 at or above
 the operating point stored in the model card; ``ood`` = 1 when the image lies far outside what the
-model was trained on (another modality, a photo, a blank frame), by the model's own features or by
-its grey levels and their layout (:mod:`.domain`): such a score is not to be trusted and the study
-should be read as if flagged.
+model was trained on (another modality, a photo, a blank frame, a thumbnail), by the model's own
+features, by its grey levels, their layout and sharpness (:mod:`.domain`), or by its size: such a
+score is not to be trusted and the study should be read as if flagged.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ class TriageResult:
     foreign_modality: str = ""
     #: Every frame holds one value (no picture at all; the study is then out of distribution).
     empty: bool = False
-    #: Median distance of the counted frames' grey levels and layout to the training images'
-    #: (:mod:`.domain`; NaN for models saved without that check).
+    #: Median distance of the counted frames' grey levels, layout and sharpness to the training
+    #: images' (:mod:`.domain`; NaN for models saved without that check).
     domain_distance: float = float("nan")
     #: The study's files, in the order read.
     paths: tuple[str, ...] = ()
@@ -92,7 +92,8 @@ class TriageScorer:
         if self.model.card.task != "triage" or not isinstance(self.info, dict):
             raise ConfigError(f"model {self.model.card.name!r} is not a triage model "
                               f"(task {self.model.card.task!r})")
-        #: What the model was trained on, by grey levels and layout (None: saved before it).
+        #: What the model was trained on, by grey levels, layout and sharpness (None: saved
+        #: before it).
         self.domain = DomainCheck.of(self.info, self.model.aux, str(self.model.path))
 
     @property

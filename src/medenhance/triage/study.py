@@ -75,7 +75,7 @@ class FrameScore:
     score: float
     distance: float
     thumbnail: np.ndarray
-    #: Distance of its grey levels and their layout to the training images' (:mod:`.domain`);
+    #: Distance of its grey levels, layout and sharpness to the training images' (:mod:`.domain`);
     #: NaN for models without that check.
     domain_distance: float = float("nan")
 
