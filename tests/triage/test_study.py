@@ -288,3 +288,24 @@ def test_noisy_end_slices_do_not_count_with_frames_on_their_own_range(tmp_path: 
     scorer.info = {**scorer.info, "frame_range": "own"}
     (result,) = scorer.score_files([tmp_path / "vol.npy"])
     assert result.frames == 6 and 3 <= result.frame <= 8
+
+
+def test_a_thumbnail_in_a_study_does_not_count_and_a_study_of_thumbnails_is_marked(
+        tmp_path: Path) -> None:
+    """Files too small for the model (here under 16 px, half its input) are left out of their
+    study's score, as files of another modality are; a study of only those is out of
+    distribution, with their size."""
+    body = 0.2 + 0.6 * (np.hypot(*np.mgrid[-16:16, -16:16]) < 14)
+    thumb = np.full((12, 12), 0.8)
+    thumb[3:9, 3:9] = 0.1             # dark in the centre: the highest score, if it counted
+    mixed, alone = generate_uid(), generate_uid()
+    files = [_dicom(tmp_path / "full.dcm", body, mixed),
+             _dicom(tmp_path / "thumb.dcm", thumb, mixed),
+             _dicom(tmp_path / "only.dcm", thumb, alone)]
+    scorer = _MeanScorer()
+    study, only = scorer.score_files(files, by_study=True)
+    (full,) = scorer.score_files(files[:1])
+    assert study.files == 2 and study.path == str(files[0]) and study.score == full.score
+    assert study.ood == 0 and study.too_small == ""
+    assert only.ood == 1 and only.too_small == "12x12"
+    assert only.reading_note("MR").startswith("too small (12x12 pixels)")

@@ -200,7 +200,8 @@ class LabelledImages:
     #: ``(path, reason)`` of readable images left out: empty, too small, another modality, a
     #: copy of an image already read (both, where the copies carry different labels).
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    #: The smallest side (pixels) of the frames as read, before sizing to the model's input.
+    #: The smallest side (pixels) of the frames as read, before sizing to the model's input, of
+    #: all the images read (a subset keeps its folder's).
     smallest_side: int = 0
 
     def subset(self, index: np.ndarray) -> LabelledImages:
@@ -208,7 +209,7 @@ class LabelledImages:
                               [self.paths[i] for i in index], [self.patients[i] for i in index],
                               [self.classes[i] for i in index],
                               splits=None if self.splits is None else
-                              [self.splits[i] for i in index])
+                              [self.splits[i] for i in index], smallest_side=self.smallest_side)
 
 
 @dataclass
@@ -284,7 +285,8 @@ def frame_side(image: MedicalImage) -> int:
 
 def too_small(side: int, info: dict) -> bool:
     """Whether frames of ``side`` pixels must be enlarged for a triage model (its card's
-    ``triage`` settings) more than twice as much as its smallest training image was: a
+    ``triage`` settings) more than twice as much as the smallest image of its training folder
+    (training and validation splits) was: a
     thumbnail blown up to the model's size is blurred as nothing it learnt from (its
     acquisition-change measure goes to half resolution, no further). Cards without
     ``smallest_side`` assume :data:`MIN_TRAINING_SIDE`."""

@@ -8,8 +8,9 @@ question of every frame, with both labels alike: do its grey levels, their layou
 sharpness look like the training images'? The descriptor is deliberately coarse: a 16-bin
 histogram of grey levels, the mean grey level in 4 x 4 cells of the network input, and the mean
 absolute difference of neighbouring pixels at 1, 2 and 4 px (log). A head on a dark background
-and a chest on a grey one lie far apart, and so do pure noise and a thumbnail blown up to the
-model's size.
+and a chest on a grey one lie far apart, and pure noise lies far from a radiograph (not always
+from an MR slice). A thumbnail blown up to the model's size does not: that is
+:func:`.data.too_small`'s to catch.
 
 The Gaussian is fitted to the training images and to copies of them as another site might have
 acquired them, whatever the model's own config says: 2 acquisition-changed copies of each (gamma

@@ -95,6 +95,10 @@ class TriageScorer:
         #: What the model was trained on, by grey levels, layout and sharpness (None: saved
         #: before it).
         self.domain = DomainCheck.of(self.info, self.model.aux, str(self.model.path))
+        side = self.info.get("smallest_side", 1)
+        if isinstance(side, bool) or not isinstance(side, int) or side < 1:
+            raise ConfigError(f"{self.model.path}: smallest_side {side!r} in its card is not a "
+                              "number of pixels")
 
     @property
     def threshold(self) -> float:
@@ -272,11 +276,13 @@ class TriageScorer:
             # Files of another modality (a screen capture in an MR study) do not count while the
             # study has files of the model's own; a study of only those is out of distribution
             # whatever its features say (the NEMA CT slice lies within mri-triage's limit).
+            # So do files too small for the model (a thumbnail beside the full-size series).
             own = [f for f in frames if f.path not in foreign_files]
-            worst, distance, domain, counted = summarise(own or frames)
+            usable = [f for f in own or frames if f.path not in small]
+            worst, distance, domain, counted = summarise(usable or own or frames)
             foreign = "" if own else foreign_files[frames[0].path]
             empty = not any(f.path in pictured for f in own or frames)
-            tiny = all(f.path in small for f in own or frames)
+            tiny = not usable
             ood = (bool(foreign) or empty or tiny or distance > float(self.info["ood_distance"])
                    or (self.domain is not None and domain > self.domain.limit))
             results.append(TriageResult(
