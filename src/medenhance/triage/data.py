@@ -155,7 +155,8 @@ def percentile_range(frames: np.ndarray) -> np.ndarray:
     """Each ``(N, H, W)`` frame spread over [0, 1] by its :data:`RANGE_PERCENTILES` and clipped
     there: a burnt-in marker, a label or a collimator edge brighter or darker than the anatomy
     (under 1 % of the pixels, 164 of 16384 at 128 x 128) does not set the scale of its grey
-    levels, as it does for :func:`own_range`. A frame whose percentiles meet falls back to its own range."""
+    levels, as it does for :func:`own_range`. A frame whose percentiles meet falls back to its
+    own range."""
     out = own_range(frames)
     for frame in out:
         low, high = (float(v) for v in np.percentile(frame, RANGE_PERCENTILES))
@@ -311,7 +312,8 @@ def _left_out(image: MedicalImage, modality: str) -> str | None:
 
 def picture_key(frames: np.ndarray) -> str:
     """The same picture, whatever the file: a digest of the ``(N, H, W)`` triage frames' grey
-    levels, each on its own range at 12 bits (an 8-bit and a 16-bit file of one picture agree).
+    levels, each on its own range at 12 bits (an 8-bit and a 16-bit file of one picture agree,
+    except where enlarging a small picture to the frame size rounds them apart).
     Training (:func:`load_labelled`) and evaluation (:mod:`.evaluate`) find copies by it."""
     levels = np.round(own_range(frames).astype(np.float64) * 4095).astype(np.uint16)
     return "pixels:" + hashlib.sha1(levels.tobytes()).hexdigest()

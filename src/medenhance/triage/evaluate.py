@@ -171,7 +171,7 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
         # flag as in a worklist (at or above the threshold, or out of distribution: read as
         # flagged); the metrics at the threshold count above_threshold.
         # distance: to the training images in the model's features; domain_distance: in grey
-        # levels and their layout (empty for models saved without that check).
+        # levels, layout and sharpness (empty for models saved without that check).
         w.writerow(["path", "label", "score", "flag", "above_threshold", "ood", "distance",
                     "domain_distance", "use"])
         for r, y in zip(results, labels, strict=True):

@@ -946,8 +946,8 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
     distance = model.view_distance if view_average else \
         (lambda x: model.mahalanobis(model.density_features(x)))
     val_dist = batched(distance, val.images, device)
-    if (config.fit_zoom, config.fit_changes) != (DOMAIN_FIT_ZOOM, DOMAIN_FIT_CHANGES) or members:
-        del fit_images      # the model's own copies, not the check's: not both in memory
+    if (config.fit_zoom, config.fit_changes) != (DOMAIN_FIT_ZOOM, DOMAIN_FIT_CHANGES):
+        del fit_images      # the model's own copies (an ensemble's: none), not the check's
         fit_images = fit_inputs(train.images, raw_frames[train_idx], DOMAIN_FIT_ZOOM,
                                 DOMAIN_FIT_CHANGES, config.seed, preprocessing)
     domain = DomainCheck.fit(fit_images, val.images)     # (else the same copies, made already)
