@@ -81,9 +81,17 @@ def report_failures(failures: list[str], total: int) -> None:
     raise typer.Exit(1)
 
 
-def note_skipped(skipped: list[Path], output: Path | None = None) -> None:
+def note_skipped(skipped: list[Path], output: Path | None = None,
+                 repeated: list[Path] | None = None) -> None:
     """Say which files in the input folders were left out as not images (e.g. a README), except
-    those inside ``output`` (an earlier run's records)."""
+    those inside ``output`` (an earlier run's records), and which were given more than once
+    (``repeated``: read once)."""
+    if repeated:
+        shown = ", ".join(str(p) for p in repeated[:3]) + (", ..." if len(repeated) > 3 else "")
+        err_console.print(f"note: {len(repeated)} file(s) were given more than once (a folder "
+                          f"and a file or sub-folder in it, or two names through a linked "
+                          f"folder) and are read once: {escape(shown)}", highlight=False,
+                          soft_wrap=True)
     if output is not None:
         out_root = output.resolve()
         skipped = [p for p in skipped if out_root not in p.resolve().parents]
@@ -177,7 +185,8 @@ def info(
 
     failures: list[str] = []
     skipped: list[Path] = []
-    files = find_images(paths, errors=failures, skipped=skipped)
+    repeated: list[Path] = []
+    files = find_images(paths, errors=failures, skipped=skipped, repeated=repeated)
     # The key column folds instead of ending in "…": rows must stay tellable apart when narrow.
     table = Table(Column("file", overflow="fold"), "format", "modality", "size", "frames", "bits",
                   "photometric", "spacing", "transfer syntax", show_lines=False)
@@ -197,7 +206,7 @@ def info(
                       i.bits_stored, i.photometric, i.pixel_spacing, i.transfer_syntax)
     if table.row_count:
         console.print(table)
-    note_skipped(skipped)
+    note_skipped(skipped, repeated=repeated)
     note_not_images(not_images)
     report_failures(failures, len(files) - len(not_images)
                     + sum(1 for m in failures if "no such" in m))
@@ -359,6 +368,7 @@ def degrade(
     if not inputs:
         raise fail("give the clean images to degrade (files or folders)", code=2)
     skipped: list[Path] = []
+    repeated: list[Path] = []
     try:
         check_output_folder(output)
     except MedEnhanceError as exc:
@@ -373,10 +383,10 @@ def degrade(
             pipe = None
         else:
             pipe = Pipeline.from_preset(preset) if preset else Pipeline.from_file(pipeline)  # type: ignore[arg-type]
-        files = find_images(inputs, skipped=skipped)
+        files = find_images(inputs, skipped=skipped, repeated=repeated)
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
-    note_skipped(skipped, output)
+    note_skipped(skipped, output, repeated)
     files, names = _outside(files, inputs, output)
 
     def targets_of(name: Path) -> tuple[Path, ...]:
@@ -663,6 +673,7 @@ def enhance(
     from .train.loop import pick_device
 
     skipped: list[Path] = []
+    repeated: list[Path] = []
     try:
         dev = str(pick_device(device)) if device == "auto" else device
         if dev not in ("cpu", "cuda"):
@@ -679,10 +690,10 @@ def enhance(
                               tile=tile, overlap=overlap, device=dev)
         opts.validate()
         loaded = load_enhancement_model(model, device=dev)
-        files = find_images(inputs, skipped=skipped)
+        files = find_images(inputs, skipped=skipped, repeated=repeated)
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
-    note_skipped(skipped, output)
+    note_skipped(skipped, output, repeated)
     files, names = _outside(files, inputs, output)
 
     noted: set[str] = set()              # one note per foreign modality, not one per file
@@ -946,6 +957,7 @@ def triage(
 
     failures: list[str] = []
     skipped: list[Path] = []
+    repeated: list[Path] = []
     to_stdout = output == "-"
     # With the worklist on standard output, everything said about it goes to standard error.
     say = err_console if to_stdout else console
@@ -967,8 +979,8 @@ def triage(
                                   "pooled features of the whole image and has no map of where "
                                   "its score comes from (use a wavelet, patch-nn or supervised "
                                   "model)")
-        files = find_images(inputs, errors=failures, skipped=skipped)
-        note_skipped(skipped)
+        files = find_images(inputs, errors=failures, skipped=skipped, repeated=repeated)
+        note_skipped(skipped, repeated=repeated)
         resolved = {f.resolve() for f in files}
         if not to_stdout and output.resolve() in resolved:
             raise MedEnhanceError(f"{output}: is one of the input images; write the worklist "

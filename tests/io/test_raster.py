@@ -140,7 +140,10 @@ def test_single_paths_are_not_read_as_lists_of_characters(samples: Path) -> None
     assert me.find_images(samples) == me.find_images([samples])
     assert me.find_images(str(samples)) == me.find_images([samples])
     one = samples / "mri_brain_glioma_Te-gl_0063.png"          # reached twice, listed once
-    assert me.find_images([samples, one, samples / "." / one.name]) == me.find_images(samples)
+    repeated: list[Path] = []
+    assert me.find_images([samples, one, samples / "." / one.name],
+                          repeated=repeated) == me.find_images(samples)
+    assert repeated == [one, samples / "." / one.name]       # for the caller to say so
 
 
 def test_two_links_to_one_file_are_two_images(samples: Path, tmp_path: Path) -> None:
@@ -220,6 +223,11 @@ def test_files_that_are_not_images_are_reported_as_skipped(samples: Path, tmp_pa
     again = CliRunner().invoke(app, ["degrade", str(tmp_path), "-p", "jpeg", "-o", str(out),
                                      "--overwrite"])
     assert again.exit_code == 0 and "2 file(s) in the input folders" in again.output
+    # A file given again inside its folder is read once, and the user told so.
+    twice = CliRunner().invoke(app, ["info", str(tmp_path), str(tmp_path / "a.png")])
+    said = " ".join(twice.output.split())
+    assert twice.exit_code == 0 and "1 file(s) were given more than once" in said
+    assert f"are read once: {tmp_path / 'a.png'}" in said
 
 
 def test_info_says_a_signed_nifti_is_signed(tmp_path: Path) -> None:

@@ -309,3 +309,36 @@ def test_a_thumbnail_in_a_study_does_not_count_and_a_study_of_thumbnails_is_mark
     assert study.ood == 0 and study.too_small == ""
     assert only.ood == 1 and only.too_small == "12x12"
     assert only.reading_note("MR").startswith("too small (12x12 pixels)")
+    # A study of thumbnails of several sizes names each size once.
+    several = generate_uid()
+    sizes = [_dicom(tmp_path / f"t{i}.dcm", np.pad(thumb, pad), several)
+             for i, pad in enumerate([0, ((0, 0), (1, 1)), 0])]
+    (mixed_sizes,) = scorer.score_files(sizes, by_study=True)
+    assert mixed_sizes.ood == 1 and mixed_sizes.too_small == "12x12, 12x14"
+
+
+def test_one_picture_gets_one_score_whichever_batch_it_is_scored_in(tmp_path: Path) -> None:
+    """A float32 network's score depends (in its last digits) on the batch it is scored in;
+    copies of one picture must not sort apart by it, so each distinct input is scored once."""
+    rng = np.random.default_rng(3)
+    picture = rng.random((32, 32))
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"{i}-copy.npy")
+        np.save(paths[-1], picture)
+        paths.append(tmp_path / f"{i}-other.npy")
+        np.save(paths[-1], rng.random((32, 32)))
+    paths.append(tmp_path / "last-copy.npy")          # in the last batch, of 2 files
+    np.save(paths[-1], picture)
+    calls: list[int] = []
+
+    class BatchSensitive(_MeanScorer):
+        def score_frames(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            calls.append(len(frames))
+            dark, dist = super().score_frames(frames)
+            return dark + 1e-5 * len(frames), dist      # as a batch's size moves float32 sums
+
+    results = BatchSensitive().score_files(paths, batch=3)
+    copies = {r.score for r in results if r.path.endswith("-copy.npy")}
+    assert len(copies) == 1 and len(results) == 11
+    assert sum(calls) == 6          # the picture once, the five others once each

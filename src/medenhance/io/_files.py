@@ -100,14 +100,15 @@ def is_image_file(path: Path) -> bool:
 def find_images(inputs: Iterable[str | os.PathLike[str]] | str | os.PathLike[str], *,
                 recursive: bool = True,
                 errors: list[str] | None = None,
-                skipped: list[Path] | None = None) -> list[Path]:
+                skipped: list[Path] | None = None,
+                repeated: list[Path] | None = None) -> list[Path]:
     """Expand files and folders into a sorted list of image files.
 
     Folders are searched (recursively by default) for files with a known suffix or a DICOM
     preamble. A named file is always returned, so that a bad file gets its own error later.
     Other files found in folders (not hidden ones) are appended to ``skipped``, when given, so
     that a caller can say what it left out. A file reached twice (a folder and a file or
-    sub-folder in it) is listed once.
+    sub-folder in it) is listed once, and appended to ``repeated`` when given.
 
     Raises
     ------
@@ -122,7 +123,11 @@ def find_images(inputs: Iterable[str | os.PathLike[str]] | str | os.PathLike[str
     for item in inputs:
         try:
             for f in _expand(Path(item), recursive, None if skipped is None else others):
-                found.setdefault(_place(f), f)
+                if _place(f) in found:
+                    if repeated is not None:
+                        repeated.append(f)
+                    continue
+                found[_place(f)] = f
         except ImageReadError as exc:
             if errors is None:
                 raise

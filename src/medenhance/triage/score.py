@@ -9,6 +9,7 @@ score is not to be trusted and the study should be read as if flagged.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +55,8 @@ class TriageResult:
     domain_distance: float = float("nan")
     #: The study's files, in the order read.
     paths: tuple[str, ...] = ()
-    #: ``HxW`` of its frames when every file of the study is too small for the model
-    #: (:func:`.data.too_small`; the study is then out of distribution).
+    #: ``HxW`` of its frames (each size once, comma-separated) when every file of the study is
+    #: too small for the model (:func:`.data.too_small`; the study is then out of distribution).
     too_small: str = ""
 
     def reading_note(self, trained_on: str) -> str:
@@ -200,16 +201,31 @@ class TriageScorer:
         foreign_files: dict[str, str] = {}     # file -> its modality the model does not know
         pending: list[tuple[str, str, int, np.ndarray]] = []
 
+        # Scores of the network inputs already scored, by their bytes: a batch's size changes a
+        # float32 score in its 8th digit, so two copies of one picture scored in different
+        # batches would sort apart.
+        scored: dict[bytes, tuple[float, float, float]] = {}
+
         def flush() -> None:
             if not pending:
                 return
             inputs = model_inputs(np.stack([f for *_, f in pending]), self.info)
-            prob, dist = self.score_frames(inputs)
-            domain = (self.domain.distances(inputs) if self.domain is not None else
-                      np.full(len(inputs), np.nan))
-            for (key, path, k, frame), s, d, dd in zip(pending, prob, dist, domain, strict=True):
-                studies[key].append(FrameScore(path, k, float(s), float(d), thumbnail(frame),
-                                               float(dd)))
+            digests = [hashlib.sha1(np.ascontiguousarray(x).tobytes()).digest() for x in inputs]
+            first: dict[bytes, int] = {}        # each input not scored before -> where it is
+            for i, d in enumerate(digests):
+                if d not in scored:
+                    first.setdefault(d, i)
+            if first:
+                fresh = inputs[list(first.values())]
+                prob, dist = self.score_frames(fresh)
+                domain = (self.domain.distances(fresh) if self.domain is not None else
+                          np.full(len(fresh), np.nan))
+                for d, *values in zip(first, prob, dist, domain, strict=True):
+                    scored[d] = tuple(float(v) for v in values)
+            for (key, path, k, frame), d in zip(pending, digests, strict=True):
+                score, distance, domain_distance = scored[d]
+                studies[key].append(FrameScore(path, k, score, distance, thumbnail(frame),
+                                               domain_distance))
             pending.clear()
 
         seen: set[Path] = set()     # places (io._files._place): two links to one file are two
@@ -289,7 +305,7 @@ class TriageScorer:
                 worst.path, worst.score, int(worst.score >= self.threshold), int(ood), distance,
                 worst.index, counted, len({f.path for f in frames}), uids[key], foreign, empty,
                 domain, tuple(dict.fromkeys(f.path for f in frames)),
-                small[(own or frames)[0].path] if tiny else ""))
+                ", ".join(dict.fromkeys(small[f.path] for f in own or frames)) if tiny else ""))
         return results
 
 
