@@ -329,6 +329,46 @@ def test_evaluate_and_report_keep_earlier_results(samples: Path, tmp_path: Path)
     assert run("report", tmp_path / "eval", "-o", tmp_path / "rep", "--overwrite").exit_code == 0
 
 
+def test_evaluate_never_scores_an_earlier_runs_method_output(samples: Path,
+                                                             tmp_path: Path) -> None:
+    """A run that died left OUT/outputs/nlm/ without tables; the next run could not write its
+    outputs there and scored the old files (PSNR inf: they were copies of the references)."""
+    pairs = tmp_path / "pairs"
+    assert run("degrade", samples / "mri_brain_glioma_Te-gl_0063.png", "-o", pairs, "-p",
+               "mri-rician").exit_code == 0
+    stale = tmp_path / "eval" / "outputs" / "nlm" / "mri_brain_glioma_Te-gl_0063.png"
+    stale.parent.mkdir(parents=True)
+    shutil.copyfile(pairs / "clean" / stale.name, stale)
+    args = ("evaluate", "-r", pairs / "clean", "-d", pairs / "degraded", "-m", "nlm", "-o",
+            tmp_path / "eval")
+    refused = run(*args)
+    assert refused.exit_code == 1 and f"{stale}: already exists" in " ".join(
+        refused.output.split())
+    assert not (tmp_path / "eval" / "per_image.csv").exists()
+    assert stale.read_bytes() == (pairs / "clean" / stale.name).read_bytes()
+    assert run(*args, "--overwrite").exit_code == 0
+    rows = list(csv.DictReader(open(tmp_path / "eval" / "per_image.csv")))
+    assert [r["method"] for r in rows] == ["degraded", "nlm"]
+    assert 10 < float(rows[1]["psnr"]) < 60           # the new output, not the reference
+
+
+def test_evaluate_refuses_bm3d_before_any_work_when_it_is_not_installed(
+        samples: Path, tmp_path: Path, monkeypatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bm3d" else real(name, *a))
+    pairs = tmp_path / "pairs"
+    assert run("degrade", samples / "mri_brain_glioma_Te-gl_0063.png", "-o", pairs, "-p",
+               "mri-rician").exit_code == 0
+    result = run("evaluate", "-r", pairs / "clean", "-d", pairs / "degraded", "-m", "nlm",
+                 "-m", "bm3d", "-o", tmp_path / "eval")
+    assert result.exit_code == 1
+    assert "method bm3d needs the optional `bm3d` package" in " ".join(result.output.split())
+    assert not (tmp_path / "eval").exists()
+
+
 def test_list_presets_needs_no_input() -> None:
     result = run("degrade", "--list-presets")
     assert result.exit_code == 0 and "mri-rician" in result.output

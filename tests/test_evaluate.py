@@ -23,6 +23,18 @@ def test_mean_ci_matches_scipy() -> None:
     assert np.isnan(mean_ci([5.0])[1])
 
 
+def test_summary_intervals_stay_within_what_a_metric_can_take() -> None:
+    rows = [{"method": "m", "ssim": 0.99, "rmse": 0.001, "psnr": 40.0},
+            {"method": "m", "ssim": 0.50, "rmse": 0.200, "psnr": 20.0}]
+    (row,) = summarize(rows, ["ssim", "rmse", "psnr"])
+    t = stats.t.interval(0.95, 1, loc=30.0, scale=stats.sem([40.0, 20.0]))
+    assert row["ssim_ci_high"] == 1.0 and row["rmse_ci_low"] == 0.0
+    assert row["ssim_ci_low"] == -1.0 and mean_ci([0.99, 0.50])[1] < -1.0
+    assert (row["psnr_ci_low"], row["psnr_ci_high"]) == pytest.approx(t)    # no bound: as is
+    (one,) = summarize(rows[:1], ["ssim"])
+    assert np.isnan(one["ssim_ci_low"]) and np.isnan(one["ssim_ci_high"])
+
+
 def test_compare_uses_reference_scale(tmp_path: Path) -> None:
     ref = np.linspace(1000, 3000, 64 * 64).reshape(64, 64).astype(np.uint16)
     Image.fromarray(ref).save(tmp_path / "ref.png")

@@ -501,7 +501,8 @@ def evaluate(
                     degraded, method, output / "outputs", records_dir=recs, overwrite=overwrite,
                     progress=lambda files: track(files, f"running {', '.join(method)}"))
                 for name, folder in folders.items():
-                    tests[name] = str(folder)
+                    if any(m == name for m, _ in seconds):   # else its failures say why
+                        tests[name] = str(folder)
         # A method folder is scored on what this run wrote: an earlier run's files there (of
         # images not in this -d) are not this evaluation's. Nothing is ever deleted.
         only = {name: {n for m, n in seconds if m == name} for name in folders}

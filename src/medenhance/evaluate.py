@@ -26,6 +26,10 @@ from .io import find_images, read_image, stem
 logger = logging.getLogger(__name__)
 
 DEFAULT_METRICS = ("psnr", "ssim", "ms_ssim", "rmse", "mae")
+#: The values a metric's mean can take: a Student-t interval of few images reaches past them
+#: (SSIM [-0.25, 1.72] for two images), and is cut there.
+RANGES = {"ssim": (-1.0, 1.0), "ms_ssim": (-1.0, 1.0), "mse": (0.0, math.inf),
+          "rmse": (0.0, math.inf), "mae": (0.0, math.inf), "seconds": (0.0, math.inf)}
 
 
 def on_reference_scale(reference: MedicalImage, test: MedicalImage) -> np.ndarray:
@@ -149,7 +153,8 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, f
 
 
 def summarize(rows: Sequence[dict[str, object]], metrics: Sequence[str]) -> list[dict[str, object]]:
-    """One row per method: n, and mean / 95 % CI low / high per metric."""
+    """One row per method: n, and mean / 95 % CI low / high per metric (Student-t, cut to the
+    values the metric can take: :data:`RANGES`)."""
     methods = list(dict.fromkeys(str(r["method"]) for r in rows))
     out = []
     for method in methods:
@@ -157,6 +162,8 @@ def summarize(rows: Sequence[dict[str, object]], metrics: Sequence[str]) -> list
         row: dict[str, object] = {"method": method, "n": len(sel)}
         for name in metrics:
             mean, lo, hi = mean_ci([float(r[name]) for r in sel])  # type: ignore[arg-type]
+            least, most = RANGES.get(name, (-math.inf, math.inf))
+            lo, hi = max(lo, least), min(hi, most)      # NaN (one image) stays NaN
             row[name], row[f"{name}_ci_low"], row[f"{name}_ci_high"] = mean, lo, hi
         out.append(row)
     return out
@@ -214,6 +221,15 @@ def run_methods(degraded_dir: str | Path, methods: Sequence[str], output_dir: st
     seconds: dict[tuple[str, str], float] = {}
     failures: list[str] = []
     files = find_images([src])
+    if not overwrite:       # an earlier run's output must not be scored as this run's: refuse now
+        for path in files:
+            rel = path.relative_to(src)
+            for folder in folders.values():
+                for target in (folder / rel, folder / (str(rel) + ".dcm")):
+                    if target.exists() or target.is_symlink():
+                        raise MedEnhanceError(f"{target}: already exists (an earlier run's "
+                                              "output; pass --overwrite to replace it, or "
+                                              "choose another -o)")
     for path in (progress(files) if progress else files):
         rel = path.relative_to(src)
         name = str(rel.with_name(stem(path)))
@@ -225,11 +241,12 @@ def run_methods(degraded_dir: str | Path, methods: Sequence[str], output_dir: st
             image = read_image(path)
             for runner in runners:
                 result = runner.apply(image, noise)
-                seconds[(runner.name, name)] = runner.seconds[-1]
                 target = folders[runner.name] / rel
                 if target.suffix == "" and image.meta.source_format == "dicom":
                     target = target.with_name(target.name + ".dcm")
                 write_image(result, target, overwrite=overwrite)
+                # Only an output written by this run is scored (see evaluate_folders' ``only``).
+                seconds[(runner.name, name)] = runner.seconds[-1]
         except MedEnhanceError as exc:
             failures.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
     return folders, seconds, failures

@@ -11,6 +11,7 @@ ignore it.
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .baselines.denoise import NoiseModel, classical_denoise
+from .errors import ConfigError
 from .degrade.pipeline import DegradationRecord
 from .image import MedicalImage
 from .inference.enhance import EnhanceOptions, check_enhancement_model, enhance_image
@@ -72,6 +74,9 @@ def load_enhancement_model(name: str, device: str = "cpu") -> LoadedModel:
 
 def get_method(name: str, options: EnhanceOptions | None = None) -> Method:
     """A classical method (``nlm``, ``bm3d``) or a trained model (name or checkpoint path)."""
+    if name == "bm3d" and importlib.util.find_spec("bm3d") is None:    # before any work
+        raise ConfigError("method bm3d needs the optional `bm3d` package (non-commercial "
+                          "licence): pip install 'medenhance[eval]'")
     if name in CLASSICAL:
         return Method(name)
     loaded = load_enhancement_model(name, device=(options or EnhanceOptions()).device)
