@@ -102,6 +102,16 @@ def test_prepare_cli(tmp_path: Path, samples: Path) -> None:
     assert (tmp_path / "ds" / "manifest.csv").exists()
     result = run("prepare", samples, "-o", tmp_path / "ds2", "--split", "a,b")
     assert result.exit_code == 1 and "--split" in result.output
+    # A file that cannot be read is listed at the end and the batch exits 1, its images kept.
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copyfile(samples / "mri_brain_glioma_Te-gl_0063.png", mixed / "good.png")
+    (mixed / "text.dcm").write_text("not an image")
+    result = run("prepare", mixed, "-o", tmp_path / "ds3", "--min-foreground", "0")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and "1 of 2 input(s) failed" in said and "text.dcm" in said
+    rows = list(csv.DictReader(open(tmp_path / "ds3" / "manifest.csv")))
+    assert [Path(r["source"]).name for r in rows] == ["good.png"]
 
 
 def test_evaluate_missing_folder(tmp_path: Path) -> None:

@@ -634,6 +634,7 @@ def prepare(
                           f"split: {_count(sum(patients.values()), 'patient is', 'patients are')} "
                           "too few for these fractions (training needs train and val images)",
                           highlight=False)
+    report_failures(result.unreadable, result.files)
 
 
 # ------------------------------------------------------------------------------------ enhance

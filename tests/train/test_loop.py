@@ -174,3 +174,10 @@ def test_init_from_a_shallower_model_grows_it(manifest: Path, tmp_path: Path) ->
     card = load_model(grown.best).card
     assert card.arguments["blocks"] == [2, 2, 6]
     assert card.training_data["initialised_from"]["grown_from"] == {"widths": [8, 8, 16]}
+    # A config that names no arguments fine-tunes the grown model as it is (the bundled
+    # denoisers have 8 middle convolutions, the configs' default 4: the README's example).
+    again = fit(_config(manifest, tmp_path / "again", **{
+        "model.args": "{}", "model.init_from": str(tmp_path / "grown"), "optim.lr": 1e-12,
+        "optim.epochs": 1}), log=lambda _: None)
+    assert load_model(again.best).card.arguments == card.arguments
+    assert again.history[0]["val_psnr"] == pytest.approx(grown.history[0]["val_psnr"], abs=1e-3)

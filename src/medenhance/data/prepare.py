@@ -95,6 +95,10 @@ class PrepareResult:
     manifest: Path
     kept: list[dict[str, object]] = field(default_factory=list)
     excluded: list[dict[str, object]] = field(default_factory=list)
+    #: Messages of the files that could not be read (also in ``excluded``, with the dropped).
+    unreadable: list[str] = field(default_factory=list)
+    #: Files read (readable or not).
+    files: int = 0
 
     def counts(self) -> dict[str, int]:
         return {s: sum(1 for r in self.kept if r["split"] == s) for s in SPLITS}
@@ -197,6 +201,7 @@ def prepare_dataset(sources: Iterable[str | Path], output: str | Path,
     table = _csv_patients(opts)
     kept: list[dict[str, object]] = []
     excluded: list[dict[str, object]] = []
+    unreadable: list[str] = []
     # Rows only: each frame is written as soon as it is ready, so memory does not grow with
     # the dataset (the output path does not depend on the split, which needs all patients).
     frames_out: list[dict[str, object]] = []
@@ -209,6 +214,7 @@ def prepare_dataset(sources: Iterable[str | Path], output: str | Path,
             image = read_image(path)
         except MedEnhanceError as exc:
             excluded.append({"source": str(path), "frame": "", "reason": str(exc)})
+            unreadable.append(str(exc))
             continue
         pid = _patient_id(path, image, opts, table)
         frames = display_frames(image)
@@ -260,7 +266,8 @@ def prepare_dataset(sources: Iterable[str | Path], output: str | Path,
         kept.append(row)
     _write_rows(manifest, kept, list(kept[0]))
     _write_rows(out / "excluded.csv", excluded, ["source", "frame", "reason"])
-    return PrepareResult(manifest=manifest, kept=kept, excluded=excluded)
+    return PrepareResult(manifest=manifest, kept=kept, excluded=excluded, unreadable=unreadable,
+                         files=len(files))
 
 
 def _write_rows(path: Path, rows: list[dict[str, object]], columns: list[str]) -> None:

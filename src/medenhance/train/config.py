@@ -28,8 +28,9 @@ class ModelSection:
     name: str = "fastunet"
     args: dict[str, Any] = field(default_factory=dict)
     #: Start from the weights of a trained model (a name from ``medenhance models``, a checkpoint
-    #: or a run folder) instead of a random initialisation: fine-tuning. Architecture and
-    #: arguments must match.
+    #: or a run folder) instead of a random initialisation: fine-tuning. The architecture must
+    #: match; ``args`` left empty take the given model's, and larger ones grow it where the
+    #: architecture can (``fastunet`` with more ``blocks``).
     init_from: str = ""
 
 

@@ -28,8 +28,8 @@ from ..data.prepare import read_manifest
 from ..errors import ConfigError
 from ..io._files import atomic_write
 from ..metrics import psnr, ssim
-from ..models.card import (ModelCard, check_registration, load_model, save_checkpoint,
-                           user_dir)
+from ..models.card import (ModelCard, check_registration, load_model, resolve_model,
+                           save_checkpoint, user_dir)
 from ..models.registry import create_model
 from .config import TrainConfig, config_from_dict
 from .losses import build_loss
@@ -168,6 +168,13 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: Progress | None 
         ``config`` in the model or the data.
     """
     config.validate()
+    if config.model.init_from and not config.model.args:
+        # Fine-tuning a model as it is: a config that names no arguments takes the given
+        # model's (a bundled denoiser grown to 8 middle convolutions is not the default 4).
+        card_path = resolve_model(config.model.init_from).with_suffix(".json")
+        source = ModelCard.from_json(card_path.read_text(), str(card_path))
+        if source.architecture == config.model.name:
+            config.model.args = dict(source.arguments)
     run = config.run_dir
     last = run / "last.pt"
     if resume and not last.exists():
