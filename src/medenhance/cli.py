@@ -354,6 +354,17 @@ def degrade(
     * `medenhance degrade samples/xray_chest_nih_00009128_000.png -o pairs --preset xray-lowdose`
     * `medenhance degrade scans/ -o pairs --preset mri-rician --seed 7`
     * `medenhance degrade --list-presets`
+    * `medenhance degrade scans/ -o pairs --pipeline mine.yaml`, with `mine.yaml` a list of steps,
+    each an `op`, its `params` (a value or a range: `{uniform: [a, b]}`, `loguniform`, `int`,
+    `choice`) and optionally `p`, the chance it applies; noise sigmas on the [0, 1] scale:
+
+    `[{op: gaussian, params: {sigma: {uniform: [0.02, 0.1]}}}, {op: jpeg, params: {quality:
+    60}, p: 0.5}]`
+
+    Steps: gaussian (sigma), poisson_gaussian (photons, electronic_sigma), rician (sigma),
+    low_field (field_from, field_to), blur (sigma), downsample (scale), blur_downsample (scale),
+    mri_motion (max_shift, n_movements), xray_motion_blur (length, angle), scatter (fraction,
+    sigma), jpeg (quality).
     """
     from .degrade import PRESETS, DegradationRecord, Pipeline, degrade_image
     from .io import find_images, read_image, write_image

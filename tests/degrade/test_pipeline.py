@@ -94,7 +94,11 @@ def test_degrade_image_records_history() -> None:
     ([{"op": "gaussian"}], r"missing parameter\(s\) \['sigma'\]"),
     ([{"op": "gaussian", "params": {"sigma": {"uniform": [0.05, "x"]}}}], "two numbers"),
     ([{"op": "gaussian", "params": {"sigma": {"choice": []}}}], "list of values"),
-    ([{"op": "gaussian", "params": {"sigma": -5}}], r"step 0 \(gaussian\): sigma must be >= 0"),
+    ([{"op": "gaussian", "params": {"sigma": -5}}],
+     r"step 0 \(gaussian\): sigma must be \[0.0, 1.0\], got -5"),
+    # A sigma in grey levels of 255 made half the image black and half white without a word.
+    ([{"op": "gaussian", "params": {"sigma": 30}}], r"got 30 \(on the image's \[0, 1\] scale"),
+    ([{"op": "rician", "params": {"sigma": {"uniform": [20, 30]}}}], r"rician\): sigma must be"),
     ([{"op": "gaussian", "params": {"sigma": 0.1}}, {"op": "jpeg", "params": {"quality": 500}}],
      r"^step 1 \(jpeg\): quality must be"),
 ])

@@ -26,10 +26,12 @@ def as_float(x: np.ndarray) -> np.ndarray:
     return arr
 
 
-def check(name: str, value: float, low: float, high: float = float("inf")) -> float:
-    """Range check with a message naming the parameter."""
+def check(name: str, value: float, low: float, high: float = float("inf"),
+          hint: str = "") -> float:
+    """Range check with a message naming the parameter (and ``hint``, in brackets)."""
     v = float(value)
     if not np.isfinite(v) or v < low or v > high:
         bound = f"[{low}, {high}]" if np.isfinite(high) else f">= {low}"
-        raise DegradationError(f"{name} must be {bound}, got {value}")
+        raise DegradationError(f"{name} must be {bound}, got {value}"
+                               + (f" ({hint})" if hint else ""))
     return v

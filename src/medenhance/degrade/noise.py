@@ -20,10 +20,14 @@ from skimage.restoration import estimate_sigma
 
 from ._frames import as_float, check
 
+#: Said when a noise sigma is out of range: a sigma in grey levels (30) turned half of an image
+#: black and half white without a word.
+SIGMA_SCALE = "on the image's [0, 1] scale: 25 grey levels of 255 is 0.098"
+
 
 def gaussian(x: np.ndarray, *, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Add N(0, sigma^2) noise; ``sigma`` on the [0, 1] scale (25/255 ~ 0.098)."""
-    sigma = check("sigma", sigma, 0.0)
+    sigma = check("sigma", sigma, 0.0, 1.0, SIGMA_SCALE)
     arr = as_float(x)
     return arr + rng.normal(0.0, sigma, arr.shape) if sigma > 0 else arr.copy()
 
@@ -68,7 +72,7 @@ def poisson_gaussian(x: np.ndarray, *, photons: float, electronic_sigma: float =
 
 def rician(x: np.ndarray, *, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Magnitude of ``x + n_re + i n_im`` with ``n ~ N(0, sigma^2)`` on each channel."""
-    sigma = check("sigma", sigma, 0.0)
+    sigma = check("sigma", sigma, 0.0, 1.0, SIGMA_SCALE)
     arr = as_float(x)
     if sigma == 0:
         return arr.copy()
