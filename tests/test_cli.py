@@ -197,6 +197,15 @@ def test_enhance_samples_and_keep_existing_outputs(samples: Path, tmp_path: Path
     assert again.exit_code == 1 and "Traceback" not in again.output
     assert "file exists" in again.output and "broken.png" in again.output
     assert (out / "mri_brain_glioma_Te-gl_0063.png").read_bytes() == before
+    # A path that is not there is a failure of the batch, listed at the end; the others are done.
+    for command in (("enhance", "--model", "mri-denoise"), ("degrade", "-p", "jpeg")):
+        partly = run(command[0], tmp_path / "nowhere.png",
+                     samples / "mri_brain_glioma_Te-gl_0063.png", "-o", tmp_path / command[0],
+                     *command[1:])
+        said = " ".join(partly.output.split())
+        assert partly.exit_code == 1 and "1 of 2 input(s) failed" in said, said
+        assert f"{tmp_path / 'nowhere.png'}: no such file or folder" in said
+        assert [p.name for p in (tmp_path / command[0]).rglob("*.png")]
 
 
 def test_enhance_unknown_model_is_one_line(samples: Path, tmp_path: Path) -> None:

@@ -380,6 +380,7 @@ def degrade(
         raise fail("give the clean images to degrade (files or folders)", code=2)
     skipped: list[Path] = []
     repeated: list[Path] = []
+    missing: list[str] = []
     try:
         check_output_folder(output)
     except MedEnhanceError as exc:
@@ -394,7 +395,8 @@ def degrade(
             pipe = None
         else:
             pipe = Pipeline.from_preset(preset) if preset else Pipeline.from_file(pipeline)  # type: ignore[arg-type]
-        files = find_images(inputs, skipped=skipped, repeated=repeated)
+        # A path that is not there is one failure of the batch, listed at the end.
+        files = find_images(inputs, skipped=skipped, repeated=repeated, errors=missing)
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
     note_skipped(skipped, output, repeated)
@@ -421,7 +423,7 @@ def degrade(
     if done:                             # nothing done: the failures below say why
         console.print(f"degraded {done} image(s) into {output}/degraded (clean copies in "
                       f"{output}/clean, records in {output}/records)")
-    report_failures(failures, len(files))
+    report_failures(missing + failures, len(files) + len(missing))
 
 
 # ----------------------------------------------------------------------------------- evaluate
@@ -687,6 +689,7 @@ def enhance(
 
     skipped: list[Path] = []
     repeated: list[Path] = []
+    missing: list[str] = []
     try:
         dev = str(pick_device(device)) if device == "auto" else device
         if dev not in ("cpu", "cuda"):
@@ -703,7 +706,8 @@ def enhance(
                               tile=tile, overlap=overlap, device=dev)
         opts.validate()
         loaded = load_enhancement_model(model, device=dev)
-        files = find_images(inputs, skipped=skipped, repeated=repeated)
+        # A path that is not there is one failure of the batch, listed at the end.
+        files = find_images(inputs, skipped=skipped, repeated=repeated, errors=missing)
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
     note_skipped(skipped, output, repeated)
@@ -729,7 +733,7 @@ def enhance(
     if done:
         console.print(f"enhanced {done} image(s) with {loaded.card.name} into {output}/ "
                       f"({RESEARCH_NOTE})")
-    report_failures(failures, len(files))
+    report_failures(missing + failures, len(files) + len(missing))
 
 
 # ------------------------------------------------------------------------------------- models
