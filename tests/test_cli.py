@@ -415,6 +415,14 @@ def test_enhance_notes_a_modality_the_model_was_not_trained_on(samples: Path,
     same = run("enhance", samples / "mr_head_MR1_JPLL.dcm", "-m", "mri-denoise", "-o",
                tmp_path / "mr")
     assert same.exit_code == 0 and "was trained on" not in same.output
+    # A PNG says nothing of what it shows: without --model, the user is told which model ran.
+    png = samples / "mri_brain_glioma_Te-gl_0063.png"
+    default = run("enhance", png, "-o", tmp_path / "png")
+    assert default.exit_code == 0 and "no --model was given: xray-denoise (trained on CR/DX " \
+        "images) is used" in " ".join(default.output.split())
+    named = run("enhance", png, "-m", "xray-denoise", "-o", tmp_path / "png2")
+    assert named.exit_code == 0 and "no --model" not in named.output
+    assert (tmp_path / "png" / png.name).read_bytes() == (tmp_path / "png2" / png.name).read_bytes()
 
 
 def test_triage_puts_a_modality_the_model_was_not_trained_on_out_of_distribution(

@@ -43,6 +43,8 @@ err_console = Console(stderr=True, width=_WIDTH)
 T = TypeVar("T")
 
 RESEARCH_NOTE = "research use only, not for diagnosis"
+#: The denoiser `enhance` uses when none is named.
+DEFAULT_DENOISER = "xray-denoise"
 
 
 def track(items: Sequence[T], description: str) -> Iterable[T]:
@@ -656,9 +658,10 @@ def enhance(
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path(
         "enhanced"),
-    model: Annotated[str, typer.Option(
+    model: Annotated[str | None, typer.Option(
         "--model", "-m", help="Bundled or user model name (see `medenhance models`) or a "
-                              ".safetensors checkpoint.")] = "xray-denoise",
+                              ".safetensors checkpoint [default: xray-denoise]",
+        show_default=False)] = None,
     noise_level: Annotated[float | None, typer.Option(
         help="Noise sigma in grey levels of 255 (e.g. 25; 0 leaves images unchanged); default: "
              "estimated per image.")] = None,
@@ -705,7 +708,7 @@ def enhance(
         opts = EnhanceOptions(noise_level=None if noise_level is None else noise_level / 255.0,
                               tile=tile, overlap=overlap, device=dev)
         opts.validate()
-        loaded = load_enhancement_model(model, device=dev)
+        loaded = load_enhancement_model(model or DEFAULT_DENOISER, device=dev)
         # A path that is not there is one failure of the batch, listed at the end.
         files = find_images(inputs, skipped=skipped, repeated=repeated, errors=missing)
     except MedEnhanceError as exc:
@@ -723,6 +726,14 @@ def enhance(
             err_console.print(f"[yellow]note:[/yellow] {f}: modality {modality}, but "
                               f"{loaded.card.name} was trained on {loaded.card.modality} images "
                               "(see `medenhance models` for the others)", highlight=False)
+        elif model is None and not image.meta.modality and "" not in noted:
+            # A PNG says nothing of what it shows: the default, chosen for radiographs, may
+            # not be the model for it.
+            noted.add("")
+            err_console.print(f"[yellow]note:[/yellow] {f}: its file does not say what it shows "
+                              f"and no --model was given: {loaded.card.name} (trained on "
+                              f"{loaded.card.modality} images) is used; for MR images pass "
+                              "-m mri-denoise", highlight=False)
         with warnings.catch_warnings():         # said once above, as a note
             warnings.simplefilter("ignore", ModalityWarning)
             enhanced = enhance_image(image, loaded, opts)

@@ -56,7 +56,8 @@ def test_npy_int_roundtrip(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("arr,match", [
-    (np.array([[np.nan, 1.0], [0.0, 0.5]]), "NaN"),
+    (np.array([[np.inf, 1.0], [0.0, 0.5]]), "infinite"),
+    (np.full((4, 4), np.nan), "only NaN"),
     (np.array([[-1e308, 1e308], [0.0, 0.5]]), "wider than floating-point"),   # overflowed
     (np.zeros(5), "2-D or 3-D"),
     (np.array([["a", "b"]]), "numeric"),
@@ -152,6 +153,31 @@ def test_nan_outside_a_mask_is_kept_out_and_written_back(tmp_path: Path) -> None
     nib.save(nib.Nifti1Image(only_nan, affine), tmp_path / "empty.nii.gz")
     with pytest.raises(ImageReadError, match="only NaN"):
         me.read_image(tmp_path / "empty.nii.gz")
+
+
+def test_nan_in_an_npy_array_is_kept_out_and_written_back(tmp_path: Path) -> None:
+    """Masked arrays saved as .npy were refused, though NIfTI's NaN were handled."""
+    from medenhance.degrade import Pipeline, degrade_image
+    from medenhance.inference.enhance import enhance_image
+    from medenhance.io.padding import padding_mask
+
+    rng = np.random.default_rng(1)
+    frames = (200 + 50 * rng.random((2, 40, 48))).astype(np.float32)
+    frames[:, :10] = np.nan
+    np.save(tmp_path / "masked.npy", frames)
+    image = me.read_image(tmp_path / "masked.npy")
+    assert np.isfinite(image.pixels).all()
+    assert padding_mask(image).sum() == np.isnan(frames).sum()
+    back = np.load(me.write_image(image, tmp_path / "same.npy"))
+    assert back.dtype == np.float32
+    np.testing.assert_array_equal(np.isnan(back), np.isnan(frames))
+    np.testing.assert_allclose(back[:, 10:], frames[:, 10:], rtol=1e-6)
+    for name, processed in (
+            ("enhanced", enhance_image(image, "mri-denoise")),
+            ("degraded", degrade_image(image, Pipeline.from_preset("gaussian-blind"), seed=0)[0])):
+        out = np.load(me.write_image(processed, tmp_path / f"{name}.npy"))
+        np.testing.assert_array_equal(np.isnan(out), np.isnan(frames))
+        assert not np.allclose(out[:, 10:], frames[:, 10:]), name
 
 
 def test_nifti_modality_survives_model_names_in_the_history(tmp_path: Path) -> None:

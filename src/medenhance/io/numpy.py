@@ -1,7 +1,9 @@
 """NumPy ``.npy`` arrays: ``(H, W)`` or ``(N, H, W)``.
 
 Float arrays already in [0, 1] are used as they are and come back in [0, 1]; other arrays follow the
-intensity contract of :mod:`medenhance.image` and come back in their own dtype and units.
+intensity contract of :mod:`medenhance.image` and come back in their own dtype and units. NaN in a
+float array (outside a mask) is kept out of processing and written back, as in NIfTI
+(:mod:`.padding`).
 """
 
 from __future__ import annotations
@@ -30,13 +32,22 @@ def read_npy(path: str | Path) -> MedicalImage:
     if looks_like_colour(arr.shape):
         raise ImageReadError(p, f"shape {arr.shape} looks like a colour image (H, W, RGB); "
                                 "medenhance reads grey images: (H, W) or frames (N, H, W)")
+    nan = None
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-        raise ImageReadError(p, "array contains NaN or infinite values")
+        if np.isinf(arr).any():
+            raise ImageReadError(p, "array contains infinite values")
+        nan = np.isnan(arr)
+        if nan.all():
+            raise ImageReadError(p, "array holds only NaN")
+        # Outside a mask, as in a NIfTI volume: the lowest value, remembered (io.padding).
+        arr = np.where(nan, np.nanmin(arr), arr)
     try:
         image = from_array(arr)
     except InvalidImageError as exc:        # named after the file, as the checks above
         raise ImageReadError(p, str(exc)) from None
     image.meta.source_path = str(p)
+    if nan is not None:
+        image.meta.extra["nan_mask"] = nan
     return image
 
 
@@ -46,5 +57,8 @@ def write_npy(image: MedicalImage, tmp_path: Path, target: Path) -> None:
         arr = stored_values(image, np.dtype(image.meta.stored_dtype))
     else:
         arr = image.pixels.astype(np.float32)
+    nan = image.meta.extra.get("nan_mask")
+    if nan is not None and np.shape(nan) == arr.shape and arr.dtype.kind == "f":
+        arr = np.where(nan, np.nan, arr).astype(arr.dtype)     # NaN as read
     with open(tmp_path, "wb") as fh:
         np.save(fh, arr, allow_pickle=False)

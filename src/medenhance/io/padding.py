@@ -2,9 +2,9 @@
 
 * DICOM (0028,0120) *Pixel Padding Value* (up to (0028,0121) *Pixel Padding Range Limit*): the
   area outside a CT's field of view, say. It is read as stored values (``meta.extra["padding"]``).
-* NaN voxels of a floating-point NIfTI volume: the outside of a brain mask in SPM or FSL output.
-  They are read as the lowest finite value and remembered (``meta.extra["nan_mask"]``); the
-  NIfTI writer puts NaN back.
+* NaN voxels of a floating-point NIfTI volume (the outside of a brain mask in SPM or FSL output)
+  or ``.npy`` array. They are read as the lowest finite value and remembered
+  (``meta.extra["nan_mask"]``); the NIfTI and ``.npy`` writers put NaN back.
 
 Enhancement and degradation leave these pixels as they were, so that viewers still hide them and
 the edge of the field of view is not a step for a network to smooth.
