@@ -291,6 +291,16 @@ def test_an_unreadable_file_is_said_to_be_unreadable(samples: Path, monkeypatch)
         me.read_image(path)
 
 
+@pytest.mark.parametrize("name", ["empty.dcm", "empty.png", "empty.nii.gz", "empty.npy",
+                                  "empty.tif"])
+def test_an_empty_file_is_said_to_be_empty(tmp_path: Path, name: str) -> None:
+    """A 0-byte file was "not a DICOM file" or "not a readable PNG file"."""
+    (tmp_path / name).write_bytes(b"")
+    for read in (me.read_image, me.inspect_image):
+        with pytest.raises(ImageReadError, match=r"empty\.[a-z.]+: empty file \(0 bytes\)$"):
+            read(tmp_path / name)
+
+
 def test_a_file_named_for_another_format_says_what_it_holds(samples: Path, tmp_path: Path) -> None:
     png = samples / "mri_brain_glioma_Te-gl_0063.png"
     (tmp_path / "png.dcm").write_bytes(png.read_bytes())

@@ -42,6 +42,8 @@ def _check_exists(p: Path) -> None:
         raise ImageReadError(p, "no such file")
     if p.is_file() and not os.access(p, os.R_OK):   # else called "damaged" by the decoders
         raise ImageReadError(p, "cannot be read (permission denied)")
+    if p.is_file() and p.stat().st_size == 0:       # else "not a DICOM file", "not a PNG"
+        raise ImageReadError(p, "empty file (0 bytes)")
 
 
 def read_image(path: str | os.PathLike[str]) -> MedicalImage:
