@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -239,6 +240,10 @@ def test_train_evaluate_report(samples: Path, tmp_path: Path, monkeypatch) -> No
     result = run("train", "-c", config, "--set", "optim.epochs=1")
     assert result.exit_code == 0, result.output
     assert "registered as model 'tiny'" in result.output
+    # One epoch of 8 patches: worse than the degraded input, and the user is told.
+    metrics = json.loads((tmp_path / "run" / "best.json").read_text())["metrics"]
+    assert metrics["val_psnr"] < metrics["val_psnr_input"]
+    assert "makes the validation images worse than they came" in " ".join(result.output.split())
     assert run("models").output.count("tiny") == 1
     again = run("train", "-c", config)
     assert again.exit_code == 1 and "already holds a run" in again.output
@@ -531,6 +536,26 @@ def test_several_input_folders_keep_their_names_under_the_output(samples: Path,
                   for p in (tmp_path / "both").rglob("*.png")) == ["site1/a.png", "site1/sub/b.png"]
 
 
+def test_an_interrupted_batch_says_what_it_wrote(samples: Path, tmp_path: Path,
+                                                 monkeypatch) -> None:
+    """Ctrl-C exited 130 with nothing said of the outputs already written."""
+    import medenhance.inference.enhance as enhancing
+
+    real, calls = enhancing.enhance_image, []
+
+    def stopped_at_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(enhancing, "enhance_image", stopped_at_the_second)
+    result = run("enhance", samples, "-m", "mri-denoise", "-o", tmp_path / "out")
+    assert result.exit_code == 130
+    assert "interrupted: 1 of 4 input(s) done" in " ".join(result.output.split())
+    assert len([p for p in (tmp_path / "out").rglob("*") if p.is_file()]) == 1
+
+
 def test_an_output_folder_under_a_file_is_refused_once(samples: Path, tmp_path: Path) -> None:
     """`-o afile/out` failed with "Not a directory" once per input."""
     (tmp_path / "afile").write_text("")
@@ -538,6 +563,10 @@ def test_an_output_folder_under_a_file_is_refused_once(samples: Path, tmp_path: 
         result = run(*command, "-o", tmp_path / "afile" / "out")
         assert result.exit_code == 1
         assert result.output.count("is a file, not a folder") == 1, result.output
+        # `-o out.png` made a folder of that name, the image inside it.
+        named = run(*command, "-o", tmp_path / "out.png")
+        assert named.exit_code == 1 and "takes a folder" in named.output
+        assert not (tmp_path / "out.png").exists()
 
 
 def test_models_says_which_user_models_it_cannot_list(tmp_path: Path, monkeypatch) -> None:

@@ -117,10 +117,14 @@ def note_not_images(not_images: list[str]) -> None:
 def check_output_folder(output: Path, option: str = "-o") -> None:
     """Refuse, before any work, an output folder that is a file or lies under one (each input
     would otherwise fail with "Not a directory")."""
-    from .io._files import check_parent_folder
+    from .io._files import SUFFIX_FORMATS, check_parent_folder, full_suffix
 
     if output.exists() and not output.is_dir():
         raise MedEnhanceError(f"{output}: is a file; {option} takes a folder")
+    if not output.exists() and full_suffix(output) in SUFFIX_FORMATS:
+        # `-o out.png` made a folder called out.png, the image inside it.
+        raise MedEnhanceError(f"{output}: {option} takes a folder (each output keeps its "
+                              "input's name in it), and this is an image file's name")
     check_parent_folder(output)
 
 
@@ -287,31 +291,40 @@ def _for_each_file(files: list[Path], names: list[Path], description: str, outpu
     done = 0
     written: dict[Path, Path] = {}       # target -> the input it was written from in this run
     taken = set(names)
-    for f, name in track(list(zip(files, names, strict=True)), description):
-        if full_suffix(name) == "":      # UID-named DICOM files have no suffix; ours get one
-            name = _free_name(name, ".dcm", taken)
-        targets = targets_of(name)
-        try:
-            for target in targets:  # check all before writing any
-                if target.resolve() == f.resolve():
-                    raise MedEnhanceError(f"{target}: refusing to overwrite the input file")
-                if target.resolve() in written:
-                    raise MedEnhanceError(f"{target}: already written in this run from "
-                                          f"{written[target.resolve()]} (two inputs of the same "
-                                          "name: run them one at a time, each with its own -o)")
-                if target.exists() and not overwrite:
-                    raise MedEnhanceError(f"{target}: file exists (pass --overwrite to replace it)")
-            process(f, targets)
-            written.update({t.resolve(): f for t in targets})
-            done += 1
-        except NotAnImageError as exc:
-            not_images.append(str(exc))
-        except MedEnhanceError as exc:
-            message = str(exc)
-            failures.append(message if str(f) in message or str(output) in message
-                            else f"{f}: {message}")
-        except OSError as exc:
-            failures.append(f"{f}: {exc.strerror or exc}")
+    try:
+        for f, name in track(list(zip(files, names, strict=True)), description):
+            if full_suffix(name) == "":      # UID-named DICOM files have no suffix; ours get one
+                name = _free_name(name, ".dcm", taken)
+            targets = targets_of(name)
+            try:
+                for target in targets:  # check all before writing any
+                    if target.resolve() == f.resolve():
+                        raise MedEnhanceError(f"{target}: refusing to overwrite the input file")
+                    if target.resolve() in written:
+                        raise MedEnhanceError(
+                            f"{target}: already written in this run from "
+                            f"{written[target.resolve()]} (two inputs of the same name: run "
+                            "them one at a time, each with its own -o)")
+                    if target.exists() and not overwrite:
+                        raise MedEnhanceError(f"{target}: file exists (pass --overwrite to "
+                                              "replace it)")
+                process(f, targets)
+                written.update({t.resolve(): f for t in targets})
+                done += 1
+            except NotAnImageError as exc:
+                not_images.append(str(exc))
+            except MedEnhanceError as exc:
+                message = str(exc)
+                failures.append(message if str(f) in message or str(output) in message
+                                else f"{f}: {message}")
+            except OSError as exc:
+                failures.append(f"{f}: {exc.strerror or exc}")
+    except KeyboardInterrupt:
+        # Each output is written whole or not at all (atomic_write): say what is there.
+        err_console.print(f"interrupted: {done} of {len(files)} input(s) done, their outputs "
+                          f"in {output}/ (every file there is whole: each is written under a "
+                          "temporary name, then renamed)", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     note_not_images(not_images)
     return done, failures
 
@@ -885,6 +898,12 @@ def train(
                   f"{best['val_psnr']:.2f} dB, SSIM {best['val_ssim']:.4f}; checkpoint "
                   f"{result.best}, log {result.run_dir / 'log.csv'}, curves "
                   f"{result.run_dir / 'loss.png'}")
+    if best.get("val_psnr_input", float("-inf")) >= best["val_psnr"]:
+        # Registered all the same (a first stage, a smoke run), but not as if it were usable.
+        err_console.print(f"[yellow]warning:[/yellow] the model makes the validation images "
+                          f"worse than they came ({best['val_psnr']:.2f} dB against "
+                          f"{best['val_psnr_input']:.2f} dB for the degraded input): train "
+                          "longer before using it", highlight=False)
 
 
 # ------------------------------------------------------------------------------------- triage
