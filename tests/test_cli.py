@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pydicom
 from typer.testing import CliRunner
 
@@ -370,6 +371,15 @@ def test_evaluate_never_scores_an_earlier_runs_method_output(samples: Path,
         refused.output.split())
     assert not (tmp_path / "eval" / "per_image.csv").exists()
     assert stale.read_bytes() == (pairs / "clean" / stale.name).read_bytes()
+    # Outputs and references are paired by name without suffix: an earlier .npy counts too.
+    other = stale.with_suffix(".npy")
+    stale.rename(other)
+    np.save(other, np.zeros((8, 8), np.float32))
+    refused = run(*args)
+    assert refused.exit_code == 1 and f"{other}: already exists" in " ".join(
+        refused.output.split())
+    other.rename(stale)
+    shutil.copyfile(pairs / "clean" / stale.name, stale)
     assert run(*args, "--overwrite").exit_code == 0
     rows = list(csv.DictReader(open(tmp_path / "eval" / "per_image.csv")))
     assert [r["method"] for r in rows] == ["degraded", "nlm"]
@@ -552,7 +562,8 @@ def test_an_interrupted_batch_says_what_it_wrote(samples: Path, tmp_path: Path,
     monkeypatch.setattr(enhancing, "enhance_image", stopped_at_the_second)
     result = run("enhance", samples, "-m", "mri-denoise", "-o", tmp_path / "out")
     assert result.exit_code == 130
-    assert "interrupted: 1 of 4 input(s) done" in " ".join(result.output.split())
+    said = " ".join(result.output.split())
+    assert "interrupted: 1 of 4 input(s) done" in said and " was in progress" in said
     assert len([p for p in (tmp_path / "out").rglob("*") if p.is_file()]) == 1
 
 
@@ -643,6 +654,8 @@ def test_pacs_exports_with_reports_and_suffixless_files(samples: Path, tmp_path:
     enhanced = run("enhance", export, "-m", "mri-denoise", "-o", tmp_path / "enh")
     assert enhanced.exit_code == 0 and said in " ".join(enhanced.output.split())
     assert sorted(p.name for p in (tmp_path / "enh").iterdir()) == ["IM0.dcm", "IM0_1.dcm"]
+    prepared = run("prepare", export, "-o", tmp_path / "ds", "--min-foreground", "0")
+    assert prepared.exit_code == 0 and said in " ".join(prepared.output.split()), prepared.output
 
 
 def test_heatmaps_cover_out_of_distribution_studies_below_the_threshold(samples: Path,

@@ -124,7 +124,8 @@ def check_output_folder(output: Path, option: str = "-o") -> None:
     if not output.exists() and full_suffix(output) in SUFFIX_FORMATS:
         # `-o out.png` made a folder called out.png, the image inside it.
         raise MedEnhanceError(f"{output}: {option} takes a folder (each output keeps its "
-                              "input's name in it), and this is an image file's name")
+                              "input's name in it), and this is an image file's name (to "
+                              "use it for a folder, create the folder first)")
     check_parent_folder(output)
 
 
@@ -291,6 +292,7 @@ def _for_each_file(files: list[Path], names: list[Path], description: str, outpu
     done = 0
     written: dict[Path, Path] = {}       # target -> the input it was written from in this run
     taken = set(names)
+    current: Path | None = None          # the input whose outputs are being written
     try:
         for f, name in track(list(zip(files, names, strict=True)), description):
             if full_suffix(name) == "":      # UID-named DICOM files have no suffix; ours get one
@@ -308,7 +310,9 @@ def _for_each_file(files: list[Path], names: list[Path], description: str, outpu
                     if target.exists() and not overwrite:
                         raise MedEnhanceError(f"{target}: file exists (pass --overwrite to "
                                               "replace it)")
+                current = f
                 process(f, targets)
+                current = None
                 written.update({t.resolve(): f for t in targets})
                 done += 1
             except NotAnImageError as exc:
@@ -320,10 +324,19 @@ def _for_each_file(files: list[Path], names: list[Path], description: str, outpu
             except OSError as exc:
                 failures.append(f"{f}: {exc.strerror or exc}")
     except KeyboardInterrupt:
-        # Each output is written whole or not at all (atomic_write): say what is there.
+        # Each file is written whole or not at all (atomic_write), but an input may have
+        # several outputs (degrade: degraded, clean, record): name the one in progress.
         err_console.print(f"interrupted: {done} of {len(files)} input(s) done, their outputs "
-                          f"in {output}/ (every file there is whole: each is written under a "
-                          "temporary name, then renamed)", highlight=False, soft_wrap=True)
+                          f"in {output}/", highlight=False, soft_wrap=True)
+        if current is not None:
+            err_console.print(f"  {current} was in progress: some of its outputs may be "
+                              "written and others not (run it again with --overwrite)",
+                              highlight=False, soft_wrap=True)
+        if failures:
+            err_console.print(f"[yellow]{len(failures)} input(s) failed before:[/yellow]")
+        for line in failures:
+            err_console.print(f"  {escape(_for_the_cli(line))}", highlight=False,
+                              soft_wrap=True)
         raise typer.Exit(130) from None
     note_not_images(not_images)
     return done, failures
@@ -371,7 +384,8 @@ def degrade(
     * `medenhance degrade --list-presets`
     * `medenhance degrade scans/ -o pairs --pipeline mine.yaml`, with `mine.yaml` a list of steps,
     each an `op`, its `params` (a value or a range: `{uniform: [a, b]}`, `loguniform`, `int`,
-    `choice`) and optionally `p`, the chance it applies; noise sigmas on the [0, 1] scale:
+    `choice`) and optionally `p`, the chance it applies; the sigma of gaussian and rician noise
+    is on the image's [0, 1] scale (25 grey levels of 255: 0.098):
 
     `[{op: gaussian, params: {sigma: {uniform: [0.02, 0.1]}}}, {op: jpeg, params: {quality:
     60}, p: 0.5}]`
@@ -662,7 +676,8 @@ def prepare(
                           f"split: {_count(sum(patients.values()), 'patient is', 'patients are')} "
                           "too few for these fractions (training needs train and val images)",
                           highlight=False)
-    report_failures(result.unreadable, result.files)
+    note_not_images(result.not_images)
+    report_failures(result.unreadable, result.files - len(result.not_images))
 
 
 # ------------------------------------------------------------------------------------ enhance

@@ -221,15 +221,17 @@ def run_methods(degraded_dir: str | Path, methods: Sequence[str], output_dir: st
     seconds: dict[tuple[str, str], float] = {}
     failures: list[str] = []
     files = find_images([src])
-    if not overwrite:       # an earlier run's output must not be scored as this run's: refuse now
-        for path in files:
-            rel = path.relative_to(src)
-            for folder in folders.values():
-                for target in (folder / rel, folder / (str(rel) + ".dcm")):
-                    if target.exists() or target.is_symlink():
-                        raise MedEnhanceError(f"{target}: already exists (an earlier run's "
-                                              "output; pass --overwrite to replace it, or "
-                                              "choose another -o)")
+    if not overwrite:
+        # An earlier run's output of an input of this run (by name without suffix, as outputs
+        # and references are paired) would be scored in its place, or leave both unpaired.
+        names = {str(p.relative_to(src).with_name(stem(p))) for p in files}
+        for folder in folders.values():
+            earlier = find_images([folder], errors=[]) if folder.is_dir() else []
+            for old in earlier:
+                if str(old.relative_to(folder).with_name(stem(old))) in names:
+                    raise MedEnhanceError(f"{old}: already exists (an earlier run's output; "
+                                          "pass --overwrite to replace it, or choose another "
+                                          "-o)")
     for path in (progress(files) if progress else files):
         rel = path.relative_to(src)
         name = str(rel.with_name(stem(path)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -181,3 +182,10 @@ def test_init_from_a_shallower_model_grows_it(manifest: Path, tmp_path: Path) ->
         "optim.epochs": 1}), log=lambda _: None)
     assert load_model(again.best).card.arguments == card.arguments
     assert again.history[0]["val_psnr"] == pytest.approx(grown.history[0]["val_psnr"], abs=1e-3)
+    # Resumed, it keeps the arguments it started with, though the model it came from is gone.
+    shutil.rmtree(tmp_path / "grown")
+    resumed = fit(_config(manifest, tmp_path / "again", **{
+        "model.args": "{}", "model.init_from": str(tmp_path / "grown"), "optim.lr": 1e-12,
+        "optim.epochs": 2}), resume=True, log=lambda _: None)
+    assert len(resumed.history) == 2
+    assert load_model(resumed.best).card.arguments == card.arguments

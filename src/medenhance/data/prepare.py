@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..degrade.resolution import resize
-from ..errors import DatasetError, MedEnhanceError
+from ..errors import DatasetError, MedEnhanceError, NotAnImageError
 from ..image import ImageMeta, IntensityWindow, MedicalImage
 from ..io import display_frames, find_images, read_image, stem, write_image
 
@@ -97,6 +97,9 @@ class PrepareResult:
     excluded: list[dict[str, object]] = field(default_factory=list)
     #: Messages of the files that could not be read (also in ``excluded``, with the dropped).
     unreadable: list[str] = field(default_factory=list)
+    #: DICOM objects without an image (a dose report, a presentation state; also in
+    #: ``excluded``).
+    not_images: list[str] = field(default_factory=list)
     #: Files read (readable or not).
     files: int = 0
 
@@ -202,6 +205,7 @@ def prepare_dataset(sources: Iterable[str | Path], output: str | Path,
     kept: list[dict[str, object]] = []
     excluded: list[dict[str, object]] = []
     unreadable: list[str] = []
+    not_images: list[str] = []
     # Rows only: each frame is written as soon as it is ready, so memory does not grow with
     # the dataset (the output path does not depend on the split, which needs all patients).
     frames_out: list[dict[str, object]] = []
@@ -214,7 +218,8 @@ def prepare_dataset(sources: Iterable[str | Path], output: str | Path,
             image = read_image(path)
         except MedEnhanceError as exc:
             excluded.append({"source": str(path), "frame": "", "reason": str(exc)})
-            unreadable.append(str(exc))
+            # A dose report in a PACS export is no fault of the batch.
+            (not_images if isinstance(exc, NotAnImageError) else unreadable).append(str(exc))
             continue
         pid = _patient_id(path, image, opts, table)
         frames = display_frames(image)
@@ -267,7 +272,7 @@ def prepare_dataset(sources: Iterable[str | Path], output: str | Path,
     _write_rows(manifest, kept, list(kept[0]))
     _write_rows(out / "excluded.csv", excluded, ["source", "frame", "reason"])
     return PrepareResult(manifest=manifest, kept=kept, excluded=excluded, unreadable=unreadable,
-                         files=len(files))
+                         not_images=not_images, files=len(files))
 
 
 def _write_rows(path: Path, rows: list[dict[str, object]], columns: list[str]) -> None:

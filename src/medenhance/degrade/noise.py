@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 from skimage.restoration import estimate_sigma
 
+from ..errors import DegradationError
 from ._frames import as_float, check
 
 #: Said when a noise sigma is out of range: a sigma in grey levels (30) turned half of an image
@@ -117,7 +118,13 @@ def low_field(x: np.ndarray, *, field_from: float = 3.0, field_to: float = 1.5,
     s0 = estimate_noise_sigma(arr) if source_sigma is None else check("source_sigma",
                                                                         source_sigma, 0.0)
     target = s0 * (field_from / field_to) ** snr_exponent
-    return rician(arr, sigma=float(np.sqrt(max(target**2 - s0**2, 0.0))), rng=rng)
+    added = float(np.sqrt(max(target**2 - s0**2, 0.0)))
+    if added > 1.0:      # said in the user's own parameters, not as rician's sigma
+        raise DegradationError(f"field_from {field_from:g} T -> field_to {field_to:g} T "
+                               f"multiplies the noise (sigma {s0:.3g}) by "
+                               f"{target / s0 if s0 else float('inf'):.3g}: more noise than "
+                               "the image's whole range")
+    return rician(arr, sigma=added, rng=rng)
 
 
 __all__ = ["estimate_noise_sigma", "gaussian", "low_field", "poisson_gaussian",

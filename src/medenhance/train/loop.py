@@ -168,15 +168,22 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: Progress | None 
         ``config`` in the model or the data.
     """
     config.validate()
-    if config.model.init_from and not config.model.args:
-        # Fine-tuning a model as it is: a config that names no arguments takes the given
-        # model's (a bundled denoiser grown to 8 middle convolutions is not the default 4).
-        card_path = resolve_model(config.model.init_from).with_suffix(".json")
-        source = ModelCard.from_json(card_path.read_text(), str(card_path))
-        if source.architecture == config.model.name:
-            config.model.args = dict(source.arguments)
     run = config.run_dir
     last = run / "last.pt"
+    if config.model.init_from and not config.model.args:
+        # Fine-tuning a model as it is: a config that names no arguments takes the given
+        # model's (a bundled denoiser grown to 8 middle convolutions is not the default 4). A
+        # resumed run takes what it started with: the given model may have moved or changed.
+        if resume and last.exists():
+            saved = config_from_dict(torch.load(last, map_location="cpu",
+                                                weights_only=True)["config"]).model
+            if (saved.name, saved.init_from) == (config.model.name, config.model.init_from):
+                config.model.args = dict(saved.args)
+        else:
+            card_path = resolve_model(config.model.init_from).with_suffix(".json")
+            source = ModelCard.from_json(card_path.read_text(), str(card_path))
+            if source.architecture == config.model.name:
+                config.model.args = dict(source.arguments)
     if resume and not last.exists():
         raise ConfigError(f"{run}: nothing to resume (no last.pt)")
     if last.exists() and not resume and not overwrite:
