@@ -137,6 +137,13 @@ def note_repeats(repeats: list[str]) -> None:
                           soft_wrap=True)
 
 
+def warn_calibration(model: str, warning: str | None) -> None:
+    """Repeat, wherever a triage model is used, what its training said of its calibration."""
+    if warning:
+        err_console.print(f"[yellow]warning:[/yellow] model {model}: {escape(warning)}",
+                          highlight=False, soft_wrap=True)
+
+
 def warn_population(shifted: float | None) -> None:
     """Warn when a batch as a whole lies beyond the validation studies' distances
     (:func:`.triage.score.population_shift`)."""
@@ -1060,6 +1067,9 @@ def triage(
                                               not_images=not_images, same_picture=same_picture))
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted while scoring: no worklist written (it is written once every "
+                   "study is scored)", code=130) from None
 
     pictures: dict[str, list[str]] = {}     # the first file of a picture -> all its files
     for copy, first in same_picture.items():
@@ -1126,6 +1136,7 @@ def triage(
                           f"not look like the {scorer.model.card.modality} images the model was "
                           f"trained on{of_other}; {their} not reliable", highlight=False)
     warn_population(population_shift(results, scorer.info))
+    warn_calibration(scorer.model.card.name, scorer.calibration_warning)
     if heatmaps is not None:
         from .triage.heatmap import write_heatmaps
 
@@ -1190,6 +1201,7 @@ def evaluate_triage(
     `medenhance prepare`)
     """
     from .triage.evaluate import evaluate_triage_folder
+    from .triage.metrics import ARRIVAL_ORDERS
 
     try:
         result = evaluate_triage_folder(folder, model, output, normal_labels=normal,
@@ -1199,6 +1211,9 @@ def evaluate_triage(
                                         split=split, overwrite=overwrite)
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise fail(f"interrupted: {output}/ holds no new evaluation (its files are written "
+                   "once every study is scored)", code=130) from None
     part = f", its {result['split']} split" if result["split"] else ""
     table = Table("metric", "value", "95 % CI", title=f"{result['model']} on {folder}{part} "
                   f"({result['n_abnormal']} abnormal, {result['n_normal']} normal)")
@@ -1206,14 +1221,28 @@ def evaluate_triage(
         lo, hi = result[f"{key}_ci"]
         table.add_row(key, f"{result[key]:.4f}", f"[{lo:.4f}, {hi:.4f}]")
     console.print(table)
+    if result["auroc_ci"][1] < 0.5:
+        err_console.print(f"[yellow]warning:[/yellow] AUROC {result['auroc']:.3f}: the model "
+                          "ranks the normal studies above the abnormal ones; are the labels the "
+                          "right way round (--normal names the normal labels)?", highlight=False,
+                          soft_wrap=True)
     target = float(result.get("target_sensitivity") or 0.95)
-    if result["specificity"] < 0.05 or result["sensitivity"] < target - 0.10:
+    validation = result.get("validation") or {}
+    # Worse than on validation beyond chance: the interval lies below the validation value,
+    # less 0.05 for that value's own uncertainty (a few hundred studies; the card does not keep
+    # their counts, so no test of two proportions).
+    worse = [f"{key} {result[key]:.3f} [{result[f'{key}_ci'][0]:.3f}, "
+             f"{result[f'{key}_ci'][1]:.3f}] against {validation[key]:.3f} on validation"
+             for key in ("sensitivity", "specificity")
+             if isinstance(validation.get(key), (int, float))
+             and result[f"{key}_ci"][1] < validation[key] - 0.05]
+    if worse or result["specificity"] < 0.05 or result["sensitivity"] < target - 0.10:
         err_console.print(
             f"[yellow]warning:[/yellow] at the stored threshold {result['threshold']:.3f}, "
-            f"sensitivity {result['sensitivity']:.3f} and specificity "
-            f"{result['specificity']:.3f}: the operating point chosen on validation (for "
-            f"{target:.0%} sensitivity) does not hold on these studies", highlight=False,
-            soft_wrap=True)
+            + ("; ".join(worse) if worse else f"sensitivity {result['sensitivity']:.3f} and "
+               f"specificity {result['specificity']:.3f}")
+            + f": the operating point chosen on validation (for {target:.0%} sensitivity) "
+            "does not hold on these studies", highlight=False, soft_wrap=True)
     if result.get("overlap"):
         err_console.print(f"[yellow]warning:[/yellow] {escape(result['overlap'])}: these numbers "
                           "are optimistic; evaluate on images the model never saw",
@@ -1239,13 +1268,15 @@ def evaluate_triage(
                           "scores of them, and the metrics as far as they count them, may not "
                           "hold", highlight=False, soft_wrap=True)
     warn_population(result["population_shift"])
+    warn_calibration(result["model"], result.get("calibration_warning"))
     if outside := result.get("unlabelled"):
         err_console.print(f"note: {len(outside)} image(s) lie outside the label sub-folders and "
                           f"were not evaluated, e.g. {escape(outside[0])}", highlight=False,
                           soft_wrap=True)
     w = result["waits"]
     console.print(f"abnormal studies wait {w['arrival_mean']:.0f} min on average "
-                  f"(90th percentile {w['arrival_p90']:.0f}) in arrival order, "
+                  f"(90th percentile {w['arrival_p90']:.0f}) in arrival order (random: "
+                  f"averaged over {ARRIVAL_ORDERS} orders), "
                   f"{w['triage_mean']:.0f} min (90th percentile {w['triage_p90']:.0f}) in score "
                   f"order; {result['ood']} image(s) out of distribution. Written: "
                   f"{output}/scores.csv, {output}/roc.png, {output}/scores.png, "

@@ -58,6 +58,13 @@ def test_worklist_perfect_scores_read_abnormal_first() -> None:
     w = worklist_waits(y, y.astype(float), minutes_per_study=5)
     assert w.triage_mean == pytest.approx(np.mean(np.arange(5) * 5))
     assert w.arrival_mean > w.triage_mean
+    # Arrival order is random: on average a study waits for half of the others.
+    assert w.arrival_mean == pytest.approx((y.size - 1) / 2 * 5, rel=0.05)
+    # A score that tells nothing (all equal) reads in arrival order, whatever order the
+    # studies were listed in (abnormal ones first, as label folders sorted may list them).
+    flat = worklist_waits(y[::-1], np.zeros(y.size), minutes_per_study=5)
+    assert flat.triage_mean == pytest.approx(flat.arrival_mean)
+    assert flat.triage_mean == pytest.approx((y.size - 1) / 2 * 5, rel=0.05)
 
 
 def test_nt_xent_matches_its_definition() -> None:
@@ -82,8 +89,8 @@ def test_nt_xent_matches_its_definition() -> None:
 
 def test_temperature_of_uninformative_logits_is_at_the_limit_training_warns_about() -> None:
     """Logits unrelated to the labels are best calibrated by flattening them completely: the
-    search ends at its upper bound, where `train-triage` warns that the classifier barely
-    separates the classes."""
+    search ends at its upper bound, where `train-triage` warns that the scores all lie close to
+    one value."""
     from medenhance.triage.metrics import LOG_TEMPERATURE_BOUNDS, fit_temperature
     from medenhance.triage.train import temperature_warning
 

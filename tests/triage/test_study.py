@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
+from scipy.special import logit
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -58,9 +59,9 @@ class _MeanScorer(TriageScorer):
         self.model = SimpleNamespace(card=ModelCard("mean", "none", task="triage"))
         self.domain = None
 
-    def score_frames(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        dark = 1.0 - frames[:, 12:20, 12:20].mean(axis=(1, 2))
-        return dark, np.where(frames.max(axis=(1, 2)) < 0.2, 9.0, 1.0)
+    def score_logits(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        dark = 1.0 - frames[:, 12:20, 12:20].mean(axis=(1, 2), dtype=np.float64)
+        return logit(dark), np.where(frames.max(axis=(1, 2)) < 0.2, 9.0, 1.0)
 
 
 def test_a_volume_scores_by_its_most_abnormal_slice_with_anatomy(tmp_path: Path) -> None:
@@ -333,9 +334,9 @@ def test_one_picture_gets_one_score_whichever_batch_it_is_scored_in(tmp_path: Pa
     calls: list[int] = []
 
     class BatchSensitive(_MeanScorer):
-        def score_frames(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        def score_logits(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             calls.append(len(frames))
-            dark, dist = super().score_frames(frames)
+            dark, dist = super().score_logits(frames)
             return dark + 1e-5 * len(frames), dist      # as a batch's size moves float32 sums
 
     results = BatchSensitive().score_files(paths, batch=3)

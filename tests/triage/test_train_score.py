@@ -148,10 +148,34 @@ def test_supervised_triage_end_to_end(folders: Path, tmp_path: Path, monkeypatch
     linked = runner.invoke(app, ["evaluate-triage", str(links), "-m", "tiny-supervised",
                                  "-o", str(tmp_path / "ev"), "--bootstrap", "100", "--overwrite"])
     assert linked.exit_code == 0, linked.output
-    assert (f"8 of these images are links to training or validation images of "
-            f"{folders / 'train'}, which tiny-supervised "
+    assert (f"8 of these images are (links to, or prepared from) training or validation "
+            f"images of {folders / 'train'}, which tiny-supervised "
             "was trained and calibrated on: these numbers are optimistic") in " ".join(
         linked.output.split())
+    # The card knows its training folder from anywhere, though given as a relative path.
+    from medenhance.models.card import load_model
+
+    assert load_model("tiny-supervised").card.training_data["root_resolved"] == str(
+        (folders / "train").resolve())
+    # So are copies of them, and a dataset prepared from them.
+    copied = tmp_path / "copied"
+    for label in ("NORMAL", "PNEUMONIA"):
+        (copied / label).mkdir(parents=True)
+        for source in sorted((folders / "train" / label).iterdir())[:3]:
+            (copied / label / source.name).write_bytes(source.read_bytes())
+    result = runner.invoke(app, ["evaluate-triage", str(copied), "-m", "tiny-supervised",
+                                 "-o", str(tmp_path / "ev"), "--bootstrap", "100", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert "6 of these images are copies of training or validation images of" in " ".join(
+        result.output.split())
+    prepared = tmp_path / "prepared"
+    assert runner.invoke(app, ["prepare", str(links), "-o", str(prepared), "--split",
+                               "0,0,1", "--min-foreground", "0"]).exit_code == 0
+    result = runner.invoke(app, ["evaluate-triage", str(prepared), "-m", "tiny-supervised",
+                                 "-o", str(tmp_path / "ev"), "--bootstrap", "100", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert "8 of these images are (links to, or prepared from) training" in " ".join(
+        result.output.split())
 
 
 @pytest.mark.parametrize("method", ["synthetic", "transforms", "contrastive"])
@@ -1116,7 +1140,7 @@ def test_links_into_a_prepared_datasets_test_split_are_not_training_images(tmp_p
         for label in ("NORMAL", "PNEUMONIA"):
             image = prepared / split / label / f"{split}_{label}.png"
             image.parent.mkdir(parents=True)
-            image.write_bytes(b"not read here")
+            image.write_bytes(f"{split} {label}: not read here".encode())
             rows.append(f"{image.relative_to(prepared)},{label},{split}")
     (prepared / "manifest.csv").write_text("\n".join(rows) + "\n")
     card = SimpleNamespace(name="m", training_data={"root": str(prepared)})
@@ -1126,8 +1150,19 @@ def test_links_into_a_prepared_datasets_test_split_are_not_training_images(tmp_p
         (links / f"{split}.png").symlink_to(prepared / split / "NORMAL" / f"{split}_NORMAL.png")
     assert training_overlap(card, links, None, [links / "test.png"]) is None
     assert training_overlap(card, links, None, [links / "test.png", links / "train.png"]) == (
-        f"1 of these images is a link to training or validation images of {prepared}, which m "
-        "was trained and calibrated on")
+        f"1 of these images is (links to, or prepared from) training or validation images of "
+        f"{prepared}, which m was trained and calibrated on")
+    # The files its train and val images were prepared from are training images too.
+    (tmp_path / "raw").mkdir()
+    for split in ("train", "test"):
+        (tmp_path / "raw" / f"{split}.png").write_bytes(f"{split} raw".encode())
+    (prepared / "manifest.csv").write_text("\n".join(
+        [rows[0] + ",source"] + [f"{r},{tmp_path / 'raw' / (r.split(',')[2] + '.png')}"
+                                 for r in rows[1:] if r.split(",")[2] in ("train", "test")])
+        + "\n")
+    assert training_overlap(card, tmp_path / "raw", None, [tmp_path / "raw" / "test.png"]) is None
+    assert "1 of these images is (links to, or prepared from)" in training_overlap(
+        card, tmp_path / "raw", None, [tmp_path / "raw" / "train.png"])
 
 
 def test_evaluate_triage_counts_a_copied_image_once_and_leaves_out_contradicting_labels(
@@ -1298,3 +1333,133 @@ def test_evaluate_triage_knows_a_picture_by_its_grey_levels_not_its_bytes(
     assert (result["n_normal"], result["n_abnormal"]) == (3, 4)
     assert result["conflicts"] == [f"{first} and {data / 'PNEUMONIA' / 'deeper.png'}: the same "
                                    "image, labelled NORMAL and PNEUMONIA"]
+
+
+def test_evaluate_triage_warns_when_the_operating_point_is_worse_than_on_validation(
+        shared: Path, tmp_path: Path) -> None:
+    """Specificity 0.20 against 0.80 on validation passed without a word: the warning asked for
+    a specificity under 0.05 or a sensitivity 0.10 under target."""
+    import shutil
+
+    from medenhance.models.card import bundled_dir
+
+    data = tmp_path / "data"
+    for label, n in (("NORMAL", 40), ("PNEUMONIA", 10)):
+        (data / label).mkdir(parents=True)
+        for src in sorted((shared / "xray-chest-kermany-224" / "test" / label).iterdir())[:n]:
+            (data / label / src.name).symlink_to(src)
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate-triage", str(data), "-m", "xray-triage", "-o",
+                                 str(tmp_path / "ev"), "--bootstrap", "100"])
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, said
+    assert summary["validation"]["specificity"] - 0.05 > summary["specificity_ci"][1]
+    assert (f"specificity {summary['specificity']:.3f} [{summary['specificity_ci'][0]:.3f}, "
+            f"{summary['specificity_ci'][1]:.3f}] against "
+            f"{summary['validation']['specificity']:.3f} on validation") in said
+    assert "does not hold on these studies" in said
+    # The same model, said to have done no better on validation: no warning.
+    for suffix in (".safetensors", ".json"):
+        shutil.copyfile(bundled_dir() / f"xray-triage{suffix}", tmp_path / f"m{suffix}")
+    card = json.loads((tmp_path / "m.json").read_text())
+    card["metrics"]["val_specificity"] = summary["specificity"]
+    (tmp_path / "m.json").write_text(json.dumps(card))
+    modest = runner.invoke(app, ["evaluate-triage", str(data), "-m",
+                                 str(tmp_path / "m.safetensors"), "-o", str(tmp_path / "ev2"),
+                                 "--bootstrap", "100"])
+    assert modest.exit_code == 0 and "does not hold" not in modest.output
+    assert "right way round" not in modest.output
+    # The labels the wrong way round: said so.
+    swapped = runner.invoke(app, ["evaluate-triage", str(data), "-m", "xray-pneumonia",
+                                  "--normal", "PNEUMONIA", "-o", str(tmp_path / "ev3"),
+                                  "--bootstrap", "100"])
+    assert swapped.exit_code == 0 and "are the labels the right way round" in " ".join(
+        swapped.output.split())
+
+
+@pytest.mark.parametrize("change,said", [
+    ({"threshold": "high"}, "threshold 'high' is not a score from 0 to 1"),
+    ({"threshold": 1.5}, "threshold 1.5 is not a score from 0 to 1"),
+    ({"platt": None}, "platt None is not two numbers"),
+    ({"kind": "magic"}, "kind 'magic' is neither supervised nor oneclass"),
+    ({"ood_distance": None}, "ood_distance None is not a number"),
+])
+def test_a_hand_edited_triage_card_is_refused_in_one_line(tmp_path: Path, change: dict,
+                                                          said: str) -> None:
+    """A threshold of "high" or a card without platt failed with a 60-line traceback; a
+    threshold of 1.5 flagged nothing without a word."""
+    import shutil
+
+    from medenhance.models.card import bundled_dir
+
+    for suffix in (".safetensors", ".json"):
+        shutil.copyfile(bundled_dir() / f"xray-triage{suffix}", tmp_path / f"m{suffix}")
+    card = json.loads((tmp_path / "m.json").read_text())
+    card["extra"]["triage"].update(change)
+    (tmp_path / "m.json").write_text(json.dumps(card))
+    image = Path(__file__).parents[2] / "samples" / "xray_chest_nih_00009128_000.png"
+    result = CliRunner().invoke(app, ["triage", str(image), "-m", str(tmp_path / "m.safetensors"),
+                                      "-o", str(tmp_path / "w.csv")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert said in " ".join(result.output.split())
+    assert not (tmp_path / "w.csv").exists()
+
+
+def test_an_interrupted_triage_says_nothing_was_written(tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C in `triage` and `evaluate-triage` exited 130 without a word."""
+    from medenhance.triage import evaluate as evaluating
+    from medenhance.triage.score import TriageScorer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TriageScorer, "score_files", interrupted)
+    monkeypatch.setattr(evaluating, "evaluate_triage_folder", interrupted)
+    samples = Path(__file__).parents[2] / "samples"
+    (tmp_path / "w.csv").write_text("an earlier worklist")
+    result = CliRunner().invoke(app, ["triage", str(samples), "-m", "xray-triage", "-o",
+                                      str(tmp_path / "w.csv"), "--overwrite"])
+    assert result.exit_code == 130 and "no worklist written" in result.output
+    assert (tmp_path / "w.csv").read_text() == "an earlier worklist"
+    (tmp_path / "d" / "NORMAL").mkdir(parents=True)
+    result = CliRunner().invoke(app, ["evaluate-triage", str(tmp_path / "d"), "-m",
+                                      "xray-triage", "-o", str(tmp_path / "ev")])
+    assert result.exit_code == 130 and "holds no new evaluation" in result.output
+
+
+def test_a_flat_calibration_is_repeated_wherever_the_model_is_used(tmp_path: Path) -> None:
+    """train-triage warned that a classifier's calibration hit its limit (every score about
+    0.502), but triage and evaluate-triage listed the scores without a word."""
+    import shutil
+
+    from medenhance.models.card import bundled_dir
+    from medenhance.triage.metrics import LOG_TEMPERATURE_BOUNDS
+
+    for suffix in (".safetensors", ".json"):
+        shutil.copyfile(bundled_dir() / f"xray-pneumonia{suffix}", tmp_path / f"m{suffix}")
+    card = json.loads((tmp_path / "m.json").read_text())
+    card["extra"]["triage"]["temperature"] = float(np.exp(LOG_TEMPERATURE_BOUNDS[1]))
+    (tmp_path / "m.json").write_text(json.dumps(card))
+    samples = Path(__file__).parents[2] / "samples"
+    said = "warning: model xray-pneumonia: the calibration temperature hit its upper limit"
+    flat = CliRunner().invoke(app, ["triage", str(samples), "-m", str(tmp_path / "m.safetensors"),
+                                    "-o", str(tmp_path / "w.csv")])
+    assert flat.exit_code == 0 and said in " ".join(flat.output.split())
+    usual = CliRunner().invoke(app, ["triage", str(samples), "-m", "xray-pneumonia", "-o",
+                                     str(tmp_path / "w2.csv")])
+    assert usual.exit_code == 0 and "calibration temperature" not in usual.output
+
+
+def test_train_triage_says_a_missing_data_folder_before_it_starts(tmp_path: Path) -> None:
+    config = Path(__file__).parents[2] / "configs" / "xray-triage.yaml"
+    result = CliRunner().invoke(app, ["train-triage", "-c", str(config), "--set",
+                                      f"data={tmp_path / 'nowhere'}", "--set",
+                                      f"output_dir={tmp_path / 'run'}", "--set", "register=false"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and f"data {tmp_path / 'nowhere'}: no such folder or file" in said
+    assert "training" not in said and not (tmp_path / "run").exists()
+    fraction = CliRunner().invoke(app, ["train-triage", "-c", str(config), "--set",
+                                        "val_fraction=1.5"])
+    assert fraction.exit_code == 1 and "val_fraction must be in (0, 1), got 1.5" in " ".join(
+        fraction.output.split())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DatasetError
+from ..errors import DatasetError, MedEnhanceError
 from .data import labelled_files, manifest_of
 from .metrics import (auprc, auroc, bootstrap_ci, roc_curve, sens_spec, wilson_ci,
                       worklist_waits)
@@ -122,6 +123,8 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
                            f"of which {'all' if labels.all() else 'none'} are abnormal (normal: "
                            f"{sorted(normal)}; --normal names other normal labels)")
     scores = np.array([r.score for r in results])
+    # Ranks by logit: a steep calibration rounds scores to 1.0, and ties would cost AUROC.
+    ranking = np.array([r.rank_key for r in results])
     t = scorer.threshold
 
     def sens(y: np.ndarray, s: np.ndarray) -> float:
@@ -136,22 +139,27 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
                               "split": split,
                               "threshold": t, "n_normal": int((labels == 0).sum()),
                               "target_sensitivity": scorer.info.get("target_sensitivity"),
+                              # What the operating point gave on the validation split.
+                              "validation": {k: scorer.model.card.metrics.get(f"val_{k}")
+                                             for k in ("sensitivity", "specificity")},
                               "n_abnormal": int(labels.sum()),
                               "ood": int(sum(r.ood for r in results)), "note": NOTE,
                               "failures": failures, "repeats": repeats,
                               "conflicts": conflicts,
                               "population_shift": population_shift(results, scorer.info),
+                              "calibration_warning": scorer.calibration_warning,
                               "unlabelled": [str(f) for f in unlabelled]}
     flagged = scores >= t
     counts = {"sensitivity": (int(flagged[labels == 1].sum()), int((labels == 1).sum())),
               "specificity": (int((~flagged[labels == 0]).sum()), int((labels == 0).sum())),
               "accuracy": (int((flagged == (labels == 1)).sum()), len(labels))}
     for name, fn in stats.items():
-        result[name] = float(fn(labels, scores))
+        given = scores if name in counts else ranking
+        result[name] = float(fn(labels, given))
         # Proportions at the fixed threshold: Wilson intervals; rank measures: bootstrap.
         result[f"{name}_ci"] = list(wilson_ci(*counts[name]) if name in counts else
-                                    bootstrap_ci(labels, scores, fn, n=n_bootstrap))
-    waits = worklist_waits(labels, scores, minutes_per_study=minutes_per_study)
+                                    bootstrap_ci(labels, given, fn, n=n_bootstrap))
+    waits = worklist_waits(labels, ranking, minutes_per_study=minutes_per_study)
     result["waits"] = vars(waits)
     result["minutes_per_study"] = minutes_per_study
     if shifts:
@@ -180,8 +188,8 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
                         f"{r.distance:.3f}",
                         "" if np.isnan(r.domain_distance) else f"{r.domain_distance:.3f}",
                         CSV_NOTE])
-    (out / "summary.json").write_text(json.dumps(result, indent=2))
-    _plot_roc(labels, scores, t, result, out / "roc.png")
+    (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    _plot_roc(labels, scores, t, result, out / "roc.png", ranking)
     _plot_scores(labels, scores, t, result, out / "scores.png")
     if shifts:
         _plot_robustness(result, out / "robustness.png")
@@ -199,7 +207,10 @@ def training_overlap(card: Any, base: Path, split: str | None,
     data = card.training_data or {}
     here = base.resolve()
     repo = Path(__file__).resolve().parents[3]       # bundled cards name ../shared/... from there
-    for root in {*(data.get("sources") or []), data.get("root")} - {None, ""}:
+    # The evaluated images and, for a prepared dataset, the files they were prepared from.
+    evaluated = {f.resolve() for f in files} | _sources(base, [split] if split else None)
+    roots = {*(data.get("sources") or []), data.get("root"), data.get("root_resolved")}
+    for root in sorted(roots - {None, ""}):
         given = Path(root)
         for place in ([given] if given.is_absolute() else [Path.cwd() / given, repo / given]):
             if not place.exists():
@@ -212,24 +223,81 @@ def training_overlap(card: Any, base: Path, split: str | None,
             elif place == here or place in here.parents or here in place.parents:
                 return f"{card.name} was trained and calibrated on {root}, which holds these images"
             seen = _training_files(place)
-            linked = sum(f.resolve() in seen if seen is not None else
-                         f.resolve().is_relative_to(place) for f in files)
+            linked = sum(f in seen if seen is not None else f.is_relative_to(place)
+                         for f in evaluated)
             if linked:
-                return (f"{linked} of these images {'is a link' if linked == 1 else 'are links'} "
-                        f"to training or validation images of {root}, which {card.name} was "
+                return (f"{linked} of these images {'is' if linked == 1 else 'are'} (links to, "
+                        f"or prepared from) training or validation images of {root}, which "
+                        f"{card.name} was trained and calibrated on")
+            copied = _byte_copies(evaluated, seen if seen is not None else place)
+            if copied:
+                return (f"{copied} of these images {'is a copy' if copied == 1 else 'are copies'}"
+                        f" of training or validation images of {root}, which {card.name} was "
                         "trained and calibrated on")
     return None
 
 
+def _sources(place: Path, splits: Sequence[str] | None) -> set[Path]:
+    """The files a prepared dataset's ``splits`` rows were prepared from (its manifest's
+    ``source`` column), resolved; empty for a folder of label sub-folders."""
+    manifest = manifest_of(place)
+    if manifest is None:
+        return set()
+    from ..data.prepare import read_manifest
+
+    found = set()
+    for row in read_manifest(manifest):
+        if row.get("source") and (splits is None or row.get("split") in splits):
+            source = Path(row["source"])      # as given to `prepare`: maybe relative to it
+            for candidate in ([source] if source.is_absolute() else
+                              [Path.cwd() / source, manifest.parent / source]):
+                if candidate.exists():
+                    found.add(candidate.resolve())
+                    break
+    return found
+
+
 def _training_files(place: Path) -> set[Path] | None:
     """The train and val images of a prepared dataset (its test split was not seen in
-    training), resolved; None for a folder of label sub-folders, which was used whole."""
+    training) and the files they were prepared from, resolved; None for a folder of label
+    sub-folders, which was used whole."""
     if manifest_of(place) is None:
         return None
     try:
-        return {f.path.resolve() for f in labelled_files(place, ("train", "val"))}
+        return {f.path.resolve() for f in labelled_files(place, ("train", "val"))} | \
+            _sources(place, ("train", "val"))
     except DatasetError:
         return set()
+
+
+def _byte_copies(evaluated: set[Path], training: set[Path] | Path) -> int:
+    """How many ``evaluated`` files are byte for byte a training file (``training``: the files,
+    or a folder used whole) without being one: a copy made with `cp`. Sizes first, so only files
+    of a training file's size are read."""
+    from ..io import find_images
+
+    try:
+        known = training if isinstance(training, set) else \
+            {f.resolve() for f in find_images([training])}
+    except MedEnhanceError:
+        return 0
+    by_size: dict[int, list[Path]] = {}
+    for f in known:
+        if f.is_file():
+            by_size.setdefault(f.stat().st_size, []).append(f)
+    digests: dict[Path, str] = {}
+
+    def digest(f: Path) -> str:
+        if f not in digests:
+            digests[f] = hashlib.sha1(f.read_bytes()).hexdigest()
+        return digests[f]
+
+    copies = 0
+    for f in evaluated - known:
+        same_size = by_size.get(f.stat().st_size, []) if f.is_file() else []
+        if same_size and digest(f) in {digest(g) for g in same_size}:
+            copies += 1
+    return copies
 
 
 def _plot_robustness(result: dict, path: Path) -> None:
@@ -286,12 +354,13 @@ def _plot_scores(labels: np.ndarray, scores: np.ndarray, threshold: float, resul
 
 
 def _plot_roc(labels: np.ndarray, scores: np.ndarray, threshold: float, result: dict,
-              path: Path) -> None:
+              path: Path, ranking: np.ndarray) -> None:
+    """The ROC curve of ``ranking`` (the logits), and the operating point of ``scores``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fpr, tpr, _ = roc_curve(labels, scores)
+    fpr, tpr, _ = roc_curve(labels, ranking)
     fig, ax = plt.subplots(figsize=(4.2, 4.2))
     ax.plot(fpr, tpr, label=f"AUROC {result['auroc']:.3f}")
     ax.plot([0, 1], [0, 1], ls=":", c="grey")

@@ -10,6 +10,7 @@ score is not to be trusted and the study should be read as if flagged.
 from __future__ import annotations
 
 import hashlib
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,15 @@ class TriageResult:
     #: ``HxW`` of its frames (each size once, comma-separated) when every file of the study is
     #: too small for the model (:func:`.data.too_small`; the study is then out of distribution).
     too_small: str = ""
+    #: ``score`` as a logit (``score = expit(logit)``): it ranks studies whose scores round to
+    #: 1.0 (None where not known).
+    logit: float | None = None
+
+    @property
+    def rank_key(self) -> float:
+        """What ranks the study: its logit, else its score (a logit of a score of 1.0 is
+        infinite, and so would tie)."""
+        return self.score if self.logit is None else self.logit
 
     def reading_note(self, trained_on: str) -> str:
         """What the worklist says of the study, for a model trained on modality ``trained_on``:
@@ -73,6 +83,36 @@ class TriageResult:
         if self.ood:
             return "out of distribution: read as flagged"
         return "likely abnormal" if self.flag else ""
+
+
+def _check_settings(info: dict, source: str) -> None:
+    """Refuse, in one line, a card's triage settings that would score nothing sensible (a
+    hand-edited card, or one of another version): they failed with a traceback, or (a threshold
+    of 1.5) flagged nothing without a word."""
+    def number(value: object) -> bool:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) \
+            and bool(np.isfinite(value))
+
+    problems = []
+    if info.get("kind") not in ("supervised", "oneclass"):
+        problems.append(f"kind {info.get('kind')!r} is neither supervised nor oneclass")
+    if not number(info.get("threshold")) or not 0 <= info["threshold"] <= 1:
+        problems.append(f"threshold {info.get('threshold')!r} is not a score from 0 to 1")
+    size = info.get("size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+        problems.append(f"size {size!r} is not a number of pixels")
+    if not number(info.get("ood_distance")):
+        problems.append(f"ood_distance {info.get('ood_distance')!r} is not a number")
+    if info.get("kind") == "supervised" and not (number(info.get("temperature"))
+                                                 and info["temperature"] > 0):
+        problems.append(f"temperature {info.get('temperature')!r} is not a positive number")
+    platt = info.get("platt")
+    if info.get("kind") == "oneclass" and not (isinstance(platt, list) and len(platt) == 2
+                                               and all(number(v) for v in platt)):
+        problems.append(f"platt {platt!r} is not two numbers")
+    if problems:
+        raise ConfigError(f"{source}: its card's triage settings cannot be used: "
+                          + "; ".join(problems))
 
 
 class TriageScorer:
@@ -100,15 +140,34 @@ class TriageScorer:
         if isinstance(side, bool) or not isinstance(side, int) or side < 1:
             raise ConfigError(f"{self.model.path}: smallest_side {side!r} in its card is not a "
                               "number of pixels")
+        _check_settings(self.info, str(self.model.path))
 
     @property
     def threshold(self) -> float:
         return float(self.info["threshold"])
 
-    @torch.no_grad()
+    @property
+    def calibration_warning(self) -> str | None:
+        """What training warned of a classifier's calibration (its temperature at a limit of
+        the search: scores all close to one value, or pushed to 0 and 1), or None."""
+        if self.info.get("kind") != "supervised":
+            return None
+        from .train import temperature_warning
+
+        said = temperature_warning(float(self.info["temperature"]))
+        return None if said is None else said.removeprefix("warning: ")
+
     def score_frames(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated scores and feature distances of ``(N, size, size)`` network inputs
         (frames as read after :func:`.data.model_inputs`)."""
+        logits, dist = self.score_logits(frames)
+        return expit(logits), dist
+
+    @torch.no_grad()
+    def score_logits(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The calibrated scores as logits (``score = expit(logit)``), and the feature
+        distances: a steep calibration rounds many scores to exactly 1.0 in float64, and a
+        worklist or an AUROC must still rank them."""
         net = self.model.network
         if not np.isfinite(frames).all():       # a NaN score would never reach the threshold
             raise InvalidImageError("frames hold NaN or infinite values; files read with "
@@ -122,17 +181,15 @@ class TriageScorer:
                 net.mahalanobis(net.density_features(x))).numpy().astype(np.float64)
         if self.info["kind"] == "supervised":
             logits = net(x).numpy().astype(np.float64)
-            prob = expit(logits / float(self.info["temperature"]))
-        else:
-            # One-class: the logit of "altered" (synthetic-anomaly training), the least familiar
-            # patch's distance to the normal patch memory, or the feature distance (averaged
-            # over the 8 views for models that learnt to tell them apart).
-            how = self.info.get("score")
-            raw = (net.patch_distance(x).numpy().astype(np.float64) if how == "patch-nn" else
-                   net.anomaly_logit(x).numpy().astype(np.float64) if how == "logit" else dist)
-            a, b = self.info["platt"]
-            prob = expit(a * (raw - b))
-        return prob, dist
+            return logits / float(self.info["temperature"]), dist
+        # One-class: the logit of "altered" (synthetic-anomaly training), the least familiar
+        # patch's distance to the normal patch memory, or the feature distance (averaged over
+        # the 8 views for models that learnt to tell them apart).
+        how = self.info.get("score")
+        raw = (net.patch_distance(x).numpy().astype(np.float64) if how == "patch-nn" else
+               net.anomaly_logit(x).numpy().astype(np.float64) if how == "logit" else dist)
+        a, b = self.info["platt"]
+        return a * (raw - b), dist
 
     @property
     def has_evidence_maps(self) -> bool:
@@ -217,15 +274,15 @@ class TriageScorer:
                     first.setdefault(d, i)
             if first:
                 fresh = inputs[list(first.values())]
-                prob, dist = self.score_frames(fresh)
+                logit, dist = self.score_logits(fresh)
                 domain = (self.domain.distances(fresh) if self.domain is not None else
                           np.full(len(fresh), np.nan))
-                for d, *values in zip(first, prob, dist, domain, strict=True):
+                for d, *values in zip(first, logit, dist, domain, strict=True):
                     scored[d] = tuple(float(v) for v in values)
             for (key, path, k, frame), d in zip(pending, digests, strict=True):
-                score, distance, domain_distance = scored[d]
-                studies[key].append(FrameScore(path, k, score, distance, thumbnail(frame),
-                                               domain_distance))
+                logit, distance, domain_distance = scored[d]
+                studies[key].append(FrameScore(path, k, float(expit(logit)), distance,
+                                               thumbnail(frame), domain_distance, logit))
             pending.clear()
 
         seen: set[Path] = set()     # places (io._files._place): two links to one file are two
@@ -305,7 +362,8 @@ class TriageScorer:
                 worst.path, worst.score, int(worst.score >= self.threshold), int(ood), distance,
                 worst.index, counted, len({f.path for f in frames}), uids[key], foreign, empty,
                 domain, tuple(dict.fromkeys(f.path for f in frames)),
-                ", ".join(dict.fromkeys(small[f.path] for f in own or frames)) if tiny else ""))
+                ", ".join(dict.fromkeys(small[f.path] for f in own or frames)) if tiny else "",
+                worst.logit))
         return results
 
 
@@ -331,4 +389,4 @@ def population_shift(results: list[TriageResult], info: dict) -> float | None:
 
 def worklist(results: list[TriageResult]) -> list[TriageResult]:
     """Most likely abnormal first; out-of-distribution studies go to the top with the flagged."""
-    return sorted(results, key=lambda r: (-max(r.flag, r.ood), -r.score, r.path))
+    return sorted(results, key=lambda r: (-max(r.flag, r.ood), -r.score, -r.rank_key, r.path))

@@ -78,12 +78,14 @@ class FrameScore:
     #: Distance of its grey levels, layout and sharpness to the training images' (:mod:`.domain`);
     #: NaN for models without that check.
     domain_distance: float = float("nan")
+    #: ``score`` as a logit, which does not round to 1.0 (None where not known).
+    logit: float | None = None
 
 
 def summarise(frames: Sequence[FrameScore]) -> tuple[FrameScore, float, float, int]:
     """``(most abnormal frame, median distance, median domain distance, frames counted)`` of
     one study."""
     kept = [frames[i] for i in frames_with_anatomy(np.stack([f.thumbnail for f in frames]))]
-    worst = max(kept, key=lambda f: f.score)
+    worst = max(kept, key=lambda f: (f.score, 0.0 if f.logit is None else f.logit))
     return (worst, float(np.median([f.distance for f in kept])),
             float(np.median([f.domain_distance for f in kept])), len(kept))

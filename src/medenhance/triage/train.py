@@ -55,7 +55,7 @@ import torch.nn.functional as F
 import yaml
 from scipy.optimize import minimize
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DatasetError
 from ..models.card import (ModelCard, check_model_name, check_registration, load_model,
                           resolve_model, save_checkpoint, user_dir)
 from ..models.classifier import all_views, transform8
@@ -194,8 +194,11 @@ class TriageConfig:
             raise ConfigError("data is not set (a folder with one sub-folder per label)")
         if self.size < 32 or self.size % 16:
             raise ConfigError(f"size must be a multiple of 16 and >= 32, got {self.size}")
-        if not 0 < self.target_sensitivity <= 1 or not 0 < self.val_fraction < 1:
-            raise ConfigError("target_sensitivity must be in (0, 1], val_fraction in (0, 1)")
+        if not 0 < self.target_sensitivity <= 1:
+            raise ConfigError(f"target_sensitivity must be in (0, 1], got "
+                              f"{self.target_sensitivity}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.val_split not in VAL_SPLITS:
             raise ConfigError(f"val_split must be random or lowest-ids, got {self.val_split!r}")
         if self.frame_range not in FRAME_RANGES:
@@ -592,8 +595,9 @@ def temperature_warning(temperature: float) -> str | None:
         return None
     if np.log(temperature) >= high - 0.01:
         return (f"warning: the calibration temperature hit its upper limit ({temperature:.3g}): "
-                "the classifier barely separates the validation classes, so its scores are all "
-                "close to one value; train longer or on more data")
+                "the classifier is confidently wrong on enough validation studies that the best "
+                "calibration flattens its outputs, so its scores all lie close to one value "
+                "(their order, which AUROC measures, is kept); train longer or on more data")
     return (f"warning: the calibration temperature hit its lower limit ({temperature:.3g}): the "
             "classifier's outputs hardly vary (too few training steps?), so its scores are "
             "pushed to 0 and 1; train longer or with a smaller batch")
@@ -646,6 +650,8 @@ def train_triage(config: TriageConfig, *, log: Callable[[str], None] = print,
     A trained model already in the run folder, or registered under the same name, is kept
     (:class:`ConfigError` before any work) unless ``overwrite``."""
     config.validate()
+    if not Path(config.data).exists():      # before "training ...", not after
+        raise DatasetError(f"data {config.data}: no such folder or file")
     run = config.run_dir
     registered = user_dir() / f"{config.name}.safetensors"
     if (run / "best.safetensors").exists() and not overwrite:
@@ -998,7 +1004,10 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
                   f"{config.size}x{config.size}"
                   + (", cropped to its content" if config.crop else "")
                   + (", histogram-equalised" if config.equalize else ""),
+        # root as given (bundled cards name ../shared/... from the repository) and resolved,
+        # so that evaluate-triage knows it from any folder.
         training_data={"root": str(config.data), "sources": [str(config.data)],
+                       "root_resolved": str(Path(config.data).resolve()),
                        "images": {"train": int(len(train.labels)), "val": int(len(val.labels))},
                        "abnormal_in_training": int(train.labels.sum()),
                        "left_out": len(data.skipped), "unreadable": len(data.failures),
