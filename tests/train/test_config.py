@@ -31,6 +31,8 @@ def test_overrides_parse_yaml_values() -> None:
     ("optim.lr=fast", "optim.lr: expected float"),
     ("optim.epochs=2.5", "optim.epochs: expected int"),
     ("lr", "expected key=value"),
+    ("model.args=blocks", r"model.args: expected dict such as \{key: value\}, got 'blocks'"),
+    ("data.degradations=gaussian-25", r"expected list such as \[a, b\]"),
 ])
 def test_bad_overrides(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

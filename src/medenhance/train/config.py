@@ -199,7 +199,10 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if base in (str, bool, dict, list) and isinstance(value, base):
             return value
     expected = " or ".join(getattr(o, "__name__", str(o)) for o in options)
-    raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+    # How to write one on the command line (`--set key=[a, b]`): "expected list" alone left
+    # users guessing.
+    example = {"list": " such as [a, b]", "dict": " such as {key: value}"}.get(expected, "")
+    raise ConfigError(f"{where}: expected {expected}{example}, got {value!r}")
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
