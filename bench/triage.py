@@ -91,7 +91,8 @@ def main() -> None:
              f"{platform.processor() or 'CPU'}, {os.cpu_count()} cores, torch {torch.__version__}."
              " Cells: value [95 % CI: bootstrap for AUROC/AUPRC, Wilson for the proportions];"
              " sensitivity/specificity/accuracy at the "
-             "threshold stored in the model card (chosen on validation for 95 % sensitivity). "
+             "threshold stored in the model card (chosen on validation for 95 % sensitivity); "
+             "waits at 5 minutes per study, averaged over 200 random arrival orders. "
              "Research use only, not for diagnosis.", "",
              "| model | test data | AUROC | AUPRC | sensitivity | specificity | accuracy | "
              "abnormal wait, arrival → score order (mean / p90 min) | target | |",
