@@ -967,6 +967,18 @@ def train_triage_cmd(
                    "saved", 130) from None
 
 
+def _validation_low(value: float, studies: int | None) -> float:
+    """The lowest a proportion measured on validation (``value`` of ``studies``) plausibly is:
+    the Wilson interval's lower end, so that a test interval below it is worse beyond chance
+    on both sides. Cards before the counts were kept: ``value`` less 0.05 (a few hundred
+    validation studies)."""
+    from .triage.metrics import wilson_ci
+
+    if not isinstance(studies, int) or studies < 1:
+        return value - 0.05
+    return wilson_ci(round(value * studies), studies)[0]
+
+
 def _worklist_path(raw: str) -> Path:
     """The worklist file that ``-o`` names: a folder (existing, or written with a trailing
     separator, as in ``-o results/``) gets ``worklist.csv``; ``-`` stands for standard output."""
@@ -1068,8 +1080,8 @@ def triage(
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
-        raise fail("interrupted while scoring: no worklist written (it is written once every "
-                   "study is scored)", code=130) from None
+        raise fail("interrupted: no worklist written (it is written once every study is "
+                   "scored)", code=130) from None
 
     pictures: dict[str, list[str]] = {}     # the first file of a picture -> all its files
     for copy, first in same_picture.items():
@@ -1212,8 +1224,9 @@ def evaluate_triage(
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
-        raise fail(f"interrupted: {output}/ holds no new evaluation (its files are written "
-                   "once every study is scored)", code=130) from None
+        raise fail(f"interrupted: the evaluation is not finished (its files in {output}/ "
+                   "are written once every study is scored; run it again, with --overwrite "
+                   "if any are there)", code=130) from None
     part = f", its {result['split']} split" if result["split"] else ""
     table = Table("metric", "value", "95 % CI", title=f"{result['model']} on {folder}{part} "
                   f"({result['n_abnormal']} abnormal, {result['n_normal']} normal)")
@@ -1228,14 +1241,12 @@ def evaluate_triage(
                           soft_wrap=True)
     target = float(result.get("target_sensitivity") or 0.95)
     validation = result.get("validation") or {}
-    # Worse than on validation beyond chance: the interval lies below the validation value,
-    # less 0.05 for that value's own uncertainty (a few hundred studies; the card does not keep
-    # their counts, so no test of two proportions).
     worse = [f"{key} {result[key]:.3f} [{result[f'{key}_ci'][0]:.3f}, "
              f"{result[f'{key}_ci'][1]:.3f}] against {validation[key]:.3f} on validation"
-             for key in ("sensitivity", "specificity")
+             for key, count in (("sensitivity", "abnormal"), ("specificity", "normal"))
              if isinstance(validation.get(key), (int, float))
-             and result[f"{key}_ci"][1] < validation[key] - 0.05]
+             and result[f"{key}_ci"][1] < _validation_low(validation[key],
+                                                         validation.get(count))]
     if worse or result["specificity"] < 0.05 or result["sensitivity"] < target - 0.10:
         err_console.print(
             f"[yellow]warning:[/yellow] at the stored threshold {result['threshold']:.3f}, "

@@ -155,8 +155,10 @@ def test_supervised_triage_end_to_end(folders: Path, tmp_path: Path, monkeypatch
     # The card knows its training folder from anywhere, though given as a relative path.
     from medenhance.models.card import load_model
 
-    assert load_model("tiny-supervised").card.training_data["root_resolved"] == str(
-        (folders / "train").resolve())
+    trained = load_model("tiny-supervised").card
+    assert trained.training_data["root_resolved"] == str((folders / "train").resolve())
+    assert trained.metrics["val_normal"] + trained.metrics["val_abnormal"] == \
+        trained.metrics["val_images"] and trained.metrics["val_abnormal"] > 0
     # So are copies of them, and a dataset prepared from them.
     copied = tmp_path / "copied"
     for label in ("NORMAL", "PNEUMONIA"):
@@ -1354,7 +1356,14 @@ def test_evaluate_triage_warns_when_the_operating_point_is_worse_than_on_validat
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     said = " ".join(result.output.split())
     assert result.exit_code == 0, said
-    assert summary["validation"]["specificity"] - 0.05 > summary["specificity_ci"][1]
+    from medenhance.cli import _validation_low
+    from medenhance.triage.metrics import wilson_ci
+
+    validation = summary["validation"]
+    assert validation["normal"] == 170          # counted in the card: Wilson on both sides
+    low = wilson_ci(round(validation["specificity"] * 170), 170)[0]
+    assert _validation_low(validation["specificity"], 170) == low > summary["specificity_ci"][1]
+    assert _validation_low(0.9, None) == pytest.approx(0.85)     # older cards: 0.05 of slack
     assert (f"specificity {summary['specificity']:.3f} [{summary['specificity_ci'][0]:.3f}, "
             f"{summary['specificity_ci'][1]:.3f}] against "
             f"{summary['validation']['specificity']:.3f} on validation") in said
@@ -1425,7 +1434,7 @@ def test_an_interrupted_triage_says_nothing_was_written(tmp_path: Path, monkeypa
     (tmp_path / "d" / "NORMAL").mkdir(parents=True)
     result = CliRunner().invoke(app, ["evaluate-triage", str(tmp_path / "d"), "-m",
                                       "xray-triage", "-o", str(tmp_path / "ev")])
-    assert result.exit_code == 130 and "holds no new evaluation" in result.output
+    assert result.exit_code == 130 and "the evaluation is not finished" in result.output
 
 
 def test_a_flat_calibration_is_repeated_wherever_the_model_is_used(tmp_path: Path) -> None:
@@ -1463,3 +1472,36 @@ def test_train_triage_says_a_missing_data_folder_before_it_starts(tmp_path: Path
                                         "val_fraction=1.5"])
     assert fraction.exit_code == 1 and "val_fraction must be in (0, 1), got 1.5" in " ".join(
         fraction.output.split())
+
+
+def test_scores_that_round_to_one_are_ranked_by_their_logits(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """A steep calibration rounded many scores to exactly 1.0: the worklist then sorted them by
+    file name, and the AUROC counted them as ties."""
+    from medenhance.triage.score import TriageScorer, worklist
+
+    def steep(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # Every score expit(40 + ...) = 1.0 in float64; the logit still tells them apart.
+        return 40.0 + 10 * frames.mean(axis=(1, 2)), np.ones(len(frames))
+
+    monkeypatch.setattr(TriageScorer, "score_logits", steep)
+    data = tmp_path / "data"
+    for label, side in (("NORMAL", 8), ("PNEUMONIA", 30)):
+        (data / label).mkdir(parents=True)
+        for i in range(5):
+            pixels = np.zeros((64, 64), np.uint16)
+            pixels[: side + 2 * i, : side + 2 * i] = 65535     # the larger, the higher
+            write_image(from_array(pixels),
+                        data / label / f"{'z' if label == 'PNEUMONIA' else 'a'}{i}.png")
+    scorer = TriageScorer("xray-triage")
+    results = worklist(scorer.score_files(sorted(data.rglob("*.png"))))
+    assert {r.score for r in results} == {1.0}
+    assert [Path(r.path).name for r in results[:5]] == [f"z{i}.png" for i in (4, 3, 2, 1, 0)]
+    from medenhance.triage.evaluate import evaluate_triage_folder
+
+    summary = evaluate_triage_folder(data, "xray-triage", tmp_path / "ev", n_bootstrap=100)
+    assert summary["auroc"] == 1.0 and summary["auprc"] == 1.0
+    assert summary["waits"]["triage_mean"] == pytest.approx(np.mean(np.arange(5)) * 5)
+    with open(tmp_path / "ev" / "scores.csv", newline="") as fh:
+        logits = {Path(row["path"]).name: float(row["logit"]) for row in csv.DictReader(fh)}
+    assert logits["z4.png"] > logits["z0.png"] > logits["a4.png"] > 40

@@ -247,7 +247,8 @@ def prepare_dataset(sources: Iterable[str | Path], output: str | Path,
             write_image(MedicalImage(frame.astype(np.float32), meta), out / rel_out,
                         overwrite=opts.overwrite)
             frames_out.append({
-                "path": rel_out.as_posix(), "source": str(path), "frame": k,
+                # Absolute (links kept): evaluate-triage follows it from any folder.
+                "path": rel_out.as_posix(), "source": str(path.absolute()), "frame": k,
                 "patient_id": pid or "", "split": "",
                 "label": rel.parent.name if rel.parent != Path(".") else "",
                 "height": frame.shape[0], "width": frame.shape[1], "foreground": round(fg, 4),

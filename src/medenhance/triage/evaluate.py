@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DatasetError, MedEnhanceError
+from ..io import read_image
 from .data import labelled_files, manifest_of
 from .metrics import (auprc, auroc, bootstrap_ci, roc_curve, sens_spec, wilson_ci,
                       worklist_waits)
@@ -141,7 +142,8 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
                               "target_sensitivity": scorer.info.get("target_sensitivity"),
                               # What the operating point gave on the validation split.
                               "validation": {k: scorer.model.card.metrics.get(f"val_{k}")
-                                             for k in ("sensitivity", "specificity")},
+                                             for k in ("sensitivity", "specificity",
+                                                       "abnormal", "normal")},
                               "n_abnormal": int(labels.sum()),
                               "ood": int(sum(r.ood for r in results)), "note": NOTE,
                               "failures": failures, "repeats": repeats,
@@ -180,12 +182,14 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
         # flagged); the metrics at the threshold count above_threshold.
         # distance: to the training images in the model's features; domain_distance: in grey
         # levels, layout and sharpness (empty for models saved without that check).
-        w.writerow(["path", "label", "score", "flag", "above_threshold", "ood", "distance",
-                    "domain_distance", "use"])
-        for r, y in zip(results, labels, strict=True):
-            # Enough digits that a score reproduces above_threshold and the metrics.
-            w.writerow([r.path, int(y), f"{r.score:.10f}", max(r.flag, r.ood), r.flag, r.ood,
-                        f"{r.distance:.3f}",
+        # logit: the score as a logit, by which AUROC, AUPRC and the waits rank (a score can
+        # round to 1.0).
+        w.writerow(["path", "label", "score", "logit", "flag", "above_threshold", "ood",
+                    "distance", "domain_distance", "use"])
+        for r, y, rank in zip(results, labels, ranking, strict=True):
+            # Enough digits that a score reproduces above_threshold, and a logit the ranking.
+            w.writerow([r.path, int(y), f"{r.score:.10f}", f"{rank:.10g}", max(r.flag, r.ood),
+                        r.flag, r.ood, f"{r.distance:.3f}",
                         "" if np.isnan(r.domain_distance) else f"{r.domain_distance:.3f}",
                         CSV_NOTE])
     (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -209,13 +213,18 @@ def training_overlap(card: Any, base: Path, split: str | None,
     repo = Path(__file__).resolve().parents[3]       # bundled cards name ../shared/... from there
     # The evaluated images and, for a prepared dataset, the files they were prepared from.
     evaluated = {f.resolve() for f in files} | _sources(base, [split] if split else None)
-    roots = {*(data.get("sources") or []), data.get("root"), data.get("root_resolved")}
-    for root in sorted(roots - {None, ""}):
+    # Where it was trained: resolved when training (cards since session 20); older and bundled
+    # cards name it as given, which is guessed from here or from the repository.
+    roots = ({data["root_resolved"]} if data.get("root_resolved") else
+             {*(data.get("sources") or []), data.get("root")}) - {None, ""}
+    checked: set[Path] = set()
+    for root in sorted(roots):
         given = Path(root)
         for place in ([given] if given.is_absolute() else [Path.cwd() / given, repo / given]):
-            if not place.exists():
+            if not place.exists() or place.resolve() in checked:
                 continue
             place = place.resolve()
+            checked.add(place)
             if split is not None:        # a prepared dataset: only its test split is unseen
                 if place == here and split in ("train", "val"):
                     return (f"the {split} split of {base} is what {card.name} was trained and "
@@ -248,9 +257,10 @@ def _sources(place: Path, splits: Sequence[str] | None) -> set[Path]:
     found = set()
     for row in read_manifest(manifest):
         if row.get("source") and (splits is None or row.get("split") in splits):
-            source = Path(row["source"])      # as given to `prepare`: maybe relative to it
-            for candidate in ([source] if source.is_absolute() else
-                              [Path.cwd() / source, manifest.parent / source]):
+            # Absolute since session 20; before, as given to `prepare`, relative to where it
+            # ran: guessed from here.
+            source = Path(row["source"])
+            for candidate in ([source] if source.is_absolute() else [Path.cwd() / source]):
                 if candidate.exists():
                     found.add(candidate.resolve())
                     break
@@ -270,10 +280,15 @@ def _training_files(place: Path) -> set[Path] | None:
         return set()
 
 
+#: Bytes read first to tell files of one size apart (arrays of one shape all have one size).
+HEAD_BYTES = 65536
+
+
 def _byte_copies(evaluated: set[Path], training: set[Path] | Path) -> int:
     """How many ``evaluated`` files are byte for byte a training file (``training``: the files,
-    or a folder used whole) without being one: a copy made with `cp`. Sizes first, so only files
-    of a training file's size are read."""
+    or a folder used whole) without being one: a copy made with `cp`. Sizes first, then the
+    first :data:`HEAD_BYTES`, so only likely copies are read whole. A file of one grey level
+    throughout is no picture, and two blank files are not copies of each other."""
     from ..io import find_images
 
     try:
@@ -285,17 +300,28 @@ def _byte_copies(evaluated: set[Path], training: set[Path] | Path) -> int:
     for f in known:
         if f.is_file():
             by_size.setdefault(f.stat().st_size, []).append(f)
-    digests: dict[Path, str] = {}
+    digests: dict[tuple[Path, bool], str] = {}
 
-    def digest(f: Path) -> str:
-        if f not in digests:
-            digests[f] = hashlib.sha1(f.read_bytes()).hexdigest()
-        return digests[f]
+    def digest(f: Path, whole: bool) -> str:
+        if (f, whole) not in digests:
+            with open(f, "rb") as fh:
+                digests[f, whole] = hashlib.sha1(fh.read() if whole else
+                                                 fh.read(HEAD_BYTES)).hexdigest()
+        return digests[f, whole]
+
+    def a_picture(f: Path) -> bool:
+        try:
+            pixels = read_image(f).pixels
+        except MedEnhanceError:
+            return False
+        return bool(pixels.max() > pixels.min())
 
     copies = 0
     for f in evaluated - known:
         same_size = by_size.get(f.stat().st_size, []) if f.is_file() else []
-        if same_size and digest(f) in {digest(g) for g in same_size}:
+        same_head = [g for g in same_size if digest(g, False) == digest(f, False)]
+        if same_head and digest(f, True) in {digest(g, True) for g in same_head} \
+                and a_picture(f):
             copies += 1
     return copies
 

@@ -87,11 +87,12 @@ def shifted_aurocs(score: Callable[[np.ndarray], np.ndarray], frames: np.ndarray
 
 
 def frame_scores(scorer: TriageScorer) -> Callable[[np.ndarray], np.ndarray]:
-    """Frames as read (before the model's own cropping or equalisation) -> calibrated scores."""
+    """Frames as read (before the model's own cropping or equalisation) -> calibrated scores,
+    as logits (which rank as the scores do, without rounding to 1.0)."""
 
     def score(frames: np.ndarray) -> np.ndarray:
         frames = model_inputs(frames, scorer.info)
-        return np.concatenate([scorer.score_frames(frames[i: i + 64])[0]
+        return np.concatenate([scorer.score_logits(frames[i: i + 64])[0]
                                for i in range(0, len(frames), 64)])
 
     return score

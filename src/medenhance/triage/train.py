@@ -975,7 +975,7 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
         if warning := temperature_warning(temperature):
             log(warning)
         triage["temperature"] = temperature
-        prob = expit(logits / temperature)
+        calibrated = logits / temperature
     else:
         raw = np.asarray(batched(model.patch_distance, val.images, device) if patch_nn else
                          batched(model.anomaly_logit, val.images, device) if synthetic else
@@ -984,13 +984,19 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
         triage["platt"] = [a, b]
         triage["score"] = ("patch-nn" if patch_nn else "logit" if synthetic else
                            "mahalanobis-views" if view_average else "mahalanobis")
-        prob = expit(a * (raw - b))
+        calibrated = a * (raw - b)
+    prob = expit(calibrated)
     threshold = threshold_for_sensitivity(val.labels, prob, config.target_sensitivity)
     triage["threshold"] = threshold
     sens, spec = sens_spec(val.labels, prob, threshold)
-    metrics = {"val_auroc": auroc(val.labels, prob), "val_auprc": auprc(val.labels, prob),
+    # Ranked by the logit, as evaluate-triage ranks (a steep calibration rounds scores to 1.0);
+    # the class counts let evaluate-triage tell a worse operating point from chance.
+    metrics = {"val_auroc": auroc(val.labels, calibrated),
+               "val_auprc": auprc(val.labels, calibrated),
                "val_sensitivity": sens, "val_specificity": spec,
-               "val_images": int(len(val.labels)), "train_minutes":
+               "val_images": int(len(val.labels)),
+               "val_abnormal": int(val.labels.sum()),
+               "val_normal": int(len(val.labels) - val.labels.sum()), "train_minutes":
                round((time.perf_counter() - start) / 60, 1)}
     for line in validation_warnings(val.labels, prob, metrics["val_auroc"]):
         log(line)
