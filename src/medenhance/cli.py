@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -974,9 +975,13 @@ def _validation_low(value: float, studies: int | None) -> float:
     validation studies)."""
     from .triage.metrics import wilson_ci
 
-    if not isinstance(studies, int) or studies < 1:
+    if not (np.isfinite(value) and 0 <= value <= 1):   # a hand-edited card: no judgement
+        return -math.inf
+    whole = (isinstance(studies, (int, float)) and not isinstance(studies, bool)
+             and np.isfinite(studies) and studies >= 1 and float(studies).is_integer())
+    if not whole:
         return value - 0.05
-    return wilson_ci(round(value * studies), studies)[0]
+    return wilson_ci(round(value * studies), int(studies))[0]
 
 
 def _worklist_path(raw: str) -> Path:

@@ -1151,6 +1151,10 @@ def test_links_into_a_prepared_datasets_test_split_are_not_training_images(tmp_p
     for split in ("test", "train"):
         (links / f"{split}.png").symlink_to(prepared / split / "NORMAL" / f"{split}_NORMAL.png")
     assert training_overlap(card, links, None, [links / "test.png"]) is None
+    # A card whose resolved folder is gone (a moved checkout) falls back on the folder as given.
+    moved = SimpleNamespace(name="m", training_data={"root": str(prepared),
+                                                     "root_resolved": str(tmp_path / "gone")})
+    assert training_overlap(moved, links, None, [links / "train.png"]) is not None
     assert training_overlap(card, links, None, [links / "test.png", links / "train.png"]) == (
         f"1 of these images is (links to, or prepared from) training or validation images of "
         f"{prepared}, which m was trained and calibrated on")
@@ -1364,6 +1368,13 @@ def test_evaluate_triage_warns_when_the_operating_point_is_worse_than_on_validat
     low = wilson_ci(round(validation["specificity"] * 170), 170)[0]
     assert _validation_low(validation["specificity"], 170) == low > summary["specificity_ci"][1]
     assert _validation_low(0.9, None) == pytest.approx(0.85)     # older cards: 0.05 of slack
+    # 14 of 18 validation normals (mri-triage): 0.778 is weak evidence, and a test interval
+    # up to 0.65 is no worse beyond chance (the 0.05 of slack would have said it was).
+    assert _validation_low(14 / 18, 18) < 0.65 < 14 / 18 - 0.05
+    assert _validation_low(14 / 18, 18.0) == _validation_low(14 / 18, 18)
+    for odd in (1.2, -0.1, float("nan")):          # hand-edited cards: no warning, no crash
+        assert _validation_low(odd, 100) == -np.inf
+    assert _validation_low(0.9, True) == pytest.approx(0.85)
     assert (f"specificity {summary['specificity']:.3f} [{summary['specificity_ci'][0]:.3f}, "
             f"{summary['specificity_ci'][1]:.3f}] against "
             f"{summary['validation']['specificity']:.3f} on validation") in said
@@ -1505,3 +1516,26 @@ def test_scores_that_round_to_one_are_ranked_by_their_logits(tmp_path: Path,
     with open(tmp_path / "ev" / "scores.csv", newline="") as fh:
         logits = {Path(row["path"]).name: float(row["logit"]) for row in csv.DictReader(fh)}
     assert logits["z4.png"] > logits["z0.png"] > logits["a4.png"] > 40
+
+
+def test_byte_copies_of_training_images_count_pictures_only(tmp_path: Path) -> None:
+    from medenhance.triage.evaluate import HEAD_BYTES, _byte_copies
+
+    train, given = tmp_path / "train", tmp_path / "given"
+    train.mkdir()
+    given.mkdir()
+    rng = np.random.default_rng(0)
+    picture = rng.random((32, 32)).astype(np.float32)
+    np.save(train / "picture.npy", picture)
+    np.save(train / "blank.npy", np.zeros((32, 32), np.float32))
+    # Same size and the same first HEAD_BYTES as a training file, different after them.
+    long = rng.random((HEAD_BYTES // 4 + 64,)).astype(np.float32).reshape(1, -1)
+    np.save(train / "long.npy", long)
+    changed = long.copy()
+    changed[0, -1] += 1
+    for name in ("picture.npy", "blank.npy"):
+        (given / name).write_bytes((train / name).read_bytes())
+    np.save(given / "long.npy", changed)
+    (given / "gone.npy").symlink_to(tmp_path / "nowhere.npy")      # a broken link: no match
+    evaluated = {p.absolute() for p in given.iterdir()}
+    assert _byte_copies(evaluated, train.resolve()) == 1          # the picture, not the blank

@@ -213,9 +213,11 @@ def training_overlap(card: Any, base: Path, split: str | None,
     repo = Path(__file__).resolve().parents[3]       # bundled cards name ../shared/... from there
     # The evaluated images and, for a prepared dataset, the files they were prepared from.
     evaluated = {f.resolve() for f in files} | _sources(base, [split] if split else None)
-    # Where it was trained: resolved when training (cards since session 20); older and bundled
-    # cards name it as given, which is guessed from here or from the repository.
-    roots = ({data["root_resolved"]} if data.get("root_resolved") else
+    # Where it was trained: resolved when training (cards since session 20), if it is still
+    # there; else as given, guessed from here or from the repository (bundled cards name
+    # ../shared/... from there, and a moved checkout or another machine has its own).
+    resolved = data.get("root_resolved")
+    roots = ({resolved} if resolved and Path(resolved).exists() else
              {*(data.get("sources") or []), data.get("root")}) - {None, ""}
     checked: set[Path] = set()
     for root in sorted(roots):
@@ -300,14 +302,13 @@ def _byte_copies(evaluated: set[Path], training: set[Path] | Path) -> int:
     for f in known:
         if f.is_file():
             by_size.setdefault(f.stat().st_size, []).append(f)
-    digests: dict[tuple[Path, bool], str] = {}
 
-    def digest(f: Path, whole: bool) -> str:
-        if (f, whole) not in digests:
+    def digest(f: Path, whole: bool) -> str | None:
+        try:
             with open(f, "rb") as fh:
-                digests[f, whole] = hashlib.sha1(fh.read() if whole else
-                                                 fh.read(HEAD_BYTES)).hexdigest()
-        return digests[f, whole]
+                return hashlib.sha1(fh.read() if whole else fh.read(HEAD_BYTES)).hexdigest()
+        except OSError:           # unreadable, or gone since: no match
+            return None
 
     def a_picture(f: Path) -> bool:
         try:
@@ -316,12 +317,27 @@ def _byte_copies(evaluated: set[Path], training: set[Path] | Path) -> int:
             return False
         return bool(pixels.max() > pixels.min())
 
+    # Each training file is read at most twice (its head, then whole if an evaluated file has
+    # the same head), whatever the number of evaluated files.
+    heads: dict[int, dict[str, list[Path]]] = {}
+    wholes: dict[tuple[int, str], set[str]] = {}
     copies = 0
     for f in evaluated - known:
-        same_size = by_size.get(f.stat().st_size, []) if f.is_file() else []
-        same_head = [g for g in same_size if digest(g, False) == digest(f, False)]
-        if same_head and digest(f, True) in {digest(g, True) for g in same_head} \
-                and a_picture(f):
+        if not f.is_file():
+            continue
+        size = f.stat().st_size
+        if size not in heads:
+            heads[size] = {}
+            for g in by_size.get(size, []):
+                if (head := digest(g, False)) is not None:
+                    heads[size].setdefault(head, []).append(g)
+        head = digest(f, False)
+        if head is None or head not in heads[size]:
+            continue
+        if (size, head) not in wholes:
+            wholes[size, head] = {d for g in heads[size][head]
+                                  if (d := digest(g, True)) is not None}
+        if digest(f, True) in wholes[size, head] and a_picture(f):
             copies += 1
     return copies
 
