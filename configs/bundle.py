@@ -18,9 +18,25 @@ from pathlib import Path
 
 import torch
 
-from medenhance.models.card import load_model, save_checkpoint
+from medenhance.models.card import LoadedModel, load_model, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def resave_unchanged(path: Path, loaded: LoadedModel,
+                     aux: dict[str, torch.Tensor] | None = None) -> None:
+    """Write bundled model ``path`` back with ``loaded``'s (changed) card and the tensors beside
+    its network (``aux``, by default ``loaded.aux``), in float16 as bundled, and check that the
+    network and those tensors load back unchanged: the card scripts (card_*.py) add to a card,
+    never change the weights."""
+    aux = loaded.aux if aux is None else aux
+    before = {k: v.clone() for k, v in loaded.network.state_dict().items()}
+    kept = {k: v.clone() for k, v in aux.items()}
+    save_checkpoint(loaded.network, loaded.card, path, dtype=torch.float16, aux=aux)
+    again = load_model(path)
+    assert all(torch.equal(before[k], v) for k, v in again.network.state_dict().items())
+    assert set(again.aux) == set(kept)
+    assert all(torch.equal(kept[k], v) for k, v in again.aux.items())
 
 
 def main(run: Path, stdout_log: Path | None) -> None:

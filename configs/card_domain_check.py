@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
+from bundle import resave_unchanged
 
-from medenhance.models.card import load_model, save_checkpoint
+from medenhance.models.card import load_model
 from medenhance.triage.data import model_inputs
 from medenhance.triage.domain import FIT_CHANGES, FIT_ZOOM, DomainCheck
 from medenhance.triage.robustness import rebuilt_split
@@ -32,7 +32,6 @@ def main(names: list[str]) -> None:
     for name in names:
         path = ROOT / "src" / "medenhance" / "weights" / f"{name}.safetensors"
         loaded = load_model(path)
-        before = {k: v.clone() for k, v in loaded.network.state_dict().items()}
         info = loaded.card.extra["triage"]
         data, train, val = rebuilt_split(loaded.card.config)
         inputs = model_inputs(data.images, info)
@@ -41,10 +40,7 @@ def main(names: list[str]) -> None:
         domain = DomainCheck.fit(fit, inputs[val])
         info["domain_check"] = domain.card_entry()
         info["smallest_side"] = data.smallest_side
-        save_checkpoint(loaded.network, loaded.card, path, dtype=torch.float16,
-                        aux=domain.tensors())
-        again = load_model(path)
-        assert all(torch.equal(before[k], v) for k, v in again.network.state_dict().items())
+        resave_unchanged(path, loaded, aux=domain.tensors())
         share = float(np.mean(domain.distances(inputs[val]) > domain.limit))
         print(f"{name}: domain check fitted to {len(fit)} images ({len(train)} training images "
               f"and their copies), limit {domain.limit:.2f} ({share:.1%} of {len(val)} "

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
+from bundle import resave_unchanged
 
-from medenhance.models.card import load_model, save_checkpoint
+from medenhance.models.card import load_model
 from medenhance.triage.metrics import sens_spec
 from medenhance.triage.robustness import frame_scores, rebuilt_split
 from medenhance.triage.score import TriageScorer
@@ -30,8 +30,6 @@ def main(names: list[str]) -> None:
     for name in names:
         path = ROOT / "src" / "medenhance" / "weights" / f"{name}.safetensors"
         loaded = load_model(path)
-        before = {k: v.clone() for k, v in loaded.network.state_dict().items()}
-        aux = {k: v.clone() for k, v in loaded.aux.items()}
         data, _, val = rebuilt_split(loaded.card.config)
         labels = data.labels[val]
         scorer = TriageScorer(loaded)
@@ -44,10 +42,7 @@ def main(names: list[str]) -> None:
         assert abs(spec - metrics["val_specificity"]) < 0.02, (spec, metrics["val_specificity"])
         metrics["val_abnormal"] = int(labels.sum())
         metrics["val_normal"] = int(len(labels) - labels.sum())
-        save_checkpoint(loaded.network, loaded.card, path, dtype=torch.float16, aux=aux)
-        again = load_model(path)
-        assert all(torch.equal(before[k], v) for k, v in again.network.state_dict().items())
-        assert all(torch.equal(aux[k], v) for k, v in again.aux.items())
+        resave_unchanged(path, loaded)
         print(f"{name}: validation {metrics['val_abnormal']} abnormal, {metrics['val_normal']} "
               f"normal; rescored sensitivity {sens:.3f} (card {metrics['val_sensitivity']:.3f}),"
               f" specificity {spec:.3f} (card {metrics['val_specificity']:.3f})")

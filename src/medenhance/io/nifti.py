@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import ImageReadError, ImageWriteError
 from ..image import ImageMeta, MedicalImage, choose_window
+from .padding import fill_nan, with_nan
 
 
 def display_frames(image: MedicalImage) -> np.ndarray:
@@ -88,15 +89,7 @@ def read_nifti(path: str | Path) -> MedicalImage:
     if data.dtype.kind not in "uif":
         raise ImageReadError(p, f"unsupported NIfTI data type {data.dtype}")
     values = data.astype(np.float64) * slope + inter if (slope, inter) != (1.0, 0.0) else data
-    nan = None
-    if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
-        if np.isinf(values).any():
-            raise ImageReadError(p, "volume contains infinite values")
-        nan = np.isnan(values)
-        if nan.all():
-            raise ImageReadError(p, "volume holds only NaN")
-        # Outside a mask (SPM, FSL): the lowest value of the picture, remembered (io.padding).
-        values = np.where(nan, np.nanmin(values), values)
+    values, nan = fill_nan(values, p, "volume")      # outside a mask (SPM, FSL)
     integer = (slope, inter) == (1.0, 0.0) and data.dtype.kind in "ui"
     window = choose_window(values, integer_bits=data.dtype.itemsize * 8 if integer else None,
                            signed=data.dtype.kind == "i")
@@ -143,9 +136,7 @@ def write_nifti(image: MedicalImage, tmp_path: Path, target: Path) -> None:
     frames = image.values()
     if frames.ndim == 2:
         frames = frames[None]
-    nan = meta.extra.get("nan_mask")
-    if nan is not None and np.shape(nan) == frames.shape:
-        frames = np.where(nan, np.nan, frames)       # float data: NaN as read
+    frames = with_nan(frames, meta.extra)
     volume = np.transpose(frames, (2, 1, 0))
     if meta.source_format == "nifti" and meta.header is not None:
         slope, inter = meta.extra.get("scaling", (1.0, 0.0))

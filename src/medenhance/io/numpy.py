@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import ImageReadError, InvalidImageError
 from ..image import MedicalImage, from_array, looks_like_colour
+from .padding import fill_nan, with_nan
 from .raster import stored_values
 
 
@@ -32,15 +33,7 @@ def read_npy(path: str | Path) -> MedicalImage:
     if looks_like_colour(arr.shape):
         raise ImageReadError(p, f"shape {arr.shape} looks like a colour image (H, W, RGB); "
                                 "medenhance reads grey images: (H, W) or frames (N, H, W)")
-    nan = None
-    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-        if np.isinf(arr).any():
-            raise ImageReadError(p, "array contains infinite values")
-        nan = np.isnan(arr)
-        if nan.all():
-            raise ImageReadError(p, "array holds only NaN")
-        # Outside a mask, as in a NIfTI volume: the lowest value, remembered (io.padding).
-        arr = np.where(nan, np.nanmin(arr), arr)
+    arr, nan = fill_nan(arr, p, "array")      # outside a mask, as in a NIfTI volume
     try:
         image = from_array(arr)
     except InvalidImageError as exc:        # named after the file, as the checks above
@@ -57,8 +50,6 @@ def write_npy(image: MedicalImage, tmp_path: Path, target: Path) -> None:
         arr = stored_values(image, np.dtype(image.meta.stored_dtype))
     else:
         arr = image.pixels.astype(np.float32)
-    nan = image.meta.extra.get("nan_mask")
-    if nan is not None and np.shape(nan) == arr.shape and arr.dtype.kind == "f":
-        arr = np.where(nan, np.nan, arr).astype(arr.dtype)     # NaN as read
+    arr = with_nan(arr, image.meta.extra)
     with open(tmp_path, "wb") as fh:
         np.save(fh, arr, allow_pickle=False)

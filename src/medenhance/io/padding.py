@@ -12,8 +12,11 @@ the edge of the field of view is not a step for a network to smooth.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from ..errors import ImageReadError
 from ..image import MedicalImage, resize_nearest
 
 
@@ -26,6 +29,28 @@ def _stored(image: MedicalImage, pixels: np.ndarray) -> np.ndarray:
 
 def _frames(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1, *a.shape[-2:])
+
+
+def fill_nan(values: np.ndarray, path: Path, what: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """``values`` with NaN (outside a mask) set to the lowest value of the picture, and where
+    they were (``None`` without NaN), for ``meta.extra["nan_mask"]``; infinite values and a
+    ``what`` (array, volume) of NaN only are refused."""
+    if values.dtype.kind != "f" or np.all(np.isfinite(values)):
+        return values, None
+    if np.isinf(values).any():
+        raise ImageReadError(path, f"{what} contains infinite values")
+    nan = np.isnan(values)
+    if nan.all():
+        raise ImageReadError(path, f"{what} holds only NaN")
+    return np.where(nan, np.nanmin(values), values), nan
+
+
+def with_nan(values: np.ndarray, extra: dict) -> np.ndarray:
+    """Float ``values`` with NaN put back where ``extra["nan_mask"]`` says they were read."""
+    nan = extra.get("nan_mask")
+    if nan is None or np.shape(nan) != values.shape or values.dtype.kind != "f":
+        return values
+    return np.where(nan, np.nan, values).astype(values.dtype)
 
 
 def padding_mask(image: MedicalImage) -> np.ndarray | None:
