@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -968,22 +967,6 @@ def train_triage_cmd(
                    "saved", 130) from None
 
 
-def _validation_low(value: float, studies: int | None) -> float:
-    """The lowest a proportion measured on validation (``value`` of ``studies``) plausibly is:
-    the Wilson interval's lower end, so that a test interval below it is worse beyond chance
-    on both sides. Cards before the counts were kept: ``value`` less 0.05 (a few hundred
-    validation studies)."""
-    from .triage.metrics import wilson_ci
-
-    if not (np.isfinite(value) and 0 <= value <= 1):   # a hand-edited card: no judgement
-        return -math.inf
-    whole = (isinstance(studies, (int, float)) and not isinstance(studies, bool)
-             and np.isfinite(studies) and studies >= 1 and float(studies).is_integer())
-    if not whole:
-        return value - 0.05
-    return wilson_ci(round(value * studies), int(studies))[0]
-
-
 def _worklist_path(raw: str) -> Path:
     """The worklist file that ``-o`` names: a folder (existing, or written with a trailing
     separator, as in ``-o results/``) gets ``worklist.csv``; ``-`` stands for standard output."""
@@ -1244,21 +1227,9 @@ def evaluate_triage(
                           "ranks the normal studies above the abnormal ones; are the labels the "
                           "right way round (--normal names the normal labels)?", highlight=False,
                           soft_wrap=True)
-    target = float(result.get("target_sensitivity") or 0.95)
-    validation = result.get("validation") or {}
-    worse = [f"{key} {result[key]:.3f} [{result[f'{key}_ci'][0]:.3f}, "
-             f"{result[f'{key}_ci'][1]:.3f}] against {validation[key]:.3f} on validation"
-             for key, count in (("sensitivity", "abnormal"), ("specificity", "normal"))
-             if isinstance(validation.get(key), (int, float))
-             and result[f"{key}_ci"][1] < _validation_low(validation[key],
-                                                         validation.get(count))]
-    if worse or result["specificity"] < 0.05 or result["sensitivity"] < target - 0.10:
-        err_console.print(
-            f"[yellow]warning:[/yellow] at the stored threshold {result['threshold']:.3f}, "
-            + ("; ".join(worse) if worse else f"sensitivity {result['sensitivity']:.3f} and "
-               f"specificity {result['specificity']:.3f}")
-            + f": the operating point chosen on validation (for {target:.0%} sensitivity) "
-            "does not hold on these studies", highlight=False, soft_wrap=True)
+    if result.get("operating_point"):
+        err_console.print(f"[yellow]warning:[/yellow] {escape(result['operating_point'])}",
+                          highlight=False, soft_wrap=True)
     if result.get("overlap"):
         err_console.print(f"[yellow]warning:[/yellow] {escape(result['overlap'])}: these numbers "
                           "are optimistic; evaluate on images the model never saw",

@@ -1360,25 +1360,26 @@ def test_evaluate_triage_warns_when_the_operating_point_is_worse_than_on_validat
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     said = " ".join(result.output.split())
     assert result.exit_code == 0, said
-    from medenhance.cli import _validation_low
+    from medenhance.triage.evaluate import validation_low
     from medenhance.triage.metrics import wilson_ci
 
     validation = summary["validation"]
     assert validation["normal"] == 170          # counted in the card: Wilson on both sides
     low = wilson_ci(round(validation["specificity"] * 170), 170)[0]
-    assert _validation_low(validation["specificity"], 170) == low > summary["specificity_ci"][1]
-    assert _validation_low(0.9, None) == pytest.approx(0.85)     # older cards: 0.05 of slack
+    assert validation_low(validation["specificity"], 170) == low > summary["specificity_ci"][1]
+    assert validation_low(0.9, None) == pytest.approx(0.85)     # older cards: 0.05 of slack
     # 14 of 18 validation normals (mri-triage): 0.778 is weak evidence, and a test interval
     # up to 0.65 is no worse beyond chance (the 0.05 of slack would have said it was).
-    assert _validation_low(14 / 18, 18) < 0.65 < 14 / 18 - 0.05
-    assert _validation_low(14 / 18, 18.0) == _validation_low(14 / 18, 18)
+    assert validation_low(14 / 18, 18) < 0.65 < 14 / 18 - 0.05
+    assert validation_low(14 / 18, 18.0) == validation_low(14 / 18, 18)
     for odd in (1.2, -0.1, float("nan")):          # hand-edited cards: no warning, no crash
-        assert _validation_low(odd, 100) == -np.inf
-    assert _validation_low(0.9, True) == pytest.approx(0.85)
+        assert validation_low(odd, 100) == -np.inf
+    assert validation_low(0.9, True) == pytest.approx(0.85)
     assert (f"specificity {summary['specificity']:.3f} [{summary['specificity_ci'][0]:.3f}, "
             f"{summary['specificity_ci'][1]:.3f}] against "
             f"{summary['validation']['specificity']:.3f} on validation") in said
     assert "does not hold on these studies" in said
+    assert summary["operating_point"] in said               # kept in summary.json too
     # The same model, said to have done no better on validation: no warning.
     for suffix in (".safetensors", ".json"):
         shutil.copyfile(bundled_dir() / f"xray-triage{suffix}", tmp_path / f"m{suffix}")
@@ -1389,6 +1390,7 @@ def test_evaluate_triage_warns_when_the_operating_point_is_worse_than_on_validat
                                  str(tmp_path / "m.safetensors"), "-o", str(tmp_path / "ev2"),
                                  "--bootstrap", "100"])
     assert modest.exit_code == 0 and "does not hold" not in modest.output
+    assert json.loads((tmp_path / "ev2" / "summary.json").read_text())["operating_point"] is None
     assert "right way round" not in modest.output
     # The labels the wrong way round: said so.
     swapped = runner.invoke(app, ["evaluate-triage", str(data), "-m", "xray-pneumonia",

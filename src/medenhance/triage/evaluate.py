@@ -161,6 +161,7 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
         # Proportions at the fixed threshold: Wilson intervals; rank measures: bootstrap.
         result[f"{name}_ci"] = list(wilson_ci(*counts[name]) if name in counts else
                                     bootstrap_ci(labels, given, fn, n=n_bootstrap))
+    result["operating_point"] = operating_point_problem(result)
     waits = worklist_waits(labels, ranking, minutes_per_study=minutes_per_study)
     result["waits"] = vars(waits)
     result["minutes_per_study"] = minutes_per_study
@@ -200,6 +201,41 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
     elif earlier_shifts:       # the replaced evaluation's picture, of another model or data
         (out / "robustness.png").unlink(missing_ok=True)
     return result
+
+
+def validation_low(value: float, studies: float | None) -> float:
+    """The lowest a proportion measured on validation (``value`` of ``studies``) plausibly is:
+    the Wilson interval's lower end, so that a test interval below it is worse beyond chance
+    on both sides. Cards before the counts were kept: ``value`` less 0.05 (a few hundred
+    validation studies)."""
+    if not (np.isfinite(value) and 0 <= value <= 1):   # a hand-edited card: no judgement
+        return -np.inf
+    whole = (isinstance(studies, (int, float)) and not isinstance(studies, bool)
+             and np.isfinite(studies) and studies >= 1 and float(studies).is_integer())
+    if not whole:
+        return value - 0.05
+    return wilson_ci(round(value * studies), int(studies))[0]
+
+
+def operating_point_problem(result: dict[str, Any]) -> str | None:
+    """Why the operating point chosen on validation does not hold on the evaluated studies
+    (an evaluation's ``result``, with its validation values), or None: sensitivity's or
+    specificity's interval lies below what validation plausibly gave, or the specificity is
+    under 0.05, or the sensitivity 0.10 under its target."""
+    target = float(result.get("target_sensitivity") or 0.95)
+    validation = result.get("validation") or {}
+    worse = [f"{key} {result[key]:.3f} [{result[f'{key}_ci'][0]:.3f}, "
+             f"{result[f'{key}_ci'][1]:.3f}] against {validation[key]:.3f} on validation"
+             for key, count in (("sensitivity", "abnormal"), ("specificity", "normal"))
+             if isinstance(validation.get(key), (int, float))
+             and result[f"{key}_ci"][1] < validation_low(validation[key], validation.get(count))]
+    if not (worse or result["specificity"] < 0.05 or result["sensitivity"] < target - 0.10):
+        return None
+    return (f"at the stored threshold {result['threshold']:.3f}, "
+            + ("; ".join(worse) if worse else f"sensitivity {result['sensitivity']:.3f} and "
+               f"specificity {result['specificity']:.3f}")
+            + f": the operating point chosen on validation (for {target:.0%} sensitivity) "
+            "does not hold on these studies")
 
 
 def training_overlap(card: Any, base: Path, split: str | None,
