@@ -1406,6 +1406,8 @@ def test_evaluate_triage_warns_when_the_operating_point_is_worse_than_on_validat
     ({"platt": None}, "platt None is not two numbers"),
     ({"kind": "magic"}, "kind 'magic' is neither supervised nor oneclass"),
     ({"ood_distance": None}, "ood_distance None is not a number"),
+    ({"smallest_side": 0}, "smallest_side 0 is not a number of pixels"),
+    ({"size": "128"}, "size '128' is not a number of pixels"),
 ])
 def test_a_hand_edited_triage_card_is_refused_in_one_line(tmp_path: Path, change: dict,
                                                           said: str) -> None:

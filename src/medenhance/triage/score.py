@@ -98,9 +98,11 @@ def _check_settings(info: dict, source: str) -> None:
         problems.append(f"kind {info.get('kind')!r} is neither supervised nor oneclass")
     if not number(info.get("threshold")) or not 0 <= info["threshold"] <= 1:
         problems.append(f"threshold {info.get('threshold')!r} is not a score from 0 to 1")
-    size = info.get("size")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-        problems.append(f"size {size!r} is not a number of pixels")
+    # Cards before smallest_side have none (MIN_TRAINING_SIDE is assumed); every card a size.
+    for key, least, missing in (("size", 8, None), ("smallest_side", 1, 1)):
+        side = info.get(key, missing)
+        if isinstance(side, bool) or not isinstance(side, int) or side < least:
+            problems.append(f"{key} {side!r} is not a number of pixels")
     if not number(info.get("ood_distance")):
         problems.append(f"ood_distance {info.get('ood_distance')!r} is not a number")
     if info.get("kind") == "supervised" and not (number(info.get("temperature"))
@@ -136,10 +138,6 @@ class TriageScorer:
         #: What the model was trained on, by grey levels, layout and sharpness (None: saved
         #: before it).
         self.domain = DomainCheck.of(self.info, self.model.aux, str(self.model.path))
-        side = self.info.get("smallest_side", 1)
-        if isinstance(side, bool) or not isinstance(side, int) or side < 1:
-            raise ConfigError(f"{self.model.path}: smallest_side {side!r} in its card is not a "
-                              "number of pixels")
         _check_settings(self.info, str(self.model.path))
 
     @property
