@@ -1126,7 +1126,7 @@ def triage(
     first = f"; the {len(unreadable)} unreadable file(s) head it" if unreadable else ""
     say.print(f"{_count(len(results), 'study', 'studies')}{grouped} scored with "
               f"{scorer.model.card.name}: {flagged} flagged ({above} at or above the threshold "
-              f"{scorer.threshold:.3f}, {ood} out of distribution); {where}{first} ({NOTE})")
+              f"{scorer.threshold_text}, {ood} out of distribution); {where}{first} ({NOTE})")
     if ood:
         foreign = sorted({r.foreign_modality for r in results if r.foreign_modality})
         n_foreign = sum(1 for r in results if r.foreign_modality)

@@ -72,6 +72,8 @@ def test_supervised_triage_end_to_end(folders: Path, tmp_path: Path, monkeypatch
     info = scorer.model.card.extra["triage"]
     assert info["kind"] == "supervised" and info["temperature"] > 0
     assert scorer.model.card.metrics["val_sensitivity"] >= 0.95
+    # The threshold chosen on the logits, and kept as the score it is too.
+    assert info["threshold"] == pytest.approx(1 / (1 + np.exp(-info["threshold_logit"])))
     # The validation split under simulated acquisition changes, recorded in the card.
     from medenhance.triage.robustness import SHIFTS
     robust = scorer.model.card.extra["robustness"]
@@ -1408,6 +1410,7 @@ def test_evaluate_triage_warns_when_the_operating_point_is_worse_than_on_validat
     ({"ood_distance": None}, "ood_distance None is not a number"),
     ({"smallest_side": 0}, "smallest_side 0 is not a number of pixels"),
     ({"size": "128"}, "size '128' is not a number of pixels"),
+    ({"threshold_logit": "x"}, "threshold_logit 'x' is not a number"),
 ])
 def test_a_hand_edited_triage_card_is_refused_in_one_line(tmp_path: Path, change: dict,
                                                           said: str) -> None:
@@ -1520,6 +1523,31 @@ def test_scores_that_round_to_one_are_ranked_by_their_logits(tmp_path: Path,
     with open(tmp_path / "ev" / "scores.csv", newline="") as fh:
         logits = {Path(row["path"]).name: float(row["logit"]) for row in csv.DictReader(fh)}
     assert logits["z4.png"] > logits["z0.png"] > logits["a4.png"] > 40
+    # The threshold too: as a score it was 1.0, and every study at 1.0 was flagged (as it still
+    # is for cards without threshold_logit).
+    assert all(r.flag for r in results)
+    import shutil
+
+    from medenhance.models.card import bundled_dir
+
+    for suffix in (".safetensors", ".json"):
+        shutil.copyfile(bundled_dir() / f"xray-triage{suffix}", tmp_path / f"m{suffix}")
+    card = json.loads((tmp_path / "m.json").read_text())
+    card["extra"]["triage"].update(threshold=1.0,
+                                   threshold_logit=(logits["z0.png"] + logits["a4.png"]) / 2)
+    (tmp_path / "m.json").write_text(json.dumps(card))
+    model = tmp_path / "m.safetensors"
+    flags = {Path(r.path).name: r.flag for r in TriageScorer(model).score_files(
+        sorted(data.rglob("*.png")))}
+    assert flags == {name: int(name.startswith("z")) for name in flags}
+    summary = evaluate_triage_folder(data, model, tmp_path / "ev2", n_bootstrap=100)
+    assert summary["sensitivity"] == summary["specificity"] == 1.0
+    said = CliRunner().invoke(app, ["triage", str(data), "-m", str(model), "-o",
+                                    str(tmp_path / "w.csv")]).output
+    assert "5 at or above the threshold 1.000 (logit " in " ".join(said.split())
+    with open(tmp_path / "ev2" / "scores.csv", newline="") as fh:
+        assert {Path(r["path"]).name: int(r["above_threshold"]) for r in csv.DictReader(fh)} \
+            == flags
 
 
 def test_byte_copies_of_training_images_count_pictures_only(tmp_path: Path) -> None:

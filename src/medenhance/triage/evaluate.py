@@ -14,13 +14,9 @@ import numpy as np
 from ..errors import DatasetError, MedEnhanceError
 from ..io import read_image
 from .data import labelled_files, manifest_of
-from .metrics import (auprc, auroc, bootstrap_ci, roc_curve, sens_spec, wilson_ci,
+from .metrics import (auprc, auroc, bootstrap_ci, roc_curve, wilson_ci,
                       worklist_waits)
-from .score import CSV_NOTE, NOTE, TriageScorer, population_shift
-
-
-def _accuracy(y: np.ndarray, s: np.ndarray, t: float) -> float:
-    return float(((s >= t).astype(int) == y).mean())
+from .score import CSV_NOTE, NOTE, TriageScorer, population_shift, threshold_text
 
 
 def _resolve_copies(paths: Sequence[str], labels_of: dict[str, set[str]],
@@ -127,18 +123,13 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
     # Ranks by logit: a steep calibration rounds scores to 1.0, and ties would cost AUROC.
     ranking = np.array([r.rank_key for r in results])
     t = scorer.threshold
-
-    def sens(y: np.ndarray, s: np.ndarray) -> float:
-        return sens_spec(y, s, t)[0]
-
-    def spec(y: np.ndarray, s: np.ndarray) -> float:
-        return sens_spec(y, s, t)[1]
-
-    stats = {"auroc": auroc, "auprc": auprc, "sensitivity": sens, "specificity": spec,
-             "accuracy": lambda y, s: _accuracy(y, s, t)}
+    # At the threshold as the worklist flags (by logit, for cards that store one).
+    flagged = np.array([bool(r.flag) for r in results])
     result: dict[str, Any] = {"model": scorer.model.card.name, "folder": str(base),
                               "split": split,
-                              "threshold": t, "n_normal": int((labels == 0).sum()),
+                              "threshold": t,
+                              "threshold_logit": scorer.info.get("threshold_logit"),
+                              "n_normal": int((labels == 0).sum()),
                               "target_sensitivity": scorer.info.get("target_sensitivity"),
                               # What the operating point gave on the validation split.
                               "validation": {k: scorer.model.card.metrics.get(f"val_{k}")
@@ -151,16 +142,15 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
                               "population_shift": population_shift(results, scorer.info),
                               "calibration_warning": scorer.calibration_warning,
                               "unlabelled": [str(f) for f in unlabelled]}
-    flagged = scores >= t
+    for name, fn in (("auroc", auroc), ("auprc", auprc)):       # rank measures: bootstrap
+        result[name] = float(fn(labels, ranking))
+        result[f"{name}_ci"] = list(bootstrap_ci(labels, ranking, fn, n=n_bootstrap))
     counts = {"sensitivity": (int(flagged[labels == 1].sum()), int((labels == 1).sum())),
               "specificity": (int((~flagged[labels == 0]).sum()), int((labels == 0).sum())),
               "accuracy": (int((flagged == (labels == 1)).sum()), len(labels))}
-    for name, fn in stats.items():
-        given = scores if name in counts else ranking
-        result[name] = float(fn(labels, given))
-        # Proportions at the fixed threshold: Wilson intervals; rank measures: bootstrap.
-        result[f"{name}_ci"] = list(wilson_ci(*counts[name]) if name in counts else
-                                    bootstrap_ci(labels, given, fn, n=n_bootstrap))
+    for name, (k, n) in counts.items():          # proportions at the threshold: Wilson
+        result[name] = k / n
+        result[f"{name}_ci"] = list(wilson_ci(k, n))
     result["operating_point"] = operating_point_problem(result)
     waits = worklist_waits(labels, ranking, minutes_per_study=minutes_per_study)
     result["waits"] = vars(waits)
@@ -194,8 +184,8 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
                         "" if np.isnan(r.domain_distance) else f"{r.domain_distance:.3f}",
                         CSV_NOTE])
     (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
-    _plot_roc(labels, scores, t, result, out / "roc.png", ranking)
-    _plot_scores(labels, scores, t, result, out / "scores.png")
+    _plot_roc(labels, result, out / "roc.png", ranking)
+    _plot_scores(labels, scores, flagged, t, result, out / "scores.png")
     if shifts:
         _plot_robustness(result, out / "robustness.png")
     elif earlier_shifts:       # the replaced evaluation's picture, of another model or data
@@ -231,7 +221,8 @@ def operating_point_problem(result: dict[str, Any]) -> str | None:
              and result[f"{key}_ci"][1] < validation_low(validation[key], validation.get(count))]
     if not (worse or result["specificity"] < 0.05 or result["sensitivity"] < target - 0.10):
         return None
-    return (f"at the stored threshold {result['threshold']:.3f}, "
+    stored = threshold_text(result["threshold"], result.get("threshold_logit"))
+    return (f"at the stored threshold {stored}, "
             + ("; ".join(worse) if worse else f"sensitivity {result['sensitivity']:.3f} and "
                f"specificity {result['specificity']:.3f}")
             + f": the operating point chosen on validation (for {target:.0%} sensitivity) "
@@ -406,8 +397,8 @@ def _plot_robustness(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_scores(labels: np.ndarray, scores: np.ndarray, threshold: float, result: dict,
-                 path: Path) -> None:
+def _plot_scores(labels: np.ndarray, scores: np.ndarray, flagged: np.ndarray, threshold: float,
+                 result: dict, path: Path) -> None:
     """Histograms of the normal and the abnormal studies' scores, with the operating point:
     where the two overlap is where the worklist order is unsure."""
     import matplotlib
@@ -418,9 +409,8 @@ def _plot_scores(labels: np.ndarray, scores: np.ndarray, threshold: float, resul
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     for value, name, colour in ((0, "normal", "tab:blue"), (1, "abnormal", "tab:red")):
         s = scores[labels == value]
-        flagged = int((s >= threshold).sum())
         ax.hist(s, bins=bins, alpha=0.55, color=colour,
-                label=f"{name}: {flagged} of {len(s)} flagged")
+                label=f"{name}: {int(flagged[labels == value].sum())} of {len(s)} flagged")
     ax.axvline(threshold, c="k", ls="--", lw=1, label=f"threshold {threshold:.3f}")
     ax.set(xlabel="score (calibrated probability of abnormal)", ylabel="studies",
            title=f"{result['model']} ({NOTE})")
@@ -431,9 +421,8 @@ def _plot_scores(labels: np.ndarray, scores: np.ndarray, threshold: float, resul
     plt.close(fig)
 
 
-def _plot_roc(labels: np.ndarray, scores: np.ndarray, threshold: float, result: dict,
-              path: Path, ranking: np.ndarray) -> None:
-    """The ROC curve of ``ranking`` (the logits), and the operating point of ``scores``."""
+def _plot_roc(labels: np.ndarray, result: dict, path: Path, ranking: np.ndarray) -> None:
+    """The ROC curve of ``ranking`` (the logits), and the operating point of ``result``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -442,8 +431,9 @@ def _plot_roc(labels: np.ndarray, scores: np.ndarray, threshold: float, result: 
     fig, ax = plt.subplots(figsize=(4.2, 4.2))
     ax.plot(fpr, tpr, label=f"AUROC {result['auroc']:.3f}")
     ax.plot([0, 1], [0, 1], ls=":", c="grey")
-    sens, spec = sens_spec(labels, scores, threshold)
-    ax.plot([1 - spec], [sens], "o", label=f"threshold {threshold:.3f}: sens {sens:.2f}, "
+    sens, spec = result["sensitivity"], result["specificity"]
+    stored = threshold_text(result["threshold"], result.get("threshold_logit"))
+    ax.plot([1 - spec], [sens], "o", label=f"threshold {stored}: sens {sens:.2f}, "
                                            f"spec {spec:.2f}")
     ax.set(xlabel="1 - specificity", ylabel="sensitivity",
            title=f"{result['model']} ({NOTE})")

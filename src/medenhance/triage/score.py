@@ -85,6 +85,15 @@ class TriageResult:
         return "likely abnormal" if self.flag else ""
 
 
+def threshold_text(score: float, logit: float | None = None) -> str:
+    """A threshold as people read it: the score to 3 decimals, and its logit where the score
+    rounds to 0 or 1 (a steep calibration), so that the number still says something."""
+    text = f"{score:.3f}"
+    if logit is not None and text in ("0.000", "1.000"):
+        text += f" (logit {logit:.2f})"
+    return text
+
+
 def _check_settings(info: dict, source: str) -> None:
     """Refuse, in one line, a card's triage settings that would score nothing sensible (a
     hand-edited card, or one of another version): they failed with a traceback, or (a threshold
@@ -98,6 +107,8 @@ def _check_settings(info: dict, source: str) -> None:
         problems.append(f"kind {info.get('kind')!r} is neither supervised nor oneclass")
     if not number(info.get("threshold")) or not 0 <= info["threshold"] <= 1:
         problems.append(f"threshold {info.get('threshold')!r} is not a score from 0 to 1")
+    if "threshold_logit" in info and not number(info["threshold_logit"]):
+        problems.append(f"threshold_logit {info['threshold_logit']!r} is not a number")
     # Cards before smallest_side have none (MIN_TRAINING_SIDE is assumed); every card a size.
     for key, least, missing in (("size", 8, None), ("smallest_side", 1, 1)):
         side = info.get(key, missing)
@@ -142,7 +153,23 @@ class TriageScorer:
 
     @property
     def threshold(self) -> float:
+        """The card's threshold as a score (what the worklist and summaries print)."""
         return float(self.info["threshold"])
+
+    @property
+    def threshold_text(self) -> str:
+        """The threshold as printed (:func:`threshold_text`)."""
+        return threshold_text(self.threshold, self.info.get("threshold_logit"))
+
+    def above_threshold(self, logits: np.ndarray | float) -> np.ndarray:
+        """Whether calibrated logits (:meth:`score_logits`) reach the card's threshold. Cards
+        since ``threshold_logit`` compare logits: a steep calibration rounds many scores, and
+        so the threshold, to exactly 1.0, and every study at 1.0 was flagged. Older cards
+        compare scores, as they were chosen."""
+        logits = np.asarray(logits, dtype=np.float64)
+        if "threshold_logit" in self.info:
+            return logits >= float(self.info["threshold_logit"])
+        return expit(logits) >= self.threshold
 
     @property
     def calibration_warning(self) -> str | None:
@@ -357,7 +384,8 @@ class TriageScorer:
             ood = (bool(foreign) or empty or tiny or distance > float(self.info["ood_distance"])
                    or (self.domain is not None and domain > self.domain.limit))
             results.append(TriageResult(
-                worst.path, worst.score, int(worst.score >= self.threshold), int(ood), distance,
+                worst.path, worst.score, int(self.above_threshold(worst.logit)), int(ood),
+                distance,
                 worst.index, counted, len({f.path for f in frames}), uids[key], foreign, empty,
                 domain, tuple(dict.fromkeys(f.path for f in frames)),
                 ", ".join(dict.fromkeys(small[f.path] for f in own or frames)) if tiny else "",

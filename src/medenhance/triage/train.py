@@ -986,9 +986,14 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
                            "mahalanobis-views" if view_average else "mahalanobis")
         calibrated = a * (raw - b)
     prob = expit(calibrated)
-    threshold = threshold_for_sensitivity(val.labels, prob, config.target_sensitivity)
+    # Chosen on the logits, which a steep calibration does not round to 1.0 (the threshold as a
+    # score was then 1.0, and every study at 1.0 was flagged); the score is what people read.
+    threshold_logit = threshold_for_sensitivity(val.labels, calibrated,
+                                                config.target_sensitivity)
+    threshold = float(expit(threshold_logit))
     triage["threshold"] = threshold
-    sens, spec = sens_spec(val.labels, prob, threshold)
+    triage["threshold_logit"] = float(threshold_logit)
+    sens, spec = sens_spec(val.labels, calibrated, threshold_logit)
     # Ranked by the logit, as evaluate-triage ranks (a steep calibration rounds scores to 1.0);
     # the class counts let evaluate-triage tell a worse operating point from chance.
     metrics = {"val_auroc": auroc(val.labels, calibrated),
@@ -1039,5 +1044,5 @@ def _train_and_save(config: TriageConfig, run: Path, registered: Path, *,
     if config.register:
         save_checkpoint(model, card, registered, aux=domain.tensors())
     log(f"validation: AUROC {metrics['val_auroc']:.4f}, sensitivity {sens:.3f}, specificity "
-        f"{spec:.3f} at threshold {threshold:.4f}; saved {path}")
+        f"{spec:.3f} at threshold {threshold:.4f} (logit {threshold_logit:.3f}); saved {path}")
     return path, metrics
