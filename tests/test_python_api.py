@@ -124,3 +124,81 @@ def test_triage_scores_a_folder_given_from_python(samples: Path) -> None:
     from_files = scorer.score_files(me.find_images([samples]))
     assert [(r.path, r.score) for r in from_folder] == [(r.path, r.score) for r in from_files]
     assert len(from_folder) == 4
+
+
+def test_the_api_refuses_what_would_give_meaningless_numbers(samples: Path) -> None:
+    """A helper's notebook session: each of these returned a number (or NaN) without a word, or
+    failed with an AttributeError from deep inside."""
+    from medenhance import metrics
+
+    x = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    for test, match in [(x * 255, "test's values span"), ((x * 65535).astype(np.uint16),
+                                                          "the test uint16")]:
+        with pytest.raises(InvalidImageError, match=match):      # -43 dB and -91 dB
+            metrics.psnr(x, test)
+    assert metrics.psnr(x, np.clip(x + 0.3, 0, None)) < 20       # noise past [0, 1] is fine
+    rgb = np.random.default_rng(1).random((64, 64, 3))
+    with pytest.raises(InvalidImageError, match="looks like a colour image"):
+        metrics.psnr(rgb, rgb)                     # was an array of 64 PSNRs
+    for call, match in [(lambda: metrics.psnr(x, x, mask=np.ones((3, 3), bool)), "mask shape"),
+                        (lambda: metrics.ssim(x, x, win_size="7"), "odd integer"),
+                        (lambda: metrics.ssim(x, x, win_size=7.0), "odd integer"),
+                        (lambda: metrics.psnr(np.zeros((0, 0)), np.zeros((0, 0))), "empty"),
+                        (lambda: me.MedicalImage(x, None), "takes an ImageMeta"),
+                        (lambda: me.from_array(x, modality=5), "modality must be")]:
+        with pytest.raises(InvalidImageError, match=match):
+            call()
+    assert metrics.ssim(x, x, win_size=np.int64(7)) == 1.0
+    nan = np.full((32, 32), 0.5)
+    nan[0, 0] = np.nan
+    for preset in ("gaussian-25", "sr-x2"):            # 1 and 9 NaN out before
+        with pytest.raises(InvalidImageError, match="1 NaN value"):
+            Pipeline.from_preset(preset)(nan, 0)
+    with pytest.raises(DegradationError, match="1 NaN value"):
+        me.degrade.estimate_noise_sigma(nan)
+    # A seed where a Generator is expected, as Pipeline takes one.
+    assert np.array_equal(me.degrade.gaussian(x, sigma=0.1, rng=3),
+                          me.degrade.gaussian(x, sigma=0.1, rng=np.random.default_rng(3)))
+    with pytest.raises(DegradationError, match="rng must be"):
+        me.degrade.rician(x, sigma=0.1, rng="seed")
+    with pytest.warns(UserWarning, match="no noise to scale"):   # it added nothing, silently
+        me.degrade.low_field(np.tile(np.linspace(0, 1, 64), (64, 1)), rng=0)
+    # enhance_array takes a name as enhance_image does; options are checked.
+    image = me.read_image(samples / "mri_brain_glioma_Te-gl_0063.png")
+    by_name, _ = enhance_array(image.pixels, "mri-denoise")
+    assert np.array_equal(by_name, enhance_array(image.pixels, load_model("mri-denoise"))[0])
+    with pytest.raises(ConfigError, match="options must be EnhanceOptions"):
+        enhance_array(image.pixels, "mri-denoise", {"tile": 0})
+
+
+def test_triage_from_python_takes_generators_and_images_in_memory(samples: Path) -> None:
+    from medenhance.triage.score import TriageScorer
+
+    scorer = TriageScorer("mri-triage")
+    files = me.find_images([samples])
+    listed = [r.score for r in scorer.score_files(files)]
+    assert [r.score for r in scorer.score_files(p for p in files)] == listed   # was []
+    assert [r.score for r in scorer.score_files(map(str, files))] == listed
+    mri = samples / "mri_brain_glioma_Te-gl_0063.png"
+    image = me.read_image(mri)
+    one = scorer.score_image(image)
+    # (to float32 rounding: a batch's size moves the 8th digit)
+    assert one.score == pytest.approx(listed[files.index(mri)], rel=1e-6)
+    assert one.path == f"image 0 ({mri})"
+    # A denoised copy in memory, beside its file: two studies, not one repeat of the other.
+    denoised = enhance_image(image, "mri-denoise")
+    both = scorer.score_files([mri, denoised])
+    assert len(both) == 2 and both[0].score == pytest.approx(one.score, rel=1e-6)
+    assert both[1].path.startswith("image 1")
+    for bad, match in [(None, "got NoneType"), ([3], "got int"), (image.pixels, "got ndarray")]:
+        with pytest.raises(ConfigError, match=match):
+            scorer.score_files(bad)
+    with pytest.raises(ConfigError, match="score_image takes a MedicalImage"):
+        scorer.score_image(files[0])
+    # Network inputs of another size or scale: refused (a 256-pixel frame scored 0.947 where
+    # its file scored 0.685; frames x 255 scored 1.0).
+    size = scorer.info["size"]
+    for frames in (image.pixels[None], np.zeros((size, size), np.float32),
+                   np.full((1, size, size), 255.0, np.float32)):
+        with pytest.raises(InvalidImageError):
+            scorer.score_frames(frames)

@@ -109,6 +109,9 @@ def check_unit_range(pixels: np.ndarray, what: str = "pixels") -> None:
     if px.size == 0 or px.dtype.kind == "b":
         return
     lo, hi = float(np.min(px)), float(np.max(px))
+    if np.isnan(lo) or np.isnan(hi):      # passed the range check below: NaN compares false
+        raise InvalidImageError(f"{what}: pixels hold {int(np.isnan(px).sum())} NaN value(s); "
+                                "fill them first (read_image does, for NIfTI and .npy)")
     if lo < -UNIT_SLACK or hi > 1.0 + UNIT_SLACK:
         raise InvalidImageError(
             f"{what}: pixels must lie in [0, 1] (the intensity contract), got {lo:.6g} to "
@@ -178,6 +181,10 @@ class MedicalImage:
     meta: ImageMeta
 
     def __post_init__(self) -> None:
+        if not isinstance(self.meta, ImageMeta):
+            raise InvalidImageError(f"MedicalImage takes an ImageMeta as meta, got "
+                                    f"{type(self.meta).__name__} (medenhance.from_array makes "
+                                    "one for an array)")
         px = np.asarray(self.pixels)
         if px.ndim not in (2, 3):
             raise InvalidImageError(
@@ -304,6 +311,9 @@ def from_array(array: np.ndarray, *, modality: str | None = None,
         raise InvalidImageError(f"shape {arr.shape} looks like a colour image (H, W, RGB); "
                                 "medenhance takes grey images: (H, W) or frames (N, H, W)")
     pixel_spacing = _spacing_pair(pixel_spacing)
+    if modality is not None and not (isinstance(modality, str) and modality.strip()):
+        raise InvalidImageError(f"modality must be a DICOM modality code such as 'CR', 'DX', "
+                                f"'MR' or 'CT', got {modality!r}")
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise InvalidImageError("array contains NaN or infinite values")
     if arr.size == 0:

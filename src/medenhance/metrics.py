@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import InvalidImageError
+from .image import looks_like_colour
 
 #: Weights of the five MS-SSIM scales (Wang, Simoncelli & Bovik 2003).
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -71,6 +72,17 @@ def _data_range(ref: np.ndarray, tst: np.ndarray, data_range: float | None,
         raise InvalidImageError(f"the reference's values span {lo:.6g} to {hi:.6g}, off the "
                                 "[0, 1] scale of MedicalImage pixels: pass data_range (the "
                                 "span of values the images can take)")
+    # The test on another scale (x 255, or integers) gave -43 dB without a word. Noise may
+    # carry an unclipped test a little past [0, 1]; a factor of 255 or 65535 cannot.
+    if tst.dtype.kind in "ui":
+        raise InvalidImageError(f"the reference is {ref.dtype} on the [0, 1] scale and the test "
+                                f"{tst.dtype}: give both on one scale (and data_range if it is "
+                                "not [0, 1])")
+    lo, hi = float(np.min(tst)), float(np.max(tst))
+    if lo < -1.0 or hi > 2.0:
+        raise InvalidImageError(f"the reference lies on the [0, 1] scale but the test's values "
+                                f"span {lo:.6g} to {hi:.6g}: give both on one scale (and "
+                                "data_range if it is not [0, 1])")
     return 1.0
 
 
@@ -82,6 +94,14 @@ def _prepare(reference: np.ndarray, test: np.ndarray, data_range: float | None,
         raise InvalidImageError(f"reference and test shapes differ: {ref.shape} vs {tst.shape}")
     if ref.ndim not in (2, 3):
         raise InvalidImageError(f"expected (H, W) or (N, H, W) images, got shape {ref.shape}")
+    if ref.size == 0:
+        raise InvalidImageError(f"the images are empty (shape {ref.shape})")
+    # (H, W, 3) would be scored as H images of W x 3 pixels: an array of H numbers.
+    if looks_like_colour(ref.shape):
+        raise InvalidImageError(f"shape {ref.shape} looks like a colour image (H, W, "
+                                f"{ref.shape[2]} channels); metrics take grey images (H, W) or "
+                                "a batch (N, H, W): convert to grey, or compare each channel "
+                                "as ref[..., c]")
     if not (np.isfinite(ref).all() and np.isfinite(tst).all()):
         raise InvalidImageError("images contain NaN or infinite values")
     data_range = _data_range(ref, tst, data_range, rule)
@@ -92,7 +112,7 @@ def _prepare(reference: np.ndarray, test: np.ndarray, data_range: float | None,
     m = None
     if mask is not None:
         m = np.asarray(mask, dtype=bool)
-        if m.ndim == 2:
+        if m.ndim == 2 and m.shape == ref.shape[1:]:
             m = np.broadcast_to(m, ref.shape)
         if m.shape != ref.shape:
             raise InvalidImageError(f"mask shape {np.shape(mask)} does not match images {ref.shape}")
@@ -182,8 +202,9 @@ def ssim(reference: np.ndarray, test: np.ndarray, *, data_range: float | None = 
     visibility to structural similarity", IEEE TIP 13(4), 2004. doi:10.1109/TIP.2003.819861
     """
     ref, tst, m, single, data_range = _prepare(reference, test, data_range, mask)
-    if win_size % 2 != 1 or win_size < 3:
-        raise InvalidImageError(f"win_size must be odd and >= 3, got {win_size}")
+    if not isinstance(win_size, (int, np.integer)) or isinstance(win_size, bool) \
+            or win_size % 2 != 1 or win_size < 3:
+        raise InvalidImageError(f"win_size must be an odd integer >= 3, got {win_size!r}")
     if min(ref.shape[-2:]) < win_size:
         raise InvalidImageError(f"images of {ref.shape[-2:]} pixels are smaller than the SSIM "
                                 f"window ({win_size}); pass a smaller win_size")

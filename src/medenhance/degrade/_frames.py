@@ -20,10 +20,26 @@ def per_frame(func: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.nda
 
 
 def as_float(x: np.ndarray) -> np.ndarray:
-    arr = np.asarray(x, dtype=np.float64)
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DegradationError(f"expected a numeric array, got {type(x).__name__}") from None
     if arr.ndim not in (2, 3):
         raise DegradationError(f"expected an (H, W) or (N, H, W) array, got shape {arr.shape}")
+    # NaN passed every range check (comparisons with it are false) and spread through blurs.
+    if np.isnan(arr).any():
+        raise DegradationError(f"the image holds {int(np.isnan(arr).sum())} NaN value(s); "
+                               "fill them first (read_image does, for NIfTI and .npy)")
     return arr
+
+
+def generator(rng: np.random.Generator | int | None) -> np.random.Generator:
+    """``rng`` as a numpy Generator: one, a seed (a whole number >= 0), or None (fresh)."""
+    if rng is None or isinstance(rng, np.random.Generator) or (
+            isinstance(rng, (int, np.integer)) and not isinstance(rng, bool) and rng >= 0):
+        return np.random.default_rng(rng)
+    raise DegradationError(f"rng must be a numpy Generator or a seed (a whole number >= 0), "
+                           f"got {rng!r}")
 
 
 def check(name: str, value: float, low: float, high: float = float("inf"),

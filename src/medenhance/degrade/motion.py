@@ -13,17 +13,18 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ._frames import as_float, check, per_frame
+from ._frames import as_float, check, generator, per_frame
 
 
 def mri_motion(x: np.ndarray, *, max_shift: float, n_movements: int = 3,
-               rng: np.random.Generator) -> np.ndarray:
+               rng: np.random.Generator | int | None = None) -> np.ndarray:
     """Ghosting from ``n_movements`` random translations of up to ``max_shift`` pixels."""
     max_shift = check("max_shift", max_shift, 0.0)
     n_movements = int(check("n_movements", n_movements, 0))
     arr = as_float(x)
     if max_shift == 0 or n_movements == 0:
         return arr.copy()
+    rng = generator(rng)
 
     def one(frame: np.ndarray) -> np.ndarray:
         rows, cols = frame.shape

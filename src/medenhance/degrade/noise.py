@@ -15,27 +15,32 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from skimage.restoration import estimate_sigma
 
 from ..errors import DegradationError
-from ._frames import as_float, check
+from ._frames import as_float, check, generator
 
 #: Said when a noise sigma is out of range: a sigma in grey levels (30) turned half of an image
 #: black and half white without a word.
 SIGMA_SCALE = "on the image's [0, 1] scale: 25 grey levels of 255 is 0.098"
 
 
-def gaussian(x: np.ndarray, *, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Add N(0, sigma^2) noise; ``sigma`` on the [0, 1] scale (25/255 ~ 0.098)."""
+def gaussian(x: np.ndarray, *, sigma: float, rng: np.random.Generator | int | None = None
+             ) -> np.ndarray:
+    """Add N(0, sigma^2) noise; ``sigma`` on the [0, 1] scale (25/255 ~ 0.098). ``rng``: a
+    numpy Generator, or a seed (as for every noise here)."""
     sigma = check("sigma", sigma, 0.0, 1.0, SIGMA_SCALE)
     arr = as_float(x)
+    rng = generator(rng)
     return arr + rng.normal(0.0, sigma, arr.shape) if sigma > 0 else arr.copy()
 
 
 def poisson_gaussian(x: np.ndarray, *, photons: float, electronic_sigma: float = 0.0,
                      log_domain: bool = True, mu_max: float = 4.0,
-                     rng: np.random.Generator) -> np.ndarray:
+                     rng: np.random.Generator | int | None = None) -> np.ndarray:
     """Quantum (Poisson) plus electronic (Gaussian) noise at a dose of ``photons`` per pixel.
 
     Parameters
@@ -57,6 +62,7 @@ def poisson_gaussian(x: np.ndarray, *, photons: float, electronic_sigma: float =
     photons = check("photons", photons, 1e-3)
     electronic_sigma = check("electronic_sigma", electronic_sigma, 0.0)
     arr = as_float(x)
+    rng = generator(rng)
     if log_domain:
         mu_max = check("mu_max", mu_max, 1e-3)
         expected = photons * np.exp(-mu_max * arr)
@@ -71,12 +77,14 @@ def poisson_gaussian(x: np.ndarray, *, photons: float, electronic_sigma: float =
     return -np.log(np.maximum(counts, 0.5) / photons) / mu_max
 
 
-def rician(x: np.ndarray, *, sigma: float, rng: np.random.Generator) -> np.ndarray:
+def rician(x: np.ndarray, *, sigma: float, rng: np.random.Generator | int | None = None
+           ) -> np.ndarray:
     """Magnitude of ``x + n_re + i n_im`` with ``n ~ N(0, sigma^2)`` on each channel."""
     sigma = check("sigma", sigma, 0.0, 1.0, SIGMA_SCALE)
     arr = as_float(x)
     if sigma == 0:
         return arr.copy()
+    rng = generator(rng)
     real = arr + rng.normal(0.0, sigma, arr.shape)
     imag = rng.normal(0.0, sigma, arr.shape)
     return np.hypot(real, imag)
@@ -104,7 +112,7 @@ def _clip_aware_sigma(frame: np.ndarray) -> float:
 
 def low_field(x: np.ndarray, *, field_from: float = 3.0, field_to: float = 1.5,
               snr_exponent: float = 1.0, source_sigma: float | None = None,
-              rng: np.random.Generator) -> np.ndarray:
+              rng: np.random.Generator | int | None = None) -> np.ndarray:
     """Simulate acquisition at ``field_to`` tesla of an image acquired at ``field_from``.
 
     The noise sigma rises from ``source_sigma`` (estimated from the image when ``None``) to
@@ -117,6 +125,11 @@ def low_field(x: np.ndarray, *, field_from: float = 3.0, field_to: float = 1.5,
     arr = as_float(x)
     s0 = estimate_noise_sigma(arr) if source_sigma is None else check("source_sigma",
                                                                         source_sigma, 0.0)
+    if s0 == 0 and field_to < field_from:
+        # It multiplies the noise there is: none on a noise-free phantom.
+        warnings.warn("low_field: the image has no noise to scale (estimated sigma 0), so "
+                      "nothing is added; pass source_sigma for the noise of the acquisition it "
+                      "stands for", stacklevel=2)
     target = s0 * (field_from / field_to) ** snr_exponent
     added = float(np.sqrt(max(target**2 - s0**2, 0.0)))
     if added > 1.0:      # said in the user's own parameters, not as rician's sigma

@@ -98,9 +98,11 @@ def _loaded(model: LoadedModel | str | os.PathLike[str]) -> LoadedModel:
 
 
 @torch.inference_mode()
-def enhance_array(frames: np.ndarray, model: LoadedModel, options: EnhanceOptions | None = None,
+def enhance_array(frames: np.ndarray, model: LoadedModel | str | os.PathLike[str],
+                  options: EnhanceOptions | None = None,
                   keep: np.ndarray | None = None) -> tuple[np.ndarray, list[float | None]]:
-    """Enhance ``(H, W)`` or ``(N, H, W)`` pixels in [0, 1]; returns pixels and sigma per frame.
+    """Enhance ``(H, W)`` or ``(N, H, W)`` pixels in [0, 1] with a model (loaded, or a name or
+    path as for :func:`load_model`); returns pixels and sigma per frame.
 
     ``keep`` (the shape of ``frames``): pixels that are not part of the picture, such as DICOM
     padding outside a CT's field of view. For networks that keep the size (all bundled ones; a
@@ -108,8 +110,14 @@ def enhance_array(frames: np.ndarray, model: LoadedModel, options: EnhanceOption
     network sees them filled from the nearest picture pixels, so that the edge of the field of
     view is not a step (a -2000 HU border made the denoised ring inside it twice as far from the
     truth as the noisy input was)."""
-    opts = options or EnhanceOptions()
+    opts = EnhanceOptions() if options is None else options
+    if not isinstance(opts, EnhanceOptions):
+        raise ConfigError(f"options must be EnhanceOptions(...), got {type(opts).__name__}")
     opts.validate()
+    model = _loaded(model)
+    frames = np.asarray(frames)
+    if frames.dtype.kind not in "buif":
+        raise InvalidImageError(f"expected numeric pixels, got dtype {frames.dtype}")
     net = model.network
     device = torch.device(opts.device)
     # oneDNN's CPU convolutions run faster on channels-last (NHWC) tensors: measured 1.3x for the
@@ -127,7 +135,6 @@ def enhance_array(frames: np.ndarray, model: LoadedModel, options: EnhanceOption
     if not np.isfinite(stack).all():
         raise InvalidImageError("pixels hold NaN or infinite values")
     check_unit_range(stack, "enhance_array")
-    check_enhancement_model(model)
     same_size = int(net.scale) == 1     # what is kept as it is needs the output's size
     masks = None if keep is None or not same_size else (keep[None] if single else keep)
     if masks is not None and masks.shape != stack.shape:

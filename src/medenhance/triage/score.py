@@ -20,6 +20,7 @@ import torch
 from scipy.special import expit
 
 from ..errors import ConfigError, InvalidImageError, MedEnhanceError, NotAnImageError
+from ..image import MedicalImage, check_unit_range
 from ..io import display_frames, read_image
 from ..io._files import _place
 from ..models.card import LoadedModel, load_model
@@ -194,9 +195,19 @@ class TriageScorer:
         distances: a steep calibration rounds many scores to exactly 1.0 in float64, and a
         worklist or an AUROC must still rank them."""
         net = self.model.network
+        frames = np.asarray(frames)
+        size = int(self.info["size"])
+        # Frames of another size or scale were scored without a word (a 256-pixel frame 0.947
+        # where its file scored 0.685; frames x 255 scored 1.0).
+        if frames.ndim != 3 or frames.shape[1:] != (size, size) or frames.dtype.kind not in "buif":
+            raise InvalidImageError(
+                f"expected network inputs of shape (N, {size}, {size}), got "
+                f"{frames.dtype} of shape {frames.shape}; score_files and score_image read, "
+                "resize and prepare files and images (one frame is frames[None])")
         if not np.isfinite(frames).all():       # a NaN score would never reach the threshold
             raise InvalidImageError("frames hold NaN or infinite values; files read with "
                                     "read_image never do (NaN outside a NIfTI mask is filled)")
+        check_unit_range(frames, "score_logits")
         x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))[:, None]
         # The feature distance as in training: averaged over the 8 views where the Gaussian
         # was fitted to all of them (cards before "distance" was recorded: by their score).
@@ -250,7 +261,17 @@ class TriageScorer:
                                                mode="bilinear", align_corners=False
                                                )[:, 0].numpy()
 
-    def score_files(self, paths: list[Path] | str | os.PathLike[str],
+    def score_image(self, image: MedicalImage) -> TriageResult:
+        """The result of one image in memory (from :func:`~medenhance.read_image`, or an
+        enhanced one), read as :meth:`score_files` reads a file: resized and prepared for the
+        model, scored by its most abnormal frame. Its ``path`` is ``"image 0"`` and the file it
+        came from, if any."""
+        if not isinstance(image, MedicalImage):
+            raise ConfigError(f"score_image takes a MedicalImage (read_image, from_array), got "
+                              f"{type(image).__name__}; files go to score_files")
+        return self.score_files([image])[0]
+
+    def score_files(self, paths: list[Path | MedicalImage] | str | os.PathLike[str],
                     failures: list[str] | None = None,
                     progress=None, batch: int = 32, by_study: bool = False,
                     repeats: list[str] | None = None,
@@ -259,7 +280,9 @@ class TriageScorer:
                     copies: dict[str, str] | None = None,
                     same_picture: dict[str, str] | None = None) -> list[TriageResult]:
         """One result per file, or per DICOM study with ``by_study`` (files without a Study
-        Instance UID stay studies of their own), in the order first read. A file of several
+        Instance UID stay studies of their own), in the order first read. ``paths``: files,
+        folders (the images in them), or :class:`~medenhance.MedicalImage` objects, each a
+        study of its own named ``"image N"`` by its place in the list. A file of several
         frames scores by its most abnormal frame that shows the anatomy (:mod:`.study`).
 
         A DICOM file with the SOP Instance UID of one already read (a copy) is left out, and
@@ -271,12 +294,22 @@ class TriageScorer:
         ``failures``, adds its message there and ``(path, reason)`` to ``unreadable``; with
         ``not_images``, a DICOM object without an image (a dose report, a presentation state)
         is named there instead, as not a study to read."""
-        if isinstance(paths, (str, os.PathLike)):     # one file, not its characters
-            paths = [Path(paths)]
-        if any(Path(p).is_dir() for p in paths):      # folders: the images in them
-            from ..io import find_images
+        if isinstance(paths, (str, os.PathLike, MedicalImage)):   # one, not its characters
+            paths = [paths]
+        try:
+            paths = list(paths)           # a generator was used up by the folder check below
+        except TypeError:
+            raise ConfigError(f"score_files takes file paths or MedicalImage objects (a list, or "
+                              f"one), got {type(paths).__name__}") from None
+        if odd := [p for p in paths if not isinstance(p, (str, os.PathLike, MedicalImage))]:
+            raise ConfigError(f"score_files takes file paths or MedicalImage objects, got "
+                              f"{type(odd[0]).__name__}")
+        if any(not isinstance(p, MedicalImage) and Path(p).is_dir() for p in paths):
+            from ..io import find_images        # folders: the images in them
 
-            paths = find_images([Path(p) for p in paths], errors=failures)
+            paths = [*find_images([Path(p) for p in paths if not isinstance(p, MedicalImage)],
+                                  errors=failures),
+                     *(p for p in paths if isinstance(p, MedicalImage))]
         size = int(self.info["size"])
         studies: dict[str, list[FrameScore]] = {}
         uids: dict[str, str] = {}
@@ -315,12 +348,17 @@ class TriageScorer:
         pictures: dict[str, str] = {}       # picture key -> the file read with it (copies)
         pictured: set[str] = set()          # files with a frame that is not one flat value
         small: dict[str, str] = {}          # files too small for the model -> their HxW
-        for path in (progress(paths) if progress else paths):
-            if _place(Path(path)) in seen:       # given twice (a folder and its sub-folder)
+        for n, item in enumerate(progress(paths) if progress else paths):
+            in_memory = isinstance(item, MedicalImage)
+            # An image in memory is named by its place in the list (and the file it came from).
+            path = (f"image {n}" + (f" ({item.meta.source_path})" if item.meta.source_path
+                                    else "")) if in_memory else item
+            if not in_memory and _place(Path(path)) in seen:   # a folder and its sub-folder
                 continue
-            seen.add(_place(Path(path)))
+            if not in_memory:
+                seen.add(_place(Path(path)))
             try:
-                image = read_image(path)
+                image = item if in_memory else read_image(path)
                 index, frames = triage_frames(image, size, keep_aspect=keeps_aspect(self.info))
             except MedEnhanceError as exc:
                 if isinstance(exc, NotAnImageError) and not_images is not None:
@@ -332,7 +370,9 @@ class TriageScorer:
                 if unreadable is not None:
                     unreadable.append((str(path), getattr(exc, "reason", str(exc))))
                 continue
-            sop = str(getattr(image.meta.header, "get", lambda _k: "")("SOPInstanceUID") or "")
+            # An image in memory (a denoised copy, say) may keep its source's UID in its header.
+            sop = "" if in_memory else str(getattr(image.meta.header, "get",
+                                                   lambda _k: "")("SOPInstanceUID") or "")
             if sop and sop in instances:
                 if repeats is not None:
                     repeats.append(f"{path}: the same image (SOP Instance UID) as "
