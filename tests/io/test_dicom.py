@@ -228,9 +228,10 @@ def test_enhanced_objects_keep_image_type_value_2_and_mark_frames_derived(tmp_pa
     assert list(frames.FrameType) == ["DERIVED", "PRIMARY", "AXIAL", "NONE"]
 
 
-def _padded_ct(shared: Path, path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _padded_ct(shared: Path, path: Path, far: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The NEMA CT slice in HU with noise, and -2000 (Pixel Padding Value) outside a circle;
-    returns the clean HU and the padding mask."""
+    returns the clean HU and the padding mask. ``far``: stored unsigned with intercept -1024
+    and padded with 63536, far above the picture (as a user's scanner wrote it)."""
     src = pydicom.dcmread(shared / "dicom-samples" / "wg04" / "CT1_RLE.dcm")
     clean = np.clip(src.pixel_array.astype(np.float64) * float(src.RescaleSlope)
                     + float(src.RescaleIntercept), -1024, 3071)[128:384, 128:384]
@@ -244,10 +245,45 @@ def _padded_ct(shared: Path, path: Path) -> tuple[np.ndarray, np.ndarray]:
     ds.SOPClassUID, ds.SOPInstanceUID = src.SOPClassUID, generate_uid()
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.Modality, ds.PatientID = "CT", "P1"
-    ds.set_pixel_data(noisy.astype(np.int16), "MONOCHROME2", 16)
-    ds.RescaleSlope, ds.RescaleIntercept, ds.PixelPaddingValue = 1, 0, -2000
+    if far:
+        stored = np.where(outside, 63536, noisy + 1024).astype(np.uint16)
+        ds.set_pixel_data(stored, "MONOCHROME2", 16)
+        ds.RescaleSlope, ds.RescaleIntercept, ds.PixelPaddingValue = 1, -1024, 63536
+    else:
+        ds.set_pixel_data(noisy.astype(np.int16), "MONOCHROME2", 16)
+        ds.RescaleSlope, ds.RescaleIntercept, ds.PixelPaddingValue = 1, 0, -2000
     ds.save_as(path, enforce_file_format=True)
     return clean, outside
+
+
+def test_padding_far_beyond_the_picture_does_not_squash_it(shared: Path, tmp_path: Path) -> None:
+    """An unsigned CT padded with 63536 kept its tissue on the lowest 3 % of the window: the
+    denoiser estimated a noise of 0.1/255, left a checkerboard and moved soft tissue by -49 HU.
+    The picture is now processed over its own range, as the same slice padded with -2000 is."""
+    from medenhance.degrade import Pipeline, degrade_image
+    from medenhance.inference.enhance import enhance_image
+
+    clean, outside = _padded_ct(shared, tmp_path / "near.dcm")
+    _padded_ct(shared, tmp_path / "far.dcm", far=True)
+    near, far = me.read_image(tmp_path / "near.dcm"), me.read_image(tmp_path / "far.dcm")
+    np.testing.assert_allclose(near.values()[~outside], far.values()[~outside], atol=1e-3)
+    written = {}
+    for name, image in (("near", near), ("far", far)):
+        out = enhance_image(image, "xray-denoise")
+        ds = pydicom.dcmread(me.write_image(out, tmp_path / f"{name}-out.dcm"))
+        written[name] = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(
+            ds.RescaleIntercept)
+        assert (ds.pixel_array[outside] == image.meta.extra["padding"][0]).all()
+    inside = ~outside
+    assert np.abs(written["far"][inside] - written["near"][inside]).max() <= 1
+    error = lambda v: np.sqrt(np.mean((v[inside] - clean[inside]) ** 2))  # noqa: E731
+    assert error(written["far"]) < 0.8 * error(far.values())
+    assert abs(np.mean(written["far"][inside] - clean[inside])) < 3         # HU; was -49
+    # Degradation's noise levels are on the picture's scale too: the same noise in HU.
+    noise = {name: degrade_image(image, Pipeline.from_preset("gaussian-25"), seed=0)[0]
+             .values()[inside] - image.values()[inside] for name, image in (("near", near),
+                                                                            ("far", far))}
+    assert np.std(noise["far"]) == pytest.approx(np.std(noise["near"]), rel=0.01)
 
 
 def test_pixel_padding_is_left_out_and_written_back(shared: Path, tmp_path: Path) -> None:
@@ -308,7 +344,9 @@ def test_padding_survives_resizing_and_noise_does_not_turn_tissue_into_padding(
     noisy, _ = degrade_image(image, Pipeline.from_preset("gaussian-50"), seed=0)
     stored = pydicom.dcmread(me.write_image(noisy, tmp_path / "noisy.dcm")).pixel_array
     np.testing.assert_array_equal(stored == -2000, outside)      # no tissue pixel on -2000
-    assert stored[~outside].min() == -1999                       # clipped noise moved off it
+    # Noise is clipped at the picture's lowest value, as it is at the window of an image
+    # without padding (padding far below the picture does not widen the scale).
+    assert stored[~outside].min() == round(image.values()[~outside].min()) > -2000
 
 
 def test_degrading_does_not_spread_padding_into_the_field_of_view(shared: Path,

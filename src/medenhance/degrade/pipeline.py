@@ -332,13 +332,17 @@ def degrade_image(image: MedicalImage, pipeline: Pipeline | DegradationRecord,
             raise DegradationError("degrade_image needs an explicit seed (or a record to replay)")
         record = pipeline.sample(seed)
         derivation = f"degrade {pipeline.name} {json.dumps(pipeline.steps, sort_keys=True)}"
-    from ..io.padding import fill_from_nearest, keep_padding, padding_mask
+    from ..io.padding import (fill_from_nearest, from_picture, keep_padding, padding_mask,
+                              picture_span, to_picture)
 
     # Padding outside a CT's field of view is not acquired: no noise or blur reaches it, and
-    # blurring or resampling does not spread its -2000 HU into the tissue.
+    # blurring or resampling does not spread its -2000 HU into the tissue. Padding far beyond
+    # the picture does not widen the scale that noise levels are given on.
     mask = padding_mask(image)
-    source = image.pixels if mask is None else fill_from_nearest(image.pixels, mask)
-    pixels = keep_padding(image, apply_record(source, record), mask)
+    span = picture_span(image, mask)
+    source = to_picture(image.pixels if mask is None else fill_from_nearest(image.pixels, mask),
+                        span)
+    pixels = keep_padding(image, from_picture(apply_record(source, record), span), mask)
     return image.with_pixels(pixels, record.describe(), derivation,
                              record_pixel_map(record, image.pixels.shape)), record
 

@@ -185,7 +185,7 @@ def enhance_image(image: MedicalImage, model: LoadedModel | str | os.PathLike[st
     records the model and the noise level used in its history. An image of a DICOM modality
     the model was not trained on draws a :class:`~medenhance.errors.ModalityWarning`.
     """
-    from ..io.padding import keep_padding, padding_mask
+    from ..io.padding import from_picture, keep_padding, padding_mask, picture_span, to_picture
 
     if not isinstance(image, MedicalImage):
         raise InvalidImageError(f"enhance_image takes a MedicalImage (from read_image or "
@@ -201,7 +201,11 @@ def enhance_image(image: MedicalImage, model: LoadedModel | str | os.PathLike[st
                       f"{loaded.card.name} was trained on {loaded.card.modality} images",
                       ModalityWarning, stacklevel=2)
     mask = padding_mask(image)
-    pixels, sigmas = enhance_array(image.pixels, loaded, opts, keep=mask)
+    # Padding far beyond the picture (an unsigned CT padded with 63536): the network sees the
+    # picture over [0, 1], and noise levels are on that scale.
+    span = picture_span(image, mask)
+    pixels, sigmas = enhance_array(to_picture(image.pixels, span), loaded, opts, keep=mask)
+    pixels = from_picture(pixels, span)
     known = [s for s in sigmas if s is not None]          # flat frames had no level
     level = f", noise level {np.mean(known) * 255:.1f}/255" if known else ""
     # Identifies the derivation for the derived DICOM series: the weights and the settings.

@@ -68,6 +68,40 @@ def padding_mask(image: MedicalImage) -> np.ndarray | None:
     return mask if mask.any() else None
 
 
+def picture_span(image: MedicalImage, mask: np.ndarray | None) -> tuple[float, float] | None:
+    """``(low, high)`` of the picture's pixels on ``image``'s [0, 1] scale, where the padding
+    widened the window (the padding value lies far beyond the picture: an unsigned CT padded
+    with 63536 keeps its tissue on the window's lowest 3 %), else None. Processing then
+    stretches the picture over [0, 1] (:func:`to_picture`), as the intensity contract would have
+    without the padding: a denoiser saw a picture of almost no contrast and noise, and left a
+    checkerboard in it. 8-bit data keep their fixed 0..255 window, as without padding."""
+    if mask is None or not image.meta.extra.get("padding") or mask.all() \
+            or int(image.meta.bits_stored or 16) <= 8:
+        return None
+    picture = image.pixels[~mask]
+    low, high = float(picture.min()), float(picture.max())
+    if high <= low or (low <= 1e-6 and high >= 1 - 1e-6):
+        return None
+    return low, high
+
+
+def to_picture(pixels: np.ndarray, span: tuple[float, float] | None) -> np.ndarray:
+    """``pixels`` with the picture's ``span`` (:func:`picture_span`) stretched over [0, 1];
+    padding beyond it is clipped (it is filled or kept apart anyway)."""
+    if span is None:
+        return pixels
+    low, high = span
+    return np.clip((pixels - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+
+def from_picture(pixels: np.ndarray, span: tuple[float, float] | None) -> np.ndarray:
+    """The inverse of :func:`to_picture` (for the picture's pixels)."""
+    if span is None:
+        return pixels
+    low, high = span
+    return (low + pixels * (high - low)).astype(np.float32)
+
+
 def fill_from_nearest(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``pixels`` (``(H, W)`` or ``(N, H, W)``) with the ``mask`` pixels of each frame set to
     the nearest unmasked pixel's value: processing then sees no step at the edge of the field of
