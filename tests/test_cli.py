@@ -430,6 +430,17 @@ def test_enhance_notes_a_modality_the_model_was_not_trained_on(samples: Path,
     same = run("enhance", samples / "mr_head_MR1_JPLL.dcm", "-m", "mri-denoise", "-o",
                tmp_path / "mr")
     assert same.exit_code == 0 and "was trained on" not in same.output
+    # One note per modality, and at the end how many files it concerned (the later files of a
+    # modality went without a word).
+    import shutil
+
+    for i in range(3):
+        shutil.copyfile(samples / "mr_head_MR1_JPLL.dcm", tmp_path / f"mr{i}.dcm")
+    many = run("enhance", *(tmp_path / f"mr{i}.dcm" for i in range(3)),
+               samples / "cr_chest_RG1_J2KI.dcm", "-m", "xray-denoise", "-o", tmp_path / "many")
+    said = " ".join(many.output.split())
+    assert many.exit_code == 0 and said.count("modality MR, but") == 1
+    assert "of the images given, 3 are MR; xray-denoise was trained on CR/DX images" in said
     # A PNG says nothing of what it shows: without --model, the user is told which model ran.
     png = samples / "mri_brain_glioma_Te-gl_0063.png"
     default = run("enhance", png, "-o", tmp_path / "png")

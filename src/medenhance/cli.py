@@ -752,16 +752,20 @@ def enhance(
     files, names = _outside(files, inputs, output)
 
     noted: set[str] = set()              # one note per foreign modality, not one per file
+    foreign: dict[str, int] = {}         # ... and how many there were, at the end
 
     def process(f: Path, targets: tuple[Path, ...]) -> None:
         image = read_image(f)
         modality = loaded.card.foreign_modality(image.meta.modality)
+        if modality:
+            foreign[modality] = foreign.get(modality, 0) + 1
         if modality and modality not in noted:
             noted.add(modality)
             err_console.print(f"[yellow]note:[/yellow] {f}: modality {modality}, but "
                               f"{loaded.card.name} was trained on {loaded.card.modality} images "
                               "(see `medenhance models` for the others)", highlight=False)
-        elif model is None and not image.meta.modality and "" not in noted:
+        elif model is None and str(image.meta.modality or "OT").strip().upper() == "OT" \
+                and "" not in noted:
             # A PNG says nothing of what it shows: the default, chosen for radiographs, may
             # not be the model for it.
             noted.add("")
@@ -779,6 +783,12 @@ def enhance(
     if done:
         console.print(f"enhanced {done} image(s) with {loaded.card.name} into {output}/ "
                       f"({RESEARCH_NOTE})")
+    if foreign:        # the notes above named the first file of each
+        counts = ", ".join(f"{n} {'is' if n == 1 else 'are'} {m}"
+                           for m, n in sorted(foreign.items()))
+        err_console.print(f"[yellow]note:[/yellow] of the images given, {counts}; "
+                          f"{loaded.card.name} was trained on {loaded.card.modality} images",
+                          highlight=False)
     report_failures(missing + failures, len(files) + len(missing))
 
 

@@ -382,3 +382,90 @@ def test_tissue_is_moved_off_a_padding_value_at_the_top_of_the_window(tmp_path: 
                              Pipeline.from_preset("gaussian-50"), seed=0)
     back = pydicom.dcmread(me.write_image(noisy, tmp_path / "out.dcm")).pixel_array
     np.testing.assert_array_equal(back == 4095, stored == 4095)
+
+
+def test_a_big_endian_file_is_written_little_endian(tmp_path: Path) -> None:
+    """Explicit VR Big Endian (retired, still in archives) was read, then failed at writing:
+    pydicom refused to convert between byte orders."""
+    from pydicom.uid import ExplicitVRBigEndian
+
+    values = (np.arange(64 * 48, dtype=np.uint16).reshape(64, 48) * 3) % 4096
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"         # CR Image Storage
+    ds.SOPInstanceUID, ds.StudyInstanceUID = generate_uid(), generate_uid()
+    ds.SeriesInstanceUID, ds.Modality, ds.PatientName = generate_uid(), "CR", "Test^Big"
+    ds.PixelSpacing, ds.RescaleSlope, ds.RescaleIntercept = [0.2, 0.3], 2, -100
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = 64, 48, 1
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = values.astype(">u2").tobytes()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    pydicom.dcmwrite(tmp_path / "big.dcm", ds, little_endian=False, implicit_vr=False,
+                     enforce_file_format=True)
+    image = me.read_image(tmp_path / "big.dcm")
+    np.testing.assert_allclose(image.values(), values * 2.0 - 100, atol=1e-3)
+    out = pydicom.dcmread(me.write_image(image, tmp_path / "out.dcm"))
+    assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    np.testing.assert_array_equal(out.pixel_array, values)
+    assert (str(out.PatientName), [float(v) for v in out.PixelSpacing]) == ("Test^Big",
+                                                                             [0.2, 0.3])
+    assert (float(out.RescaleSlope), float(out.RescaleIntercept)) == (2.0, -100.0)
+
+
+def test_enhanced_objects_give_their_spacing_from_the_functional_groups() -> None:
+    """`info` showed no spacing for an Enhanced MR image: it keeps Pixel Spacing in its
+    functional groups, not at the top level."""
+    from pydicom.sequence import Sequence
+
+    from medenhance.io.dicom import _spacing
+
+    def measures(spacing: list[float]) -> Dataset:
+        item, group = Dataset(), Dataset()
+        item.PixelSpacing = spacing
+        group.PixelMeasuresSequence = Sequence([item])
+        return group
+
+    ds = Dataset()
+    ds.SharedFunctionalGroupsSequence = Sequence([measures([0.8, 0.9])])
+    assert _spacing(ds) == (0.8, 0.9)
+    ds = Dataset()
+    ds.PerFrameFunctionalGroupsSequence = Sequence([measures([0.5, 0.5]), measures([0.6, 0.6])])
+    assert _spacing(ds) == (0.5, 0.5)
+    ds.PixelSpacing = [0.4, 0.4]                   # the top level first, as before
+    assert _spacing(ds) == (0.4, 0.4)
+    assert _spacing(Dataset()) is None
+
+
+def test_the_source_derivation_is_kept_before_ours(samples: Path, tmp_path: Path) -> None:
+    """A lossy-compressed radiograph's "JPEG 2000 irreversible (lossy) 10:1" was replaced by
+    the enhancement's description."""
+    from medenhance.io.dicom import _derivation_text
+
+    image = me.read_image(samples / "cr_chest_RG1_J2KI.dcm")
+    out = pydicom.dcmread(me.write_image(image.with_pixels(image.pixels, "copied for a test"),
+                                         tmp_path / "d.dcm"))
+    assert out.DerivationDescription.startswith("JPEG 2000 irreversible (lossy) 10:1; copied "
+                                                "for a test (medenhance ")
+    long = _derivation_text(["ours"], "x" * 2000)      # ST: 1024 characters, ours kept whole
+    assert len(long) == 1024 and long.endswith("not for diagnosis)") and "...; ours" in long
+
+
+def test_a_dicom_file_without_preamble_or_suffix_is_found_and_read(tmp_path: Path) -> None:
+    """PS3.10 lets old files leave out the preamble and file meta; without a suffix such a file
+    was skipped as "not recognised", so a worklist left its study out."""
+    values = (np.arange(40 * 30, dtype=np.uint16).reshape(40, 30) * 7) % 4096
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    ds.SOPInstanceUID, ds.Modality = generate_uid(), "CR"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = 40, 30, 1
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PhotometricInterpretation, ds.PixelData = "MONOCHROME2", values.tobytes()
+    pydicom.dcmwrite(tmp_path / "IM00001", ds, implicit_vr=True, little_endian=True)
+    assert (tmp_path / "IM00001").read_bytes()[:2] == b"\x08\x00"      # no preamble
+    (tmp_path / "notes").write_bytes(b"\x08\x00\x05\x00" + bytes(range(200)))   # odd length
+    (tmp_path / "blob").write_bytes(np.random.default_rng(0).bytes(500))
+    assert me.find_images([tmp_path]) == [tmp_path / "IM00001"]
+    np.testing.assert_allclose(me.read_image(tmp_path / "IM00001").values(), values, atol=1e-3)

@@ -52,6 +52,11 @@ def test_gray_stored_as_rgb_is_lossless_and_colour_warns(tmp_path: Path) -> None
     Image.fromarray(colour).save(tmp_path / "c.png")
     with pytest.warns(UserWarning, match="converted to gray"):
         me.read_image(tmp_path / "c.png")
+    # `info` says so too (it said MONOCHROME2, as of a grey picture).
+    with pytest.warns(UserWarning):
+        assert me.inspect_image(tmp_path / "c.png").photometric == \
+            "MONOCHROME2 (colour, read as grey)"
+    assert me.inspect_image(tmp_path / "g.png").photometric == "MONOCHROME2"
 
 
 def test_existing_output_is_not_overwritten(samples: Path, tmp_path: Path) -> None:
@@ -378,3 +383,17 @@ def test_a_read_only_file_system_is_named_as_such(tmp_path: Path, monkeypatch) -
     with pytest.raises(ImageWriteError, match=r"\(permission denied\)"):
         atomic_write(tmp_path / "out.csv", lambda tmp: Path(tmp).write_text("x"))
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("compression", ["tiff_lzw", "tiff_adobe_deflate"])
+def test_compressed_tiffs_are_read_and_written_back_compressed(tmp_path: Path,
+                                                               compression: str) -> None:
+    """An LZW TIFF, the commonest compression, could not be read ("requires the 'imagecodecs'
+    package"), and a deflate TIFF was written back uncompressed."""
+    values = (np.random.default_rng(0).integers(0, 40, (64, 80)) * 1000).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "in.tif", compression=compression)
+    image = me.read_image(tmp_path / "in.tif")
+    written = me.write_image(image, tmp_path / "out.tif")
+    with tifffile.TiffFile(written) as tif:
+        assert tif.pages[0].compression == {"tiff_lzw": 5, "tiff_adobe_deflate": 8}[compression]
+        np.testing.assert_array_equal(tif.asarray(), values)

@@ -188,5 +188,7 @@ def inspect_image(path: str | os.PathLike[str]) -> ImageInfo:
                if meta.pixel_spacing else "-")
     signed = " signed" if np.dtype(meta.stored_dtype).kind == "i" else ""
     bits = f"{meta.bits_stored}{signed}" if meta.bits_stored else meta.stored_dtype
+    photometric = meta.photometric + (" (colour, read as grey)"
+                                      if meta.extra.get("colour_converted") else "")
     return ImageInfo(str(p), fmt.upper() if fmt != "nifti" else "NIfTI", meta.modality or "-",
-                     h, w, image.n_frames, bits, meta.photometric, spacing, "-")
+                     h, w, image.n_frames, bits, photometric, spacing, "-")

@@ -40,12 +40,30 @@ def stem(path: str | os.PathLike[str]) -> str:
 
 
 def _looks_like_dicom(path: Path) -> bool:
+    """The DICOM preamble, or (PS3.10 7.1 lets old files and some archives leave it and the
+    file meta out) a little-endian dataset that starts in group 0008 or 0002."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)
     except OSError:
         return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+    if len(head) == 132 and head[128:132] == b"DICM":
+        return True
+    return _bare_dataset(head)
+
+
+def _bare_dataset(head: bytes) -> bool:
+    """Whether ``head`` starts like a dataset without preamble: a first element (0008,00xx)
+    or (0002,00xx), then a VR of two capitals (explicit VR) or an even length of under 4 KiB
+    (implicit VR)."""
+    if len(head) < 8 or head[:2] not in (b"\x08\x00", b"\x02\x00") or head[3] != 0 \
+            or head[2] > 0x20:
+        return False
+    vr = head[4:6]
+    if all(65 <= b <= 90 for b in vr):
+        return True
+    length = int.from_bytes(head[4:8], "little")
+    return length % 2 == 0 and 0 < length < 4096
 
 
 def sniff_format(path: str | os.PathLike[str]) -> str | None:

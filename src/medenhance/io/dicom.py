@@ -36,7 +36,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence
 from pydicom.valuerep import DSfloat
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from .._version import __version__
 from ..errors import ImageReadError, ImageWriteError, NotAnImageError, UnsupportedImageError
@@ -74,6 +74,14 @@ def _read_dataset(path: Path, *, stop_before_pixels: bool = False) -> Dataset:
             ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
             if "SOPClassUID" not in ds and "PixelData" not in ds and "Rows" not in ds:
                 raise ImageReadError(path, "not a DICOM file") from None
+            if "TransferSyntaxUID" not in (getattr(ds, "file_meta", None) or {}):
+                # Without file meta, the syntax is the one it was read in (needed to decode).
+                implicit, little = ds.original_encoding
+                if little:
+                    if getattr(ds, "file_meta", None) is None:
+                        ds.file_meta = FileMetaDataset()
+                    ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit
+                                                      else ExplicitVRLittleEndian)
     except ImageReadError:
         raise
     except FileNotFoundError:
@@ -91,12 +99,21 @@ def _short(exc: BaseException) -> str:
 
 
 def _spacing(ds: Dataset) -> tuple[float, float] | None:
-    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = ds.get(keyword)
-        if value is not None and len(value) == 2:
-            row, col = float(value[0]), float(value[1])
-            if row > 0 and col > 0:  # some files carry 0\0 for "unknown"
-                return (row, col)
+    """Pixel spacing in mm: of the dataset, else (enhanced multi-frame objects keep it there)
+    of its shared functional groups' or first frame's Pixel Measures."""
+    places = [ds]
+    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        group = (ds.get(groups, None) or [None])[0]
+        measures = group.get("PixelMeasuresSequence", None) if group is not None else None
+        if measures:
+            places.append(measures[0])
+    for item in places:
+        for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+            value = item.get(keyword)
+            if value is not None and len(value) == 2:
+                row, col = float(value[0]), float(value[1])
+                if row > 0 and col > 0:  # some files carry 0\0 for "unknown"
+                    return (row, col)
     return None
 
 
@@ -241,10 +258,20 @@ def _stored_array(image: MedicalImage, target: Path) -> np.ndarray:
     return np.clip(np.rint(stored), lo, hi).astype(dtype)
 
 
-def _derivation_text(history: list[str]) -> str:
+def _derivation_text(history: list[str], earlier: str = "") -> str:
+    """What medenhance did, after what the source says it was derived by (a lossy compression's
+    "JPEG 2000 irreversible 10:1" must not be lost); our part is kept whole where the 1024
+    characters of an ST run out."""
     steps = "; ".join(history) if history else "re-encoded"
     text = f"{steps} (medenhance {__version__}; research use only, not for diagnosis)"
-    return text if len(text) <= 1024 else text[:1021] + "..."  # ST holds 1024 characters
+    text = text if len(text) <= 1024 else text[:1021] + "..."  # ST holds 1024 characters
+    earlier = earlier.strip()
+    if not earlier:
+        return text
+    room = 1024 - len(text) - 2
+    if room < 4:
+        return text
+    return (earlier if len(earlier) <= room else earlier[:room - 3] + "...") + "; " + text
 
 
 #: Makes the derived series UIDs of this process differ from those of any other run.
@@ -353,6 +380,12 @@ def derived_dataset(image: MedicalImage, target: Path) -> Dataset:
     ds = copy.deepcopy(source)
     if not hasattr(ds, "file_meta") or ds.file_meta is None:
         ds.file_meta = FileMetaDataset()
+    if ds.original_encoding[1] is False:
+        # Read big endian (a retired syntax): every element decoded to its value first, so that
+        # pydicom encodes it little endian (it refused to convert, and the write failed).
+        for _ in ds.iterall():
+            pass
+        ds.set_original_encoding(False, True, ds.original_character_set)
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     stored = _stored_array(image, target)
     ds.set_pixel_data(stored, image.meta.photometric, int(image.meta.bits_stored or 16),
@@ -376,7 +409,8 @@ def derived_dataset(image: MedicalImage, target: Path) -> Dataset:
         _mark_frames_derived(ds)
     else:
         ds.ImageType = ["DERIVED", "SECONDARY", *old_type[2:]]
-    ds.DerivationDescription = _derivation_text(image.meta.history)
+    ds.DerivationDescription = _derivation_text(
+        image.meta.history, str(source.get("DerivationDescription", "") or ""))
     if any("jpeg(" in step for step in image.meta.history):
         ds.LossyImageCompression = "01"  # PS3.3 C.7.6.1.1.5: once lossy, always flagged
     if all(source_sop):

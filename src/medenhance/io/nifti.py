@@ -164,6 +164,12 @@ def write_nifti(image: MedicalImage, tmp_path: Path, target: Path) -> None:
             affine[:3, 1] = old[:3, 1] * row_scale
             affine[:3, 3] = old[:3, 3] + old[:3, 0] * col_offset + old[:3, 1] * row_offset
         out = cls(raw, affine, header)
+        if pixel_map is not None:
+            # A new affine made nibabel rewrite the codes (qform 1 -> 0, sform 0 -> 2): each
+            # form keeps its source's code, and says where the resampled voxels lie.
+            codes = int(header["qform_code"]), int(header["sform_code"])
+            out.set_qform(affine, code=codes[0])
+            out.set_sform(affine, code=codes[1])
         out.header.set_data_dtype(dtype)
         out.header.set_slope_inter(slope if (slope, inter) != (1.0, 0.0) else np.nan,
                                    inter if (slope, inter) != (1.0, 0.0) else np.nan)

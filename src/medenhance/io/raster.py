@@ -106,6 +106,7 @@ def read_tiff(path: str | Path) -> MedicalImage:
             photometric = tif.pages[0].photometric
             spacing = _tiff_spacing(tif.pages[0])
             separate_planes = int(tif.pages[0].planarconfig) == 2     # RR..GG..BB..
+            compression = int(tif.pages[0].compression)
     except FileNotFoundError:
         raise ImageReadError(p, "no such file") from None
     except Exception as exc:  # tifffile raises TiffFileError, ValueError, ...
@@ -123,7 +124,9 @@ def read_tiff(path: str | Path) -> MedicalImage:
         arr = arr[0]
     invert = photometric is not None and int(photometric) == 0  # MINISWHITE, like MONOCHROME1
     image = _make(p, arr, "tiff", {"colour_converted": colour, "tiff_photometric":
-                                   int(photometric) if photometric is not None else None})
+                                   int(photometric) if photometric is not None else None,
+                                   **({"tiff_compression": compression}
+                                      if compression in LOSSLESS_TIFF else {})})
     image.meta.pixel_spacing = spacing
     if invert:
         w = image.meta.window
@@ -132,6 +135,10 @@ def read_tiff(path: str | Path) -> MedicalImage:
         image.meta.photometric = "MONOCHROME1"
     return image
 
+
+#: TIFF compressions that lose nothing (LZW, deflate, PackBits, LZMA, Zstandard): an output
+#: is written with its input's, as a file of the same kind (a lossy one is written uncompressed).
+LOSSLESS_TIFF = frozenset({5, 8, 32946, 32773, 34925, 50000})
 
 #: Millimetres per TIFF resolution unit that states a physical length (centimetre, and the
 #: millimetre and micrometre of tifffile's extension). Inches are left out: most inch
@@ -197,8 +204,11 @@ def write_raster(image: MedicalImage, tmp_path: Path, target: Path, fmt: str) ->
         spacing = image.meta.pixel_spacing     # as pixels per centimetre, x (columns) first
         resolution = {"resolution": (10.0 / spacing[1], 10.0 / spacing[0]),
                       "resolutionunit": "CENTIMETER"} if spacing else {}
+        compression = image.meta.extra.get("tiff_compression")
         tifffile.imwrite(tmp_path, arr, photometric=photometric,
-                         description=None, metadata=None, **resolution)
+                         description=None, metadata=None, **resolution,
+                         **({"compression": compression} if compression in LOSSLESS_TIFF
+                            else {}))
         return
     if arr.ndim == 3:
         if arr.shape[0] != 1:
