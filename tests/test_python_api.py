@@ -202,3 +202,17 @@ def test_triage_from_python_takes_generators_and_images_in_memory(samples: Path)
                    np.full((1, size, size), 255.0, np.float32)):
         with pytest.raises(InvalidImageError):
             scorer.score_frames(frames)
+
+
+def test_small_misuses_are_named_for_what_they_are(tmp_path: Path) -> None:
+    wide = me.from_array((np.random.default_rng(0).random((32, 32)) * 4000).astype(np.uint16))
+    with pytest.warns(UserWarning, match="JPEG holds 8 bits"):     # silently 8-bit and lossy
+        me.write_image(wide, tmp_path / "wide.jpg")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                             # 8-bit data: nothing lost
+        me.write_image(me.from_array(np.full((32, 32), 7, np.uint8)), tmp_path / "u8.jpg")
+    # An unknown kind of range was reported as an empty range.
+    with pytest.raises(DegradationError, match="unknown range kind 'normal'"):
+        Pipeline([{"op": "gaussian", "params": {"sigma": {"normal": [0.1, 0.02]}}}])

@@ -96,6 +96,9 @@ def _draw(name: str, spec: Any, rng: np.random.Generator) -> Any:
         raise DegradationError(f"parameter {name}: a range is one of uniform/loguniform/int/choice, "
                                f"got {dict(spec)}")
     kind, args = next(iter(spec.items()))
+    if kind not in ("uniform", "loguniform", "int", "choice"):    # before its values are judged
+        raise DegradationError(f"parameter {name}: unknown range kind {kind!r} (known: uniform, "
+                               "loguniform, int, choice)")
     if kind == "choice":
         if isinstance(args, (str, bytes)) or not isinstance(args, Sequence) or not args:
             raise DegradationError(f"parameter {name}: choice needs a list of values, got {args}")
@@ -114,9 +117,7 @@ def _draw(name: str, spec: Any, rng: np.random.Generator) -> Any:
         if low <= 0:
             raise DegradationError(f"parameter {name}: loguniform needs low > 0")
         return float(math.exp(rng.uniform(math.log(low), math.log(high))))
-    if kind == "int":
-        return int(rng.integers(int(low), int(high) + 1))
-    raise DegradationError(f"parameter {name}: unknown range kind {kind!r}")
+    return int(rng.integers(int(low), int(high) + 1))       # int
 
 
 @dataclass

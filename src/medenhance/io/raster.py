@@ -197,7 +197,13 @@ def _output_dtype(image: MedicalImage, fmt: str) -> tuple[np.dtype, MedicalImage
 
 def write_raster(image: MedicalImage, tmp_path: Path, target: Path, fmt: str) -> None:
     """Write PNG/JPEG/TIFF in the input's type and units where possible (16-bit otherwise)."""
+    source_bits = image.meta.bits_stored
     dtype, image = _output_dtype(image, fmt)
+    if fmt == "jpeg" and (source_bits is None or source_bits > 8):
+        warnings.warn(f"{target}: JPEG holds 8 bits and loses detail: the "
+                      f"{f'{source_bits}-bit' if source_bits else 'floating-point'} image is "
+                      "written at 8 bits, compressed with loss; write PNG or TIFF to keep it",
+                      stacklevel=3)
     arr = stored_values(image, dtype)
     if fmt == "tiff":
         photometric = "miniswhite" if image.meta.window.invert else "minisblack"
