@@ -29,6 +29,12 @@ def test_roundtrip_keeps_stored_values(path: Path, tmp_path: Path) -> None:
     out = me.write_image(image.with_pixels(image.pixels, "identity"), tmp_path / "out.dcm")
     src, dst = pydicom.dcmread(path), pydicom.dcmread(out)
     np.testing.assert_array_equal(src.pixel_array, dst.pixel_array)
+    # A lossless compression the encoders can write is kept (RLE, JPEG 2000 lossless).
+    from medenhance.io.dicom import KEPT_SYNTAXES
+
+    syntax = src.file_meta.TransferSyntaxUID
+    assert dst.file_meta.TransferSyntaxUID == (syntax if syntax in KEPT_SYNTAXES
+                                               else ExplicitVRLittleEndian)
     for keyword in ("BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
                     "PhotometricInterpretation", "Rows", "Columns", "StudyInstanceUID",
                     "PatientID", "Modality"):

@@ -432,9 +432,22 @@ def derived_dataset(image: MedicalImage, target: Path) -> Dataset:
     return ds
 
 
+#: Lossless syntaxes an output is written in again when its source was (the encoders come with
+#: pydicom and pylibjpeg); other sources, lossy ones included, give Explicit VR Little Endian.
+KEPT_SYNTAXES = ("1.2.840.10008.1.2.5",        # RLE Lossless
+                 "1.2.840.10008.1.2.4.90")     # JPEG 2000 Lossless Only
+
+
 def write_dicom(image: MedicalImage, tmp_path: Path, target: Path) -> None:
     """Write ``image`` as a derived DICOM file to ``tmp_path`` (renamed to ``target`` by caller)."""
     ds = derived_dataset(image, target)
+    if image.meta.extra.get("transfer_syntax") in KEPT_SYNTAXES:
+        # A losslessly compressed source stays so (an RLE CT came back 3 times its size). If
+        # the encoder cannot take these pixels, they are written uncompressed, losing nothing.
+        try:
+            ds.compress(image.meta.extra["transfer_syntax"])
+        except Exception:  # noqa: BLE001 - any encoder failure: the uncompressed dataset
+            ds = derived_dataset(image, target)
     try:
         ds.save_as(tmp_path, enforce_file_format=True)
     except Exception as exc:
