@@ -190,6 +190,14 @@ def test_triage_from_python_takes_generators_and_images_in_memory(samples: Path)
     both = scorer.score_files([mri, denoised])
     assert len(both) == 2 and both[0].score == pytest.approx(one.score, rel=1e-6)
     assert both[1].path.startswith("image 1")
+    # ... also by study: a copy keeps its source's Study Instance UID, and was merged into it.
+    dicom = samples / "mr_head_MR1_JPLL.dcm"
+    copy = me.read_image(dicom)
+    copy = copy.with_pixels(copy.pixels * 0.9, "darker for a test")
+    studies = scorer.score_files([dicom, copy], by_study=True)
+    assert [r.files for r in studies] == [1, 1]
+    # Named by its place in the list given, not after the folder's files.
+    assert scorer.score_files([samples, copy])[-1].path == f"image 1 ({dicom})"
     for bad, match in [(None, "got NoneType"), ([3], "got int"), (image.pixels, "got ndarray")]:
         with pytest.raises(ConfigError, match=match):
             scorer.score_files(bad)

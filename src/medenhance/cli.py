@@ -101,7 +101,7 @@ def note_skipped(skipped: list[Path], output: Path | None = None,
         return
     shown = ", ".join(str(p) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
     err_console.print(f"note: {len(skipped)} file(s) in the input folders are not recognised as "
-                      f"images (no known suffix or DICOM preamble) and were skipped: "
+                      f"images (no known suffix, and not DICOM) and were skipped: "
                       f"{escape(shown)}", highlight=False, soft_wrap=True)
 
 
@@ -783,7 +783,7 @@ def enhance(
     if done:
         console.print(f"enhanced {done} image(s) with {loaded.card.name} into {output}/ "
                       f"({RESEARCH_NOTE})")
-    if foreign:        # the notes above named the first file of each
+    if any(n > 1 for n in foreign.values()):     # the notes above named the first of each
         counts = ", ".join(f"{n} {'is' if n == 1 else 'are'} {m}"
                            for m, n in sorted(foreign.items()))
         err_console.print(f"[yellow]note:[/yellow] of the images given, {counts}; "

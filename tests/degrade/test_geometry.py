@@ -48,18 +48,22 @@ def test_nifti_affine_keeps_the_spot_in_place(tmp_path: Path, scale: int, method
                        [0, 0, 2.5, 10.0], [0, 0, 0, 1]])
     # Voxel axis 0 is the frames' columns, axis 1 their rows; 61 rows do not divide by 2, 3, 4.
     volume = np.stack([_spot((61, 50)).T] * 2, axis=-1).astype(np.int16)
+    registered = affine.copy()
+    registered[:3, 3] += [5.0, -7.0, 3.0]     # another space (a template's) in the sform
     source = nib.Nifti1Image(volume, None)
-    source.set_qform(affine, code=1)        # scanner coordinates in the qform only, as a
-    source.set_sform(affine, code=0)        # converter may write them
+    source.set_qform(affine, code=1)           # scanner
+    source.set_sform(registered, code=4)       # MNI
     nib.save(source, tmp_path / "v.nii.gz")
     small = _downsample(me.read_image(tmp_path / "v.nii.gz"), scale, method)
     out = nib.load(me.write_image(small, tmp_path / "small.nii.gz"))
-    # The codes were rewritten (qform 1 -> 0, sform 0 -> 2) on resampling.
-    assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (1, 0)
+    # The codes were rewritten (qform 1 -> 0) on resampling, and then both forms were given
+    # the registered affine under their own codes.
+    assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (1, 4)
     row, col = _centroid(np.asarray(out.dataobj)[..., 0].T.astype(float))
-    world = out.get_qform() @ [col, row, 0, 1]
-    expected = affine @ [SPOT[1], SPOT[0], 0, 1]
-    assert np.linalg.norm(world[:3] - expected[:3]) < 0.1       # mm; it was 0.4 to 1.2 off
+    for form, space in ((out.get_qform(), affine), (out.get_sform(), registered)):
+        world = form @ [col, row, 0, 1]
+        expected = space @ [SPOT[1], SPOT[0], 0, 1]
+        assert np.linalg.norm(world[:3] - expected[:3]) < 0.1   # mm; it was 0.4 to 1.2 off
     if method == "area":
         assert out.header.get_zooms()[:2] == pytest.approx((0.8 * 3, 0.9 * 3))
 

@@ -407,6 +407,9 @@ def test_a_big_endian_file_is_written_little_endian(tmp_path: Path) -> None:
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.PixelData = values.astype(">u2").tobytes()
+    ds.add_new(0x60000010, "US", 2)                       # an overlay: words kept as bytes
+    ds.add_new(0x60000011, "US", 16)
+    ds.add_new(0x60003000, "OW", np.array([0x1234, 0x00FF], ">u2").tobytes())
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     pydicom.dcmwrite(tmp_path / "big.dcm", ds, little_endian=False, implicit_vr=False,
@@ -419,6 +422,7 @@ def test_a_big_endian_file_is_written_little_endian(tmp_path: Path) -> None:
     assert (str(out.PatientName), [float(v) for v in out.PixelSpacing]) == ("Test^Big",
                                                                              [0.2, 0.3])
     assert (float(out.RescaleSlope), float(out.RescaleIntercept)) == (2.0, -100.0)
+    assert np.frombuffer(out[0x60003000].value, "<u2").tolist() == [0x1234, 0x00FF]
 
 
 def test_enhanced_objects_give_their_spacing_from_the_functional_groups() -> None:
@@ -471,7 +475,12 @@ def test_a_dicom_file_without_preamble_or_suffix_is_found_and_read(tmp_path: Pat
     ds.PhotometricInterpretation, ds.PixelData = "MONOCHROME2", values.tobytes()
     pydicom.dcmwrite(tmp_path / "IM00001", ds, implicit_vr=True, little_endian=True)
     assert (tmp_path / "IM00001").read_bytes()[:2] == b"\x08\x00"      # no preamble
+    ds.SpecificCharacterSet = ""              # an empty first element (length 0)
+    pydicom.dcmwrite(tmp_path / "IM00002", ds, implicit_vr=True, little_endian=True)
     (tmp_path / "notes").write_bytes(b"\x08\x00\x05\x00" + bytes(range(200)))   # odd length
     (tmp_path / "blob").write_bytes(np.random.default_rng(0).bytes(500))
-    assert me.find_images([tmp_path]) == [tmp_path / "IM00001"]
+    # Raw 16-bit samples that begin 2, 5, 10, 0 (looked like (0002,0005), length 10).
+    raw = np.r_[[2, 5, 10, 0], np.random.default_rng(1).integers(300, 4000, 500)]
+    (tmp_path / "scan.raw").write_bytes(raw.astype("<u2").tobytes())
+    assert me.find_images([tmp_path]) == [tmp_path / "IM00001", tmp_path / "IM00002"]
     np.testing.assert_allclose(me.read_image(tmp_path / "IM00001").values(), values, atol=1e-3)

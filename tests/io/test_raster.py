@@ -218,8 +218,8 @@ def test_files_that_are_not_images_are_reported_as_skipped(samples: Path, tmp_pa
     assert skipped == [tmp_path / "README.txt", tmp_path / "sub" / "labels.csv"]
     result = CliRunner().invoke(app, ["info", str(tmp_path)])
     assert result.exit_code == 0
-    assert ("2 file(s) in the input folders are not recognised as images (no known suffix or "
-            "DICOM preamble) and were skipped") in " ".join(result.output.split())
+    assert ("2 file(s) in the input folders are not recognised as images (no known suffix, "
+            "and not DICOM) and were skipped") in " ".join(result.output.split())
     assert "README.txt" in result.output and ".DS_Store" not in result.output
     # An earlier run's records inside the output folder are not listed as skipped inputs.
     out = tmp_path / "pairs"
@@ -397,3 +397,14 @@ def test_compressed_tiffs_are_read_and_written_back_compressed(tmp_path: Path,
     with tifffile.TiffFile(written) as tif:
         assert tif.pages[0].compression == {"tiff_lzw": 5, "tiff_adobe_deflate": 8}[compression]
         np.testing.assert_array_equal(tif.asarray(), values)
+
+
+def test_pages_written_one_by_one_are_all_read(tmp_path: Path) -> None:
+    """A TIFF written a page at a time holds a series per page; only the first was read."""
+    frames = (np.random.default_rng(0).random((5, 32, 40)) * 4000).astype(np.uint16)
+    with tifffile.TiffWriter(tmp_path / "pages.tif") as writer:
+        for frame in frames:
+            writer.write(frame)
+    image = me.read_image(tmp_path / "pages.tif")
+    assert image.shape == (5, 32, 40)
+    np.testing.assert_allclose(image.values(), frames, atol=1e-3)

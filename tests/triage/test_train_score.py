@@ -1411,6 +1411,7 @@ def test_evaluate_triage_warns_when_the_operating_point_is_worse_than_on_validat
     ({"smallest_side": 0}, "smallest_side 0 is not a number of pixels"),
     ({"size": "128"}, "size '128' is not a number of pixels"),
     ({"threshold_logit": "x"}, "threshold_logit 'x' is not a number"),
+    ({"threshold": 0.5, "threshold_logit": 2.0}, "(a score of 0.880797) disagree: edit both"),
 ])
 def test_a_hand_edited_triage_card_is_refused_in_one_line(tmp_path: Path, change: dict,
                                                           said: str) -> None:

@@ -125,7 +125,7 @@ def low_field(x: np.ndarray, *, field_from: float = 3.0, field_to: float = 1.5,
     arr = as_float(x)
     s0 = estimate_noise_sigma(arr) if source_sigma is None else check("source_sigma",
                                                                         source_sigma, 0.0)
-    if s0 == 0 and field_to < field_from:
+    if s0 == 0 and field_to < field_from and source_sigma is None:
         # It multiplies the noise there is: none on a noise-free phantom.
         warnings.warn("low_field: the image has no noise to scale (estimated sigma 0), so "
                       "nothing is added; pass source_sigma for the noise of the acquisition it "

@@ -52,7 +52,7 @@ def read_image(path: str | os.PathLike[str]) -> MedicalImage:
     Parameters
     ----------
     path : str or PathLike
-        DICOM (``.dcm``, ``.dicom``, ``.ima`` or no suffix with a DICOM preamble), PNG, JPEG,
+        DICOM (``.dcm``, ``.dicom``, ``.ima``, or no suffix and DICOM's first bytes), PNG, JPEG,
         TIFF, NIfTI (``.nii``, ``.nii.gz``) or NumPy ``.npy``.
 
     Returns

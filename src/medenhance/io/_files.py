@@ -40,30 +40,46 @@ def stem(path: str | os.PathLike[str]) -> str:
 
 
 def _looks_like_dicom(path: Path) -> bool:
-    """The DICOM preamble, or (PS3.10 7.1 lets old files and some archives leave it and the
-    file meta out) a little-endian dataset that starts in group 0008 or 0002."""
+    """The DICOM preamble and prefix, or a dataset without them (:func:`_bare_dataset`)."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(132)
+            head = fh.read(BARE_HEAD)
     except OSError:
         return False
-    if len(head) == 132 and head[128:132] == b"DICM":
-        return True
-    return _bare_dataset(head)
+    return (len(head) >= 132 and head[128:132] == b"DICM") or _bare_dataset(head)
+
+
+#: Bytes read to recognise a file as DICOM.
+BARE_HEAD = 1024
+#: The value representations (PS3.5 6.2), and those with a 4-byte length in explicit VR.
+_VRS = frozenset(b"AE AS AT CS DA DS DT FL FD IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV "
+                 b"TM UC UI UL UN UR US UT UV".split())
+_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ UC UN UR UT SV UV".split())
 
 
 def _bare_dataset(head: bytes) -> bool:
-    """Whether ``head`` starts like a dataset without preamble: a first element (0008,00xx)
-    or (0002,00xx), then a VR of two capitals (explicit VR) or an even length of under 4 KiB
-    (implicit VR)."""
-    if len(head) < 8 or head[:2] not in (b"\x08\x00", b"\x02\x00") or head[3] != 0 \
-            or head[2] > 0x20:
+    """Whether ``head`` starts like a dataset without preamble and prefix, which PS3.10
+    requires but old files and some archives leave out: a first element (0002,00xx) or
+    (0008,00xx), little endian, in explicit or implicit VR, with an even length, followed by
+    an element of the same or a later group at a higher tag. Two elements in a row keep raw
+    16-bit data that happen to start with 8 or 2 out."""
+    def u16(at: int) -> int:
+        return int.from_bytes(head[at: at + 2], "little")
+
+    if len(head) < 16 or u16(0) not in (0x0002, 0x0008) or u16(2) > 0x0020:
         return False
     vr = head[4:6]
-    if all(65 <= b <= 90 for b in vr):
-        return True
-    length = int.from_bytes(head[4:8], "little")
-    return length % 2 == 0 and 0 < length < 4096
+    if vr in _VRS:
+        length, start = ((int.from_bytes(head[8:12], "little"), 12) if vr in _LONG_VRS
+                         else (u16(6), 8))
+    else:
+        length, start = int.from_bytes(head[4:8], "little"), 8
+    following = start + length
+    if length % 2 or following + 4 > len(head):
+        return False
+    group, element = u16(following), u16(following + 2)
+    return (group, element) > (u16(0), u16(2)) and group in (0x0002, 0x0008, 0x0010, 0x0018,
+                                                             0x0020, 0x0028)
 
 
 def sniff_format(path: str | os.PathLike[str]) -> str | None:
@@ -79,7 +95,7 @@ def sniff_format(path: str | os.PathLike[str]) -> str | None:
         return "png"
     if head.startswith(b"\xff\xd8\xff"):
         return "jpeg"
-    if head[128:132] == b"DICM":     # first: a DICOM preamble may itself look like a TIFF
+    if head[128:132] == b"DICM" or _bare_dataset(head):   # first: a preamble can look like TIFF
         return "dicom"
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return "tiff"
@@ -95,7 +111,8 @@ def sniff_format(path: str | os.PathLike[str]) -> str | None:
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
-    """The format of ``path``: by its suffix, or by the DICOM preamble for files without one."""
+    """The format of ``path``: by its suffix, or for files without one by their first bytes
+    being DICOM (the preamble, or a dataset without it)."""
     p = Path(path)
     fmt = SUFFIX_FORMATS.get(full_suffix(p))
     if fmt is not None:
@@ -107,7 +124,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
 
 
 def is_image_file(path: Path) -> bool:
-    """Whether ``path`` is a file medenhance would try to read (by suffix or DICOM preamble)."""
+    """Whether ``path`` is a file medenhance would try to read (by suffix, or being DICOM)."""
     if not path.is_file() or path.name.startswith("."):
         return False
     if path.name.upper() == "DICOMDIR":   # a CD's index of its files, never an image

@@ -371,6 +371,23 @@ def _resample_geometry(ds: Dataset, pixel_map: tuple[float, float, float, float]
                                         _ds(float(value[1]) * col_scale)])
 
 
+#: Bytes per word of the VRs whose values pydicom keeps as raw bytes in the file's byte order.
+_WORD_BYTES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+
+
+def _to_little_endian(ds: Dataset) -> None:
+    """Make a dataset read big endian (a retired syntax) write little endian: pydicom refused
+    to convert, and the write failed. Numbers and text are decoded to values first; words kept
+    as bytes (OW overlays and LUT data, private OW) are swapped, which pydicom does not do.
+    (The pixel data is replaced by the caller.)"""
+    for element in ds.iterall():
+        size = _WORD_BYTES.get(str(element.VR))
+        if size and isinstance(element.value, bytes) and len(element.value) % size == 0:
+            words = np.frombuffer(element.value, dtype=f">u{size}")
+            element.value = words.astype(f"<u{size}").tobytes()
+    ds.set_original_encoding(False, True, ds.original_character_set)
+
+
 def derived_dataset(image: MedicalImage, target: Path) -> Dataset:
     """The derived DICOM dataset for ``image`` (see the module docstring)."""
     source = image.meta.header
@@ -381,11 +398,7 @@ def derived_dataset(image: MedicalImage, target: Path) -> Dataset:
     if not hasattr(ds, "file_meta") or ds.file_meta is None:
         ds.file_meta = FileMetaDataset()
     if ds.original_encoding[1] is False:
-        # Read big endian (a retired syntax): every element decoded to its value first, so that
-        # pydicom encodes it little endian (it refused to convert, and the write failed).
-        for _ in ds.iterall():
-            pass
-        ds.set_original_encoding(False, True, ds.original_character_set)
+        _to_little_endian(ds)
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     stored = _stored_array(image, target)
     ds.set_pixel_data(stored, image.meta.photometric, int(image.meta.bits_stored or 16),

@@ -155,21 +155,27 @@ def write_nifti(image: MedicalImage, tmp_path: Path, target: Path) -> None:
         cls = nib.Nifti2Image if meta.extra.get("nifti_class") == "Nifti2Image" else nib.Nifti1Image
         affine = meta.extra.get("affine")
         pixel_map = meta.extra.get("pixel_map")
-        if pixel_map is not None:   # in-plane resampling: scale the voxel axes, move voxel 0
-            # Frames are (Z, Y, X): rows run along voxel axis 1, columns along voxel axis 0.
+
+        def resampled(old_affine: np.ndarray) -> np.ndarray:
+            """In-plane resampling: the voxel axes scaled, voxel 0 moved. Frames are
+            (Z, Y, X): rows run along voxel axis 1, columns along voxel axis 0."""
             row_scale, col_scale, row_offset, col_offset = pixel_map
-            old = np.asarray(affine, dtype=np.float64)
-            affine = old.copy()
-            affine[:3, 0] = old[:3, 0] * col_scale
-            affine[:3, 1] = old[:3, 1] * row_scale
-            affine[:3, 3] = old[:3, 3] + old[:3, 0] * col_offset + old[:3, 1] * row_offset
+            old = np.asarray(old_affine, dtype=np.float64)
+            new = old.copy()
+            new[:3, 0] = old[:3, 0] * col_scale
+            new[:3, 1] = old[:3, 1] * row_scale
+            new[:3, 3] = old[:3, 3] + old[:3, 0] * col_offset + old[:3, 1] * row_offset
+            return new
+
+        if pixel_map is not None:
+            affine = resampled(affine)
         out = cls(raw, affine, header)
         if pixel_map is not None:
-            # A new affine made nibabel rewrite the codes (qform 1 -> 0, sform 0 -> 2): each
-            # form keeps its source's code, and says where the resampled voxels lie.
+            # A new affine made nibabel rewrite the codes (qform 1 -> 0, sform 0 -> 2). Each
+            # form keeps its own affine (scanner and registered space differ) and code.
             codes = int(header["qform_code"]), int(header["sform_code"])
-            out.set_qform(affine, code=codes[0])
-            out.set_sform(affine, code=codes[1])
+            out.set_qform(resampled(header.get_qform()), code=codes[0])
+            out.set_sform(resampled(header.get_sform()), code=codes[1])
         out.header.set_data_dtype(dtype)
         out.header.set_slope_inter(slope if (slope, inter) != (1.0, 0.0) else np.nan,
                                    inter if (slope, inter) != (1.0, 0.0) else np.nan)

@@ -103,6 +103,11 @@ def read_tiff(path: str | Path) -> MedicalImage:
     try:
         with tifffile.TiffFile(p) as tif:
             arr = tif.asarray()
+            pages = [page.shape for page in tif.pages]
+            if len(pages) > 1 and np.ndim(arr) == len(pages[0]) and len(set(pages)) == 1:
+                # Pages written one by one are series of their own, and asarray gave the first
+                # only: frames of one size are read together (thumbnails of another size not).
+                arr = tif.asarray(key=slice(None))
             photometric = tif.pages[0].photometric
             spacing = _tiff_spacing(tif.pages[0])
             separate_planes = int(tif.pages[0].planarconfig) == 2     # RR..GG..BB..

@@ -178,8 +178,9 @@ def evaluate_triage_folder(folder: str | Path, model: str, output: str | Path, *
         w.writerow(["path", "label", "score", "logit", "flag", "above_threshold", "ood",
                     "distance", "domain_distance", "use"])
         for r, y, rank in zip(results, labels, ranking, strict=True):
-            # Enough digits that a score reproduces above_threshold, and a logit the ranking.
-            w.writerow([r.path, int(y), f"{r.score:.10f}", f"{rank:.10g}", max(r.flag, r.ood),
+            # Enough digits that a logit reproduces the ranking and above_threshold (against
+            # the card's threshold_logit; cards without one: the score, to 10 decimals).
+            w.writerow([r.path, int(y), f"{r.score:.10f}", repr(float(rank)), max(r.flag, r.ood),
                         r.flag, r.ood, f"{r.distance:.3f}",
                         "" if np.isnan(r.domain_distance) else f"{r.domain_distance:.3f}",
                         CSV_NOTE])

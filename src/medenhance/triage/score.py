@@ -110,6 +110,13 @@ def _check_settings(info: dict, source: str) -> None:
         problems.append(f"threshold {info.get('threshold')!r} is not a score from 0 to 1")
     if "threshold_logit" in info and not number(info["threshold_logit"]):
         problems.append(f"threshold_logit {info['threshold_logit']!r} is not a number")
+    elif "threshold_logit" in info and number(info.get("threshold")) and not np.isclose(
+            float(expit(info["threshold_logit"])), info["threshold"], rtol=0, atol=1e-9):
+        # The logit decides the flag: an edited threshold would be ignored without a word.
+        problems.append(f"threshold {info['threshold']!r} and threshold_logit "
+                        f"{info['threshold_logit']!r} (a score of "
+                        f"{float(expit(info['threshold_logit'])):.6g}) disagree: edit both, or "
+                        "remove threshold_logit to flag by the threshold")
     # Cards before smallest_side have none (MIN_TRAINING_SIDE is assumed); every card a size.
     for key, least, missing in (("size", 8, None), ("smallest_side", 1, 1)):
         side = info.get(key, missing)
@@ -304,6 +311,10 @@ class TriageScorer:
         if odd := [p for p in paths if not isinstance(p, (str, os.PathLike, MedicalImage))]:
             raise ConfigError(f"score_files takes file paths or MedicalImage objects, got "
                               f"{type(odd[0]).__name__}")
+        # An image in memory is named by its place in the list given (and the file it came
+        # from), before folders are expanded.
+        names = {id(p): f"image {n}" + (f" ({p.meta.source_path})" if p.meta.source_path else "")
+                 for n, p in enumerate(paths) if isinstance(p, MedicalImage)}
         if any(not isinstance(p, MedicalImage) and Path(p).is_dir() for p in paths):
             from ..io import find_images        # folders: the images in them
 
@@ -348,11 +359,9 @@ class TriageScorer:
         pictures: dict[str, str] = {}       # picture key -> the file read with it (copies)
         pictured: set[str] = set()          # files with a frame that is not one flat value
         small: dict[str, str] = {}          # files too small for the model -> their HxW
-        for n, item in enumerate(progress(paths) if progress else paths):
+        for item in (progress(paths) if progress else paths):
             in_memory = isinstance(item, MedicalImage)
-            # An image in memory is named by its place in the list (and the file it came from).
-            path = (f"image {n}" + (f" ({item.meta.source_path})" if item.meta.source_path
-                                    else "")) if in_memory else item
+            path = names[id(item)] if in_memory else item
             if not in_memory and _place(Path(path)) in seen:   # a folder and its sub-folder
                 continue
             if not in_memory:
@@ -394,7 +403,8 @@ class TriageScorer:
                     same_picture[str(path)] = pictures[key]
                 pictures.setdefault(key, str(path))
             uid = study_key(image)
-            key = f"uid:{uid}" if uid and by_study else f"file:{path}"
+            # An image in memory is a study of its own: a denoised copy keeps its source's UID.
+            key = f"uid:{uid}" if uid and by_study and not in_memory else f"file:{path}"
             studies.setdefault(key, [])
             uids[key] = uid or ""
             if foreign := self.model.card.foreign_modality(image.meta.modality):
