@@ -925,7 +925,13 @@ def train(
                    code=130) from None
     if not result.history:
         raise fail(f"no epoch was trained ({result.stopped})")
-    best = result.history[result.best_epoch - 1]
+    if result.best_epoch == 0 and result.start is not None:
+        best = result.start
+        err_console.print(f"[yellow]warning:[/yellow] no epoch beat the model it started from "
+                          f"on validation ({best['val_psnr']:.2f} dB): the checkpoint is that "
+                          "model, unchanged", highlight=False)
+    else:
+        best = result.history[result.best_epoch - 1]
     console.print(f"{result.stopped}; best epoch {result.best_epoch}: validation PSNR "
                   f"{best['val_psnr']:.2f} dB, SSIM {best['val_ssim']:.4f}; checkpoint "
                   f"{result.best}, log {result.run_dir / 'log.csv'}, curves "

@@ -40,7 +40,23 @@ def on_reference_scale(reference: MedicalImage, test: MedicalImage) -> np.ndarra
     values = test.values()
     w = reference.meta.window
     unit = (values - w.low) / w.span
-    return 1.0 - unit if w.invert else unit
+    unit = 1.0 - unit if w.invert else unit
+    # Stored values of another scale (an 8-bit copy of a 16-bit reference, a .npy on [0, 1]
+    # beside a DICOM) gave 4.9 dB or -68 dB as if measured: refused. A processed picture keeps
+    # its span within a factor of 10 of the reference's, and its values near the window.
+    ref_span, test_span = float(np.ptp(reference.pixels)), float(np.ptp(unit))
+    if float(unit.min()) < -1.0 or float(unit.max()) > 2.0 or (
+            ref_span > 0 and not 0.1 <= test_span / ref_span <= 10):
+        def kind(image: MedicalImage) -> str:
+            bits = f"{image.meta.bits_stored}-bit " if image.meta.bits_stored else ""
+            return f"{bits}{image.meta.stored_dtype} {image.meta.source_format}"
+
+        raise InvalidImageError(
+            f"{test.meta.source_path}: its stored values ({values.min():.6g} to "
+            f"{values.max():.6g}, {kind(test)}) are not on the scale of the reference "
+            f"{reference.meta.source_path} ({w.low:.6g} to {w.high:.6g}, {kind(reference)}): "
+            "compare files stored alike (the same format and bit depth)")
+    return unit
 
 
 def compare(reference: MedicalImage, test: MedicalImage,

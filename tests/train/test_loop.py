@@ -163,6 +163,20 @@ def test_fine_tuning_starts_from_the_given_model(manifest: Path, tmp_path: Path)
         fit(_config(manifest, tmp_path / "bad", **{"model.init_from": str(tmp_path / "base"),
                                                  "model.args.widths": "[8, 16, 16]"}),
             log=lambda _: None)
+    # The starting model is scored first, and an epoch must beat it: a run that only made it
+    # worse registered its "best" epoch all the same.
+    assert tuned.start["val_psnr"] == pytest.approx(tuned.history[0]["val_psnr"], abs=1e-3)
+    said: list[str] = []
+    worse = fit(_config(manifest, tmp_path / "worse", **{
+        "model.init_from": str(tmp_path / "base"), "optim.lr": 0.5, "optim.epochs": 2}),
+        log=said.append)
+    assert max(h["val_psnr"] for h in worse.history) < worse.start["val_psnr"]
+    assert worse.best_epoch == 0 and any("an epoch must beat it" in line for line in said)
+    kept = load_model(worse.best)
+    for (key, a), b in zip(start.network.state_dict().items(),
+                           kept.network.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=key)
+    assert kept.card.metrics["val_psnr"] == pytest.approx(worse.start["val_psnr"])
 
 
 def test_init_from_a_shallower_model_grows_it(manifest: Path, tmp_path: Path) -> None:
@@ -189,3 +203,21 @@ def test_init_from_a_shallower_model_grows_it(manifest: Path, tmp_path: Path) ->
         "optim.epochs": 2}), resume=True, log=lambda _: None)
     assert len(resumed.history) == 2
     assert load_model(resumed.best).card.arguments == card.arguments
+
+
+def test_a_config_of_ones_own_in_the_run_folder_is_never_replaced(manifest: Path,
+                                                                  tmp_path: Path) -> None:
+    """With output_dir the config's own folder, train replaced the user's config.yaml by its
+    normalised copy (comments lost), and a log.csv of theirs, without --overwrite."""
+    run = tmp_path / "exp1"
+    run.mkdir()
+    (run / "config.yaml").write_text("# my notes\nname: tiny\n")
+    for overwrite in (False, True):
+        with pytest.raises(ConfigError, match="is not a config a run wrote"):
+            fit(_config(manifest, run), log=lambda _: None, overwrite=overwrite)
+    assert (run / "config.yaml").read_text() == "# my notes\nname: tiny\n"
+    (run / "config.yaml").unlink()
+    (run / "log.csv").write_text("mine")
+    with pytest.raises(ConfigError, match=r"already holds a run \(log.csv\)"):
+        fit(_config(manifest, run), log=lambda _: None)
+    assert (run / "log.csv").read_text() == "mine"

@@ -45,6 +45,9 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     stopped: str = "finished"
+    #: Validation metrics of the model a fine-tuning run started from (best epoch 0 when no
+    #: epoch beat it); None for a run from scratch or a resumed one.
+    start: dict[str, float] | None = None
 
 
 def pick_device(name: str) -> torch.device:
@@ -156,6 +159,12 @@ def _initialise(model: torch.nn.Module, config: TrainConfig) -> dict[str, Any]:
 Progress = Callable[[int, int, dict[str, float]], None]
 
 
+#: What a run writes in its folder (and --overwrite removes).
+RUN_FILES = ("last.pt", "best.safetensors", "best.json", "log.csv", "loss.png", "config.yaml")
+#: The first line of a run's config.yaml: a config of the user's own is never replaced.
+RUN_CONFIG_MARK = "# medenhance train: the config as run (edit a copy, not this file)\n"
+
+
 def fit(config: TrainConfig, *, resume: bool = False, progress: Progress | None = None,
         log: Callable[[str], None] = print, overwrite: bool = False) -> FitResult:
     """Train ``config``; ``progress(step, total_steps, info)`` is called after each batch.
@@ -186,9 +195,19 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: Progress | None 
                 config.model.args = dict(source.arguments)
     if resume and not last.exists():
         raise ConfigError(f"{run}: nothing to resume (no last.pt)")
-    if last.exists() and not resume and not overwrite:
-        raise ConfigError(f"{run} already holds a run; pass --resume to continue it, "
-                          "--overwrite to start it again, or set output_dir to a new folder")
+    own = run / "config.yaml"
+    if own.is_file() and not last.exists() and \
+            not own.read_text(errors="replace").startswith(RUN_CONFIG_MARK):
+        # A config of the user's own there (output_dir: the folder it lies in) was replaced
+        # by the run's copy, its comments lost, even without --overwrite.
+        raise ConfigError(f"{own} is not a config a run wrote (your own?), and a run writes "
+                          "its config there: set output_dir to another folder")
+    # (A config.yaml alone is the run's copy from a start stopped before its first epoch.)
+    earlier = [name for name in RUN_FILES if (run / name).exists() and name != "config.yaml"]
+    if earlier and not resume and not overwrite:
+        raise ConfigError(f"{run} already holds a run ({', '.join(earlier)}); pass --resume to "
+                          "continue it, --overwrite to start it again, or set output_dir to a "
+                          "new folder")
     if config.register:   # a resumed run replaces the model it registered itself
         check_registration(config.name, run / "best.safetensors", overwrite=overwrite or resume,
                            log=log)
@@ -272,11 +291,26 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: Progress | None 
         torch.set_rng_state(state["torch_rng"])
         log(f"resuming {run} at epoch {start_epoch + 1}")
     if overwrite and not resume:     # a fresh start: nothing of the earlier run may be mixed in
-        for name in ("last.pt", "best.safetensors", "best.json", "log.csv", "loss.png"):
+        for name in RUN_FILES:
             (run / name).unlink(missing_ok=True)
     run.mkdir(parents=True, exist_ok=True)
-    atomic_write(run / "config.yaml", lambda tmp: Path(tmp).write_text(config.to_yaml()),
+    atomic_write(run / "config.yaml",
+                 lambda tmp: Path(tmp).write_text(RUN_CONFIG_MARK + config.to_yaml()),
                  overwrite=True)
+
+    start = None
+    if init_info is not None:
+        # A fine-tuning run must beat the model it starts from, on the same validation pairs:
+        # it reported and registered a worse "best" (32.01 dB after 32.92 dB at the start).
+        start = validate(model, val_pairs, device)
+        best_psnr = start["val_psnr"]
+        log(f"starting model {config.model.init_from}: val PSNR {start['val_psnr']:.2f} dB "
+            f"(input {start['val_psnr_input']:.2f})  SSIM {start['val_ssim']:.4f}; an epoch "
+            "must beat it to become the best")
+        card = _card(config, model, {**start, "epoch": 0}, data_info,
+                     {"device": str(device), "train_minutes": 0.0, "history": []})
+        save_checkpoint(model, card, run / "best.safetensors",
+                        dtype=getattr(torch, config.weights_dtype))
 
     steps_per_epoch = len(loader)
     total = steps_per_epoch * config.optim.epochs
@@ -345,4 +379,4 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: Progress | None 
         shutil.copyfile(best, target)
         shutil.copyfile(best.with_suffix(".json"), target.with_suffix(".json"))
         log(f"registered as model {config.name!r} ({target})")
-    return FitResult(run, best, history, best_epoch, stopped)
+    return FitResult(run, best, history, best_epoch, stopped, start)
