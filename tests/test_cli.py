@@ -114,6 +114,41 @@ def test_prepare_cli(tmp_path: Path, samples: Path) -> None:
     assert result.exit_code == 1 and "1 of 2 input(s) failed" in said and "text.dcm" in said
     rows = list(csv.DictReader(open(tmp_path / "ds3" / "manifest.csv")))
     assert [Path(r["source"]).name for r in rows] == ["good.png"]
+    # Every file left out is in excluded.csv, a file that is no image too (it was not).
+    (mixed / "notes.txt").write_text("scanned on Tuesday")
+    result = run("prepare", mixed, "-o", tmp_path / "ds3", "--min-foreground", "0",
+                 "--overwrite")
+    excluded = {Path(r["source"]).name: r["reason"]
+                for r in csv.DictReader(open(tmp_path / "ds3" / "excluded.csv"))}
+    assert excluded["notes.txt"].startswith("not recognised as an image")
+    # --overwrite with fewer images: the replaced dataset's images go (39 stale files stayed).
+    result = run("prepare", samples, "-o", tmp_path / "ds4", "--min-foreground", "0")
+    assert len(list((tmp_path / "ds4" / "images").rglob("*.npy"))) == 4
+    result = run("prepare", mixed / "good.png", "-o", tmp_path / "ds4", "--min-foreground", "0",
+                 "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert [f.name for f in (tmp_path / "ds4" / "images").rglob("*.npy")] == ["good.npy"]
+
+
+def test_degrade_takes_one_split_of_a_prepared_dataset(tmp_path: Path, samples: Path) -> None:
+    """There was no way to degrade only the held-out test split of a prepared dataset."""
+    result = run("prepare", samples, "-o", tmp_path / "ds", "--size", "64x64", "--split",
+                 "0.5,0,0.5", "--min-foreground", "0")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(tmp_path / "ds" / "manifest.csv")))
+    test = sorted(Path(r["path"]).name for r in rows if r["split"] == "test")
+    assert 0 < len(test) < len(rows)
+    for given in (tmp_path / "ds", tmp_path / "ds" / "manifest.csv"):
+        out = tmp_path / f"pairs-{given.name}"
+        result = run("degrade", given, "--split", "test", "-o", out, "--preset", "gaussian-25")
+        assert result.exit_code == 0, result.output
+        assert sorted(f.name for f in (out / "degraded").rglob("*.npy")) == test
+    wrong = run("degrade", tmp_path / "ds", "--split", "tset", "-o", tmp_path / "x", "--preset",
+                "gaussian-25")
+    assert wrong.exit_code == 1 and "no image in split 'tset' (its splits:" in wrong.output
+    plain = run("degrade", samples, "--split", "test", "-o", tmp_path / "y", "--preset",
+                "gaussian-25")
+    assert plain.exit_code == 1 and "--split takes a prepared dataset" in plain.output
 
 
 def test_evaluate_missing_folder(tmp_path: Path) -> None:

@@ -378,6 +378,10 @@ def degrade(
         "--overwrite", help="Replace existing output files.")] = False,
     list_presets: Annotated[bool, typer.Option("--list-presets",
                                                help="List the presets and exit.")] = False,
+    split: Annotated[str | None, typer.Option(
+        help="Only this split (train, val or test) of a prepared dataset given as input (its "
+             "folder or manifest.csv): the held-out test images to evaluate on.",
+        show_default=False)] = None,
 ) -> None:
     """Simulate degradations to make (clean, degraded) training pairs.
 
@@ -389,6 +393,9 @@ def degrade(
     * `medenhance degrade samples/xray_chest_nih_00009128_000.png -o pairs --preset xray-lowdose`
     * `medenhance degrade scans/ -o pairs --preset mri-rician --seed 7`
     * `medenhance degrade --list-presets`
+    * `medenhance degrade data/mysite --split test -o test-pairs --preset xray-lowdose`: the
+    test split of a `prepare`d dataset, for `medenhance evaluate -r test-pairs/clean -d
+    test-pairs/degraded -m MODEL`
     * `medenhance degrade scans/ -o pairs --pipeline mine.yaml`, with `mine.yaml` a list of steps,
     each an `op`, its `params` (a value or a range: `{uniform: [a, b]}`, `loguniform`, `int`,
     `choice`) and optionally `p`, the chance it applies; the sigma of gaussian and rician noise
@@ -431,11 +438,16 @@ def degrade(
             pipe = None
         else:
             pipe = Pipeline.from_preset(preset) if preset else Pipeline.from_file(pipeline)  # type: ignore[arg-type]
+        if split is not None:
+            inputs, only = _split_of(inputs, split)
         # A path that is not there is one failure of the batch, listed at the end.
         files = find_images(inputs, skipped=skipped, repeated=repeated, errors=missing)
     except MedEnhanceError as exc:
         raise fail(str(exc)) from None
-    note_skipped(skipped, output, repeated)
+    if split is not None:
+        files = [f for f in files if f.resolve() in only]
+    else:
+        note_skipped(skipped, output, repeated)
     files, names = _outside(files, inputs, output)
 
     def targets_of(name: Path) -> tuple[Path, ...]:
@@ -460,6 +472,29 @@ def degrade(
         console.print(f"degraded {done} image(s) into {output}/degraded (clean copies in "
                       f"{output}/clean, records in {output}/records)")
     report_failures(missing + failures, len(files) + len(missing))
+
+
+def _split_of(inputs: list[Path], split: str) -> tuple[list[Path], set[Path]]:
+    """The folders of the prepared datasets ``inputs`` (folders or manifest.csv files) and the
+    resolved paths of their images in ``split``."""
+    from .data.prepare import read_manifest
+    from .triage.data import manifest_of
+
+    folders, only = [], set()
+    for given in inputs:
+        manifest = manifest_of(given)
+        if manifest is None or not manifest.is_file():
+            raise MedEnhanceError(f"{given}: --split takes a prepared dataset (the folder "
+                                  "`medenhance prepare` wrote, or its manifest.csv)")
+        rows = read_manifest(manifest)
+        splits = sorted({r.get("split", "") for r in rows})
+        chosen = [r for r in rows if r.get("split") == split]
+        if not chosen:
+            raise MedEnhanceError(f"{manifest}: no image in split {split!r} (its splits: "
+                                  f"{', '.join(splits) or 'none'})")
+        folders.append(manifest.parent)
+        only |= {(manifest.parent / r["path"]).resolve() for r in chosen}
+    return folders, only
 
 
 # ----------------------------------------------------------------------------------- evaluate

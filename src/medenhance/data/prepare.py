@@ -200,10 +200,25 @@ def prepare_dataset(sources: Iterable[str | Path], output: str | Path,
         if r == o or r in o.parents or o in r.parents:
             raise DatasetError(f"{out}: the output folder must not contain, or lie inside, the "
                                f"input {root}")
-    files = find_images(roots)
+    skipped: list[Path] = []
+    files = find_images(roots, skipped=skipped)
     table = _csv_patients(opts)
     kept: list[dict[str, object]] = []
-    excluded: list[dict[str, object]] = []
+    # Every file left out is listed, those that are no image to read too (notes.txt was not).
+    excluded: list[dict[str, object]] = [
+        {"source": str(f), "frame": "", "reason": "not recognised as an image (no known suffix, "
+         "and not DICOM)"} for f in skipped]
+    if manifest.exists():
+        # --overwrite: the images of the dataset replaced go with it (39 stale files stayed
+        # beside a new manifest of 1 row). Only what its manifest lists, inside the folder.
+        try:
+            earlier = read_manifest(manifest)
+        except DatasetError:
+            earlier = []
+        for row in earlier:
+            old = (out / row.get("path", "")).resolve()
+            if out.resolve() in old.parents and old.is_file():
+                old.unlink()
     unreadable: list[str] = []
     not_images: list[str] = []
     # Rows only: each frame is written as soon as it is ready, so memory does not grow with
