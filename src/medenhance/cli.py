@@ -930,7 +930,16 @@ def train(
     (weights and model card) to the run folder, and registers the best checkpoint under the
     config's `name` so that `medenhance enhance --model NAME` finds it.
 
-    Example: `medenhance train -c configs/xray-denoise.yaml --set optim.epochs=5`
+    Examples:
+
+    * `medenhance train -c configs/xray-denoise.yaml --set optim.epochs=5`
+    * on your own data (a `medenhance prepare`d dataset): `medenhance train -c
+    configs/xray-denoise.yaml --set name=my-xray --set data.manifest=data/mysite/manifest.csv
+    --set output_dir=runs/my-xray`
+    * fine-tune a model (an epoch must beat it on validation): `--set
+    model.init_from=xray-denoise` (a bundled or registered name, a run folder or a checkpoint)
+    * go on after Ctrl-C or a time limit: the same command with `--resume`
+    * then: `medenhance enhance scans/ -o out -m my-xray`
     """
     from .train.config import load_config
     from .train.loop import fit

@@ -55,6 +55,9 @@ def test_user_models_are_found_by_name(user_models: Path) -> None:
 def test_bad_checkpoints_give_one_line_errors(tmp_path: Path, user_models: Path) -> None:
     with pytest.raises(ConfigError, match="no checkpoint there"):
         load_model(tmp_path / "missing.safetensors")
+    # A run folder that is not there (it said "need nope.safetensors and nope.json").
+    with pytest.raises(ConfigError, match="nope: no such run folder or checkpoint"):
+        load_model(tmp_path / "runs" / "nope")
     _save(tmp_path / "m.safetensors")
     (tmp_path / "m.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):

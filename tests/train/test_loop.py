@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 from pathlib import Path
 
@@ -221,3 +222,43 @@ def test_a_config_of_ones_own_in_the_run_folder_is_never_replaced(manifest: Path
     with pytest.raises(ConfigError, match=r"already holds a run \(log.csv\)"):
         fit(_config(manifest, run), log=lambda _: None)
     assert (run / "log.csv").read_text() == "mine"
+
+
+@pytest.mark.parametrize("change,said", [
+    ({"optim.min_lr": 1.0, "optim.schedule": "cosine"}, "optim.min_lr must be from 0 to"),
+    ({"patience": -2}, "patience must be >= 0, got -2"),        # stopped after one epoch
+    ({"max_minutes": -1}, "max_minutes must be > 0"),             # failed after setup
+    ({"optim.epochs": -1}, "optim.epochs must be >= 1, got -1"),
+    ({"data.val_images": 0}, "data.val_images must be >= 1, got 0"),
+])
+def test_config_values_that_ran_without_a_word_are_refused(manifest: Path, tmp_path: Path,
+                                                           change: dict, said: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        fit(_config(manifest, tmp_path / "run", **change), log=lambda _: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_data_errors_name_their_key(manifest: Path, tmp_path: Path) -> None:
+    from medenhance.errors import DatasetError, DegradationError
+
+    with pytest.raises(DatasetError, match="data.patch_size 4096: no training image"):
+        fit(_config(manifest, tmp_path / "a", **{"data.patch_size": 4096}), log=lambda _: None)
+    with pytest.raises(DegradationError, match=r"data.degradations\[1\]: unknown preset"):
+        fit(_config(manifest, tmp_path / "b", **{
+            "data.degradations": "[{preset: gaussian-25}, {preset: xray-lowdos}]"}),
+            log=lambda _: None)
+
+
+def test_resuming_a_finished_run_says_what_to_raise(manifest: Path, tmp_path: Path) -> None:
+    """--resume on a finished run said "resuming at epoch 4" (of 3) and registered it again;
+    on a run out of time it trained nothing and exited as if it had."""
+    fit(_config(manifest, tmp_path / "done"), log=lambda _: None)
+    with pytest.raises(ConfigError, match="finished its 3 epochs .*raise optim.epochs"):
+        fit(_config(manifest, tmp_path / "done"), resume=True, log=lambda _: None)
+    timed = fit(_config(manifest, tmp_path / "timed", max_minutes=1e-6), log=lambda _: None)
+    assert len(timed.history) == 1 and "raise max_minutes and --resume" in timed.stopped
+    with pytest.raises(ConfigError, match="used its max_minutes .*resumes included"):
+        fit(_config(manifest, tmp_path / "timed", max_minutes=1e-6), resume=True,
+            log=lambda _: None)
+    more = fit(_config(manifest, tmp_path / "timed"), resume=True, log=lambda _: None)
+    assert [h["epoch"] for h in more.history] == [1, 2, 3]

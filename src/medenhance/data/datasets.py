@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..degrade.pipeline import Pipeline, apply_record
-from ..errors import DatasetError
+from ..errors import DatasetError, DegradationError
 from ..io import read_image
 from .prepare import read_manifest
 
@@ -27,9 +27,12 @@ class DegradationMixture:
     def __init__(self, entries: Sequence[Mapping[str, Any]]) -> None:
         self.pipelines: list[Pipeline] = []
         weights = []
-        for entry in entries:
-            pipeline = (Pipeline.from_preset(entry["preset"]) if "preset" in entry
-                        else Pipeline.from_file(entry["file"]))
+        for i, entry in enumerate(entries):
+            try:
+                pipeline = (Pipeline.from_preset(entry["preset"]) if "preset" in entry
+                            else Pipeline.from_file(entry["file"]))
+            except DegradationError as exc:      # which entry of the config
+                raise DegradationError(f"data.degradations[{i}]: {exc}") from None
             self.pipelines.append(pipeline)
             weights.append(float(entry.get("weight", 1.0)))
         if not self.pipelines or min(weights) < 0 or sum(weights) <= 0:
@@ -83,8 +86,9 @@ class PatchDataset(Dataset):
         for group in [images, *(imgs for imgs, _ in extra)]:
             usable = [im for im in group if min(im.shape) >= patch_size]
             if not usable:
-                raise DatasetError(f"no training image is at least {patch_size} pixels on each "
-                                   "side" + (" in an extra_train set" if self.sets else ""))
+                raise DatasetError(f"data.patch_size {patch_size}: no training image is at least "
+                                   f"{patch_size} pixels on each side"
+                                   + (" in an extra_train set" if self.sets else ""))
             areas = np.array([im.size for im in usable], dtype=np.float64)
             self.sets.append(usable)
             self.set_p.append(areas / areas.sum())
@@ -132,5 +136,6 @@ def validation_pairs(images: Sequence[np.ndarray], degradations: DegradationMixt
         pairs.append((torch.from_numpy(noisy)[None, None],
                       torch.from_numpy(clean)[None, None]))
     if not pairs:
-        raise DatasetError("no usable validation image")
+        raise DatasetError(f"no usable validation image (data.val_images {limit}, "
+                           f"{len(images)} image(s) in the validation split)")
     return pairs

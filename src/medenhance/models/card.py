@@ -263,6 +263,10 @@ def resolve_model(name_or_path: str | Path, task: str | None = None) -> Path:
         if path.is_dir():
             path = path / "best.safetensors"
         weights = path.with_suffix(".safetensors")
+        if not path.exists() and not weights.exists() and path.suffix == "":
+            raise ConfigError(f"{text}: no such run folder or checkpoint (a folder holding "
+                              "best.safetensors and best.json, or a .safetensors file beside "
+                              "its .json)")
         if not weights.is_file() or not weights.with_suffix(".json").is_file():
             raise ConfigError(f"{text}: no checkpoint there (need {weights.name} and "
                               f"{weights.with_suffix('.json').name} side by side)")

@@ -101,11 +101,28 @@ class TrainConfig:
         d, o = self.data, self.optim
         if not d.manifest:
             raise ConfigError("data.manifest is not set (a manifest.csv from `medenhance prepare`)")
-        if d.patch_size < 16 or d.patches_per_epoch < 1 or d.val_crop < 16:
-            raise ConfigError("data.patch_size and data.val_crop must be >= 16, "
-                              "data.patches_per_epoch >= 1")
-        if o.lr <= 0 or o.batch_size < 1 or o.epochs < 1:
-            raise ConfigError("optim.lr must be > 0, optim.batch_size and optim.epochs >= 1")
+        # Each key named with its own bound (one message covered three keys), and values that
+        # ran without a word: min_lr above lr (the rate climbed to 1, the loss to inf),
+        # patience -2 (stopped after one epoch), max_minutes -1 (failed after setup).
+        bounds = [("data.patch_size", d.patch_size, 16), ("data.val_crop", d.val_crop, 16),
+                  ("data.patches_per_epoch", d.patches_per_epoch, 1),
+                  ("data.val_images", d.val_images, 1), ("optim.batch_size", o.batch_size, 1),
+                  ("optim.epochs", o.epochs, 1), ("patience", self.patience, 0)]
+        for key, value, least in bounds:
+            if value < least:
+                raise ConfigError(f"{key} must be >= {least}, got {value!r}"
+                                  + (" (0: no early stop)" if key == "patience" else ""))
+        if not o.lr > 0:
+            raise ConfigError(f"optim.lr must be > 0, got {o.lr!r}")
+        if o.min_lr < 0 or (o.schedule == "cosine" and o.min_lr > o.lr):
+            raise ConfigError(f"optim.min_lr must be from 0 to optim.lr ({o.lr:g}), got "
+                              f"{o.min_lr!r}: the cosine schedule goes from lr down to it")
+        if o.weight_decay < 0 or o.grad_clip < 0:
+            raise ConfigError(f"optim.weight_decay and optim.grad_clip must be >= 0 (0: off), "
+                              f"got {o.weight_decay!r} and {o.grad_clip!r}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ConfigError(f"max_minutes must be > 0 (or null: no limit), got "
+                              f"{self.max_minutes!r}")
         if o.schedule not in ("cosine", "constant"):
             raise ConfigError(f"optim.schedule must be 'cosine' or 'constant', got {o.schedule!r}")
         if self.weights_dtype not in ("float16", "float32"):

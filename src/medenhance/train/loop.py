@@ -137,7 +137,7 @@ def _initialise(model: torch.nn.Module, config: TrainConfig) -> dict[str, Any]:
     mismatch = ConfigError(
         f"model.init_from {config.model.init_from!r} is {card.architecture} "
         f"{card.arguments or ''}, not {config.model.name} {config.model.args or ''}".rstrip())
-    info = {"model": card.name, "path": str(source.path)}
+    info = {"model": card.name, "path": str(Path(source.path).resolve())}
     if card.architecture != config.model.name:
         raise mismatch
     if card.arguments == dict(config.model.args):
@@ -249,7 +249,7 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: Progress | None 
     loss_fn = build_loss(config.loss)
     rows = read_manifest(config.data.manifest)
     data_info = {
-        "manifest": str(config.data.manifest),
+        "manifest": str(Path(config.data.manifest).resolve()),   # from any folder
         "sources": sorted({str(Path(r["source"]).parent) for r in rows})[:20],
         "images": {s: sum(1 for r in rows if r["split"] == s) for s in ("train", "val", "test")},
         "patients": {s: len({r["patient_id"] for r in rows if r["split"] == s})
@@ -289,6 +289,13 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: Progress | None 
         start_epoch, best_psnr, best_epoch = state["epoch"] + 1, state["best_psnr"], state["best_epoch"]
         bad_epochs, elapsed = state["bad_epochs"], state["elapsed"]
         torch.set_rng_state(state["torch_rng"])
+        if start_epoch >= config.optim.epochs:     # it said "resuming at epoch 7" of 6
+            raise ConfigError(f"{run}: the run has finished its {start_epoch} epochs (best epoch "
+                              f"{best_epoch}); raise optim.epochs to train on")
+        if config.max_minutes is not None and elapsed >= config.max_minutes * 60:
+            raise ConfigError(f"{run}: the run has used its max_minutes {config.max_minutes:g} "
+                              f"({elapsed / 60:.1f} min, resumes included); raise max_minutes "
+                              "to train on")
         log(f"resuming {run} at epoch {start_epoch + 1}")
     if overwrite and not resume:     # a fresh start: nothing of the earlier run may be mixed in
         for name in RUN_FILES:
@@ -318,7 +325,8 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: Progress | None 
     model.train()
     for epoch in range(start_epoch, config.optim.epochs):
         if config.max_minutes is not None and elapsed >= config.max_minutes * 60:
-            stopped = f"time limit of {config.max_minutes:g} min"
+            stopped = (f"time limit of {config.max_minutes:g} min (raise max_minutes and "
+                       "--resume to train on)")
             break
         t0 = time.perf_counter()
         lr = _lr_at(config, epoch)
