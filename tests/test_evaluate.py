@@ -105,3 +105,11 @@ def test_report_loss_panel_takes_a_negative_loss(tmp_path: Path, caplog) -> None
         curves_figure(histories, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 0
     assert "log-scaled" not in caplog.text
+    # Beside an L1 loss of 0.02 on one axis both were flat lines: a panel each.
+    histories["l1"] = [{"epoch": e, "train_loss": 0.03 - 0.001 * e, "val_psnr": 37.0 + e}
+                       for e in (1, 2, 3)]
+    two = curves_figure(histories, tmp_path / "two.png", {"psnr-loss": {"psnr": 1.0},
+                                                          "l1": {"l1": 1.0}})
+    same = curves_figure(histories, tmp_path / "one.png", {"psnr-loss": {"l1": 1.0},
+                                                           "l1": {"l1": 1.0}})
+    assert (two, same) == (2, 1)

@@ -118,29 +118,50 @@ def image_figure(name: str, reference: np.ndarray, panels: list[tuple[str, np.nd
     plt.close(fig)
 
 
-def curves_figure(histories: dict[str, list[dict[str, float]]], path: Path) -> None:
+def curves_figure(histories: dict[str, list[dict[str, float]]], path: Path,
+                  losses: dict[str, object] | None = None) -> int:
+    """Training loss and validation PSNR per epoch of each model. ``losses``: each model's
+    loss (its config's ``loss``); models trained with different losses get a loss panel each,
+    since one axis made a PSNR loss of -39 and an L1 loss of 0.02 both flat lines. Returns
+    the number of loss panels."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
-    for name, hist in histories.items():
-        epochs = [h["epoch"] for h in hist]
-        a.plot(epochs, [h["train_loss"] for h in hist], marker=".", label=name)
-        b.plot(epochs, [h["val_psnr"] for h in hist], marker=".", label=name)
     from .train.loop import loss_axis_scale
 
-    losses = [h["train_loss"] for hist in histories.values() for h in hist]
-    a.set(xlabel="epoch", ylabel="training loss", yscale=loss_axis_scale(losses),
-          title="training loss")
-    b.set(xlabel="epoch", ylabel="PSNR (dB)", title="validation PSNR")
-    a.legend(fontsize=8)
+    kinds = {name: json.dumps((losses or {}).get(name), sort_keys=True) for name in histories}
+    groups = [[n for n in histories if kinds[n] == kind] for kind in dict.fromkeys(kinds.values())]
+    fig, axes = plt.subplots(1, len(groups) + 1, figsize=(4.5 * (len(groups) + 1), 3.4),
+                             squeeze=False)
+    colours = {name: f"C{i}" for i, name in enumerate(histories)}
+    for a, names in zip(axes[0], groups, strict=False):
+        for name in names:
+            hist = histories[name]
+            a.plot([h["epoch"] for h in hist], [h["train_loss"] for h in hist], marker=".",
+                   label=name, color=colours[name])
+        values = [h["train_loss"] for n in names for h in histories[n]]
+        spec = (losses or {}).get(names[0])
+        a.set(xlabel="epoch", ylabel="training loss", yscale=loss_axis_scale(values),
+              title="training loss" + (f" ({', '.join(map(str, spec))})"
+                                       if isinstance(spec, dict) and len(groups) > 1 else ""))
+        a.title.set_fontsize(9)
+        a.legend(fontsize=8)
+    b = axes[0, -1]
+    for name, hist in histories.items():
+        b.plot([h["epoch"] for h in hist], [h["val_psnr"] for h in hist], marker=".",
+               label=name, color=colours[name])
+    b.set(xlabel="epoch", ylabel="PSNR (dB)",
+          title="validation PSNR (each on its own run's validation pairs)")
+    b.title.set_fontsize(9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+    return len(groups)
 
 
-def _history(method: str) -> list[dict[str, float]] | None:
+def _history(method: str) -> tuple[list[dict[str, float]], object] | None:
+    """A model's training history and loss (its card's), or None."""
     from .models.card import ModelCard, resolve_model
 
     try:
@@ -149,7 +170,8 @@ def _history(method: str) -> list[dict[str, float]] | None:
     except (MedEnhanceError, OSError):
         return None
     history = card.extra.get("history")
-    return history if isinstance(history, list) and history else None
+    loss = card.config.get("loss") if isinstance(card.config, dict) else None
+    return (history, loss) if isinstance(history, list) and history else None
 
 
 def _remove_earlier_figures(out: Path) -> None:
@@ -204,9 +226,10 @@ def write_report(evaluation_dir: str | Path, output_dir: str | Path, *, max_imag
         captions = "; ".join(f"{m}: {c}" for m, _, c in panels if c)
         where = f" (slice {middle + 1} of {len(shown)})" if len(shown) > 1 else ""
         md.append(f"### {name}{where}\n\n![{name}]({fig_name})\n\n{captions}\n")
-    histories = {m: h for m in methods if (h := _history(m))}
-    if histories:
-        curves_figure(histories, out / "training_curves.png")
+    found = {m: h for m in methods if (h := _history(m))}
+    if found:
+        curves_figure({m: h for m, (h, _) in found.items()}, out / "training_curves.png",
+                      {m: loss for m, (_, loss) in found.items()})
         md.append("## Training curves\n\n![training curves](training_curves.png)\n")
     text = "\n".join(md)
     md_path = out / "report.md"
