@@ -945,7 +945,7 @@ def train(
     from .train.loop import fit
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]:.5f}"), TimeElapsedColumn(),
+                        TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
                         TextColumn("ETA"), TimeRemainingColumn(), console=err_console,
                         disable=not err_console.is_terminal)
     if resume and overwrite:
@@ -954,10 +954,11 @@ def train(
         cfg = load_config(config, set_ or [])
         console.print(f"training {cfg.name!r} ({cfg.model.name}) -> {cfg.run_dir}/")
         with progress:
-            task = progress.add_task("training", total=None, loss=float("nan"))
+            # Before the first batch: reading the data, no loss yet ("0/? loss nan").
+            task = progress.add_task("reading the data", total=None, loss="-")
 
             def step(done: int, total: int, info: dict[str, float]) -> None:
-                progress.update(task, completed=done, total=total, loss=info["loss"],
+                progress.update(task, completed=done, total=total, loss=f"{info['loss']:.5f}",
                                 description=f"epoch {info['epoch']}")
 
             result = fit(cfg, resume=resume, progress=step, overwrite=overwrite,
