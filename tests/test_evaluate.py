@@ -113,3 +113,23 @@ def test_report_loss_panel_takes_a_negative_loss(tmp_path: Path, caplog) -> None
     same = curves_figure(histories, tmp_path / "one.png", {"psnr-loss": {"l1": 1.0},
                                                            "l1": {"l1": 1.0}})
     assert (two, same) == (2, 1)
+
+
+def test_files_stored_on_another_scale_are_refused_not_scored(tmp_path: Path) -> None:
+    """An 8-bit copy of a 16-bit reference scored 4.9 dB and a .npy on [0, 1] beside it 4.8 dB,
+    as if measured; a flat output of the reference's own type is still scored (badly)."""
+    rng = np.random.default_rng(0)
+    picture = (rng.random((64, 64)) * 60000 + 2000).astype(np.uint16)
+    for folder in ("ref", "u8", "npy", "flat"):
+        (tmp_path / folder).mkdir()
+    me.write_image(me.from_array(picture), tmp_path / "ref" / "a.png")
+    me.write_image(me.from_array((picture // 257).astype(np.uint8)), tmp_path / "u8" / "a.png")
+    np.save(tmp_path / "npy" / "a.npy", (picture / 65535.0).astype(np.float32))
+    flat = np.full_like(picture, 30000)
+    flat[0, 0], flat[-1, -1] = 2000, 62000        # its window is the reference's
+    me.write_image(me.from_array(flat), tmp_path / "flat" / "a.png")
+    result = evaluate_folders(tmp_path / "ref", {m: tmp_path / m for m in ("u8", "npy", "flat")},
+                              metrics=["psnr"])
+    assert [r["method"] for r in result.rows] == ["flat"] and result.rows[0]["psnr"] < 12
+    assert len(result.failures) == 2
+    assert all("are not on the scale of the reference" in f for f in result.failures)

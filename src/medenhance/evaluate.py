@@ -42,11 +42,14 @@ def on_reference_scale(reference: MedicalImage, test: MedicalImage) -> np.ndarra
     unit = (values - w.low) / w.span
     unit = 1.0 - unit if w.invert else unit
     # Stored values of another scale (an 8-bit copy of a 16-bit reference, a .npy on [0, 1]
-    # beside a DICOM) gave 4.9 dB or -68 dB as if measured: refused. A processed picture keeps
-    # its span within a factor of 10 of the reference's, and its values near the window.
+    # beside a DICOM) gave 4.9 dB or -68 dB as if measured: refused. Values far off the
+    # reference's window are; so is, between files stored in different types, a span under a
+    # tenth of the reference's (a file stored alike is scored, however flat: a broken model).
     ref_span, test_span = float(np.ptp(reference.pixels)), float(np.ptp(unit))
+    alike = ((test.meta.stored_dtype, test.meta.bits_stored)
+             == (reference.meta.stored_dtype, reference.meta.bits_stored))
     if float(unit.min()) < -1.0 or float(unit.max()) > 2.0 or (
-            ref_span > 0 and not 0.1 <= test_span / ref_span <= 10):
+            not alike and ref_span > 0 and test_span < 0.1 * ref_span):
         def kind(image: MedicalImage) -> str:
             bits = f"{image.meta.bits_stored}-bit " if image.meta.bits_stored else ""
             return f"{bits}{image.meta.stored_dtype} {image.meta.source_format}"
